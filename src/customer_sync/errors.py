@@ -1,0 +1,125 @@
+"""The exception tree of customer-sync, named by what happens next.
+
+```
+SyncError
+├── ConfigError            bad settings, mapping or plugin; fail at startup, exit non-zero
+├── StoreError             the store cannot be reached or migrated
+├── ConnectorError         carries app, connector, operation, status_code (never a payload)
+│   ├── TransientError     network, timeouts, 5xx; retried by the policy
+│   │   └── RateLimited    429 / quota; carries retry_after_s
+│   ├── AuthError          401/403; park this app, keep the others running
+│   ├── RecordRejected     4xx for one record; skip it, write the reason to the change log
+│   └── RecordGone         404 on a linked record; treat as a remote delete
+├── MappingError           a transform or validation failed for one record; skip that field
+└── ConflictParked         the rules could not decide; recorded for review
+```
+Messages never carry record values, secrets or full URLs with query strings.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConflictParked",
+    "ConnectorError",
+    "MappingError",
+    "RateLimited",
+    "RecordGone",
+    "RecordRejected",
+    "StoreError",
+    "SyncError",
+    "TransientError",
+]
+
+
+class SyncError(Exception):
+    """Root of every error customer-sync raises on purpose."""
+
+
+class ConfigError(SyncError):
+    """Settings, mapping or a plugin are wrong; the daemon refuses to start.
+
+    `problems` holds one line per problem, each naming the file, the key path and what is wrong.
+    """
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [message])
+        super().__init__(message if problems is None else "\n".join(self.problems))
+
+
+class StoreError(SyncError):
+    """The store cannot be opened, reached or migrated."""
+
+
+class ConnectorError(SyncError):
+    """A vendor API call failed; says which app, which operation and what the API answered."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        app: str | None = None,
+        connector: str | None = None,
+        operation: str | None = None,
+        status_code: int | None = None,
+        app_record_id: str | None = None,
+    ) -> None:
+        self.app = app
+        self.connector = connector
+        self.operation = operation
+        self.status_code = status_code
+        self.app_record_id = app_record_id
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = [
+            f"{k}={v}"
+            for k, v in (
+                ("app", self.app),
+                ("connector", self.connector),
+                ("operation", self.operation),
+                ("status", self.status_code),
+                ("record", self.app_record_id),
+            )
+            if v is not None
+        ]
+        base = super().__str__()
+        return f"{base} ({', '.join(where)})" if where else base
+
+
+class TransientError(ConnectorError):
+    """Network failure, timeout or 5xx: the retry policy tries again."""
+
+
+class RateLimited(TransientError):
+    """429 or an exhausted quota; `retry_after_s` says when the vendor allows the next call."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: object) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class AuthError(ConnectorError):
+    """401/403: the app is parked until its credentials are fixed; other apps keep syncing."""
+
+
+class RecordRejected(ConnectorError):
+    """The app refused one record (4xx); it is skipped and the reason is logged."""
+
+
+class RecordGone(ConnectorError):
+    """A linked record no longer exists in the app; treated as a remote delete."""
+
+
+class MappingError(SyncError):
+    """A field could not be mapped, transformed or validated; names the field, never the value."""
+
+    def __init__(self, message: str, *, field: str | None = None, app: str | None = None) -> None:
+        self.field = field
+        self.app = app
+        super().__init__(message)
+
+
+class ConflictParked(SyncError):
+    """The conflict rules could not decide; the conflict waits for an operator."""

@@ -1,0 +1,327 @@
+"""The connector contract: what a connector declares, the coroutines it implements, and the
+value objects it exchanges with the engine.
+
+A connector knows one vendor API and nothing else: it lists changes since a cursor, reads,
+creates, updates and deletes records, and verifies and parses webhooks. It never touches the
+store, never decides conflicts and never schedules itself. Records cross this boundary as plain
+app fields (the vendor's own field names and values); the engine maps them to the canonical
+customer through the app's field map.
+
+Optional abilities are `Capability` flags, not methods that raise `NotImplementedError`: the
+engine asks `connector.capabilities` before it calls, for instance, `parse_webhook`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from customer_sync.errors import ConnectorError
+
+if TYPE_CHECKING:
+    import structlog
+
+__all__ = [
+    "AppRecord",
+    "Capability",
+    "Change",
+    "ChangePage",
+    "Connector",
+    "ConnectorSettings",
+    "Cursor",
+    "WriteOp",
+    "WriteOutcome",
+    "WriteReceipt",
+    "fingerprint",
+]
+
+
+class Capability(enum.Flag):
+    """What a connector can do beyond the required read/create/update."""
+
+    NONE = 0
+    INCREMENTAL = enum.auto()  # list_changes(since=cursor) returns only newer changes
+    WEBHOOKS = enum.auto()  # verify_webhook / parse_webhook are implemented
+    BATCH_WRITE = enum.auto()  # create_many / update_many use a batch endpoint
+    DELETE = enum.auto()  # delete() removes or archives a record
+    DELETES_VISIBLE = enum.auto()  # list_changes reports deletions (AppRecord.deleted)
+    FIELD_MODIFIED_AT = enum.auto()  # records carry per-field modified times
+    SEARCH_BY_EMAIL = enum.auto()  # search_by_email is implemented
+    UPSERT = enum.auto()  # create() is idempotent by a natural key (e.g. email)
+
+
+class ConnectorSettings(BaseModel):
+    """Base of every connector's settings model: one `[apps.NAME.settings]` block.
+
+    Unknown keys are errors, so a typo in config.toml is reported instead of ignored. Secrets are
+    `SecretStr` fields whose values come from `${ENV_VAR}` references.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Cursor(_Value):
+    """Where listing resumes: opaque to the engine, stored with the page it came after."""
+
+    value: str
+
+
+class AppRecord(_Value):
+    """A customer as one app holds it.
+
+    Attributes:
+        app_record_id: the vendor's id of the record in this app.
+        fields: app field name -> value, as the vendor spells them (JSON-compatible values).
+        modified_at: the app's own last-modified time of the record (UTC), when it has one.
+        field_modified_at: per-field modified times, for connectors with FIELD_MODIFIED_AT.
+        deleted: the record was deleted or archived in the app.
+        merged_into: the record was merged into another record of the same app (its new id).
+    """
+
+    app_record_id: str
+    fields: Mapping[str, Any] = Field(default_factory=dict)
+    modified_at: datetime | None = None
+    field_modified_at: Mapping[str, datetime] = Field(default_factory=dict)
+    deleted: bool = False
+    merged_into: str | None = None
+
+
+class Change(_Value):
+    """A change notification (from a webhook): the record when the payload carries it, else
+    only its id, and the engine reads the record before processing it."""
+
+    app_record_id: str
+    kind: Literal["upsert", "delete"] = "upsert"
+    record: AppRecord | None = None
+    occurred_at: datetime | None = None
+
+
+class ChangePage(_Value):
+    """One page of listed records and the cursor to store once the page is committed."""
+
+    records: Sequence[AppRecord]
+    cursor: Cursor
+
+
+class WriteReceipt(_Value):
+    """What the app confirmed for one write: the id, its version/modified time, and the
+    fingerprint of the fields sent (how the engine recognises the echo of its own write)."""
+
+    app_record_id: str
+    modified_at: datetime | None = None
+    version: str | None = None
+    fingerprint: str
+
+
+class WriteOp(_Value):
+    """One write in a batch. `key` is the engine's handle for matching outcomes to ops."""
+
+    key: str
+    op: Literal["create", "update", "delete"]
+    app_record_id: str | None = None
+    fields: Mapping[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+class WriteOutcome(_Value):
+    """Result of one `WriteOp`: a receipt, or the error that op ended with."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    key: str
+    receipt: WriteReceipt | None = None
+    error: ConnectorError | None = None
+
+
+def fingerprint(fields: Mapping[str, Any]) -> str:
+    """A stable short hash of app fields: equal content gives an equal fingerprint, whatever the
+    key order. Used to recognise echoes; it never reveals the values."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+
+
+S = TypeVar("S", bound=ConnectorSettings)
+
+
+class Connector(Generic[S]):
+    """Base of every connector. Subclasses declare, then implement what the vendor forces.
+
+    Declarations (class attributes):
+        name: the connector's registry name (`connector = "NAME"` in config.toml).
+        settings_model: the pydantic model of the app's `settings` block.
+        capabilities: `Capability` flags.
+        object_types: the vendor objects synced (informational).
+        batch_size: how many writes `create_many`/`update_many` send per call.
+
+    Lifecycle: the engine constructs the connector with its validated settings, enters it as an
+    async context manager (`open` / `close`), and calls the coroutines below. Override `open`
+    to acquire resources (HTTP client, DB engine) and `close` to release them.
+    """
+
+    name: ClassVar[str]
+    settings_model: ClassVar[type[ConnectorSettings]]
+    capabilities: ClassVar[Capability] = Capability.NONE
+    object_types: ClassVar[tuple[str, ...]] = ("contact",)
+    batch_size: ClassVar[int] = 100
+
+    def __init__(self, settings: S, *, app: str) -> None:
+        import structlog
+
+        self.settings = settings
+        self.app = app
+        self.log: structlog.stdlib.BoundLogger = structlog.get_logger("customer_sync.connector").bind(
+            app=app, connector=self.name
+        )
+
+    async def __aenter__(self) -> Connector[S]:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Acquire resources. Override when the connector needs a client or an engine."""
+
+    async def close(self) -> None:
+        """Release what `open` acquired."""
+
+    def error(self, cls: type[ConnectorError], message: str, **kw: Any) -> ConnectorError:
+        """Build an error that already names this app and connector."""
+        return cls(message, app=self.app, connector=self.name, **kw)
+
+    # -- required -------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Verify that the app is reachable and the credentials work.
+
+        Raises:
+            AuthError: the credentials are refused.
+            ConnectorError: the app cannot be reached.
+        """
+        raise NotImplementedError
+
+    def list_changes(self, since: Cursor | None) -> AsyncIterator[ChangePage]:
+        """Yield pages of records changed after `since` (all records when it is None).
+
+        Every page carries the cursor to resume after it. A connector without INCREMENTAL yields
+        every record on each call; the engine then compares by content fingerprint.
+        """
+        raise NotImplementedError
+
+    async def read(self, app_record_ids: Sequence[str]) -> list[AppRecord]:
+        """Read records by id; ids that no longer exist are absent from the result."""
+        raise NotImplementedError
+
+    async def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> WriteReceipt:
+        """Create one record from app fields."""
+        raise NotImplementedError
+
+    async def update(self, app_record_id: str, changed: Mapping[str, Any]) -> WriteReceipt:
+        """Set only the `changed` fields of one record.
+
+        Raises:
+            RecordGone: the record no longer exists.
+            RecordRejected: the app refused the values.
+        """
+        raise NotImplementedError
+
+    # -- optional, by capability ----------------------------------------------------------------
+
+    async def delete(self, app_record_id: str) -> None:
+        """Delete or archive a record (Capability.DELETE)."""
+        raise NotImplementedError
+
+    async def search_by_email(self, email: str) -> list[AppRecord]:
+        """Records holding this email (Capability.SEARCH_BY_EMAIL)."""
+        raise NotImplementedError
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """True when a webhook delivery is authentic (Capability.WEBHOOKS)."""
+        raise NotImplementedError
+
+    def parse_webhook(self, body: bytes) -> list[Change]:
+        """Turn a verified webhook body into change notifications (Capability.WEBHOOKS).
+
+        Raises:
+            ConnectorError: the body is malformed.
+        """
+        raise NotImplementedError
+
+    # -- batches: override when the vendor has batch endpoints ----------------------------------
+
+    async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Create several records; the default sends them one by one.
+
+        Override with the vendor's batch endpoint (declare BATCH_WRITE). Return one outcome per
+        op, in any order; a failed op carries its error and does not fail the others.
+        """
+        out = []
+        for op in ops:
+            try:
+                receipt = await self.create(op.fields, idempotency_key=op.idempotency_key or op.key)
+                out.append(WriteOutcome(key=op.key, receipt=receipt))
+            except ConnectorError as exc:
+                if not _is_per_record(exc):
+                    raise
+                out.append(WriteOutcome(key=op.key, error=exc))
+        return out
+
+    async def update_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Update several records; the default sends them one by one (see `create_many`)."""
+        out = []
+        for op in ops:
+            try:
+                assert op.app_record_id is not None
+                receipt = await self.update(op.app_record_id, op.fields)
+                out.append(WriteOutcome(key=op.key, receipt=receipt))
+            except ConnectorError as exc:
+                if not _is_per_record(exc):
+                    raise
+                out.append(WriteOutcome(key=op.key, error=exc))
+        return out
+
+    async def delete_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Delete several records; the default deletes them one by one."""
+        out = []
+        for op in ops:
+            assert op.app_record_id is not None
+            try:
+                await self.delete(op.app_record_id)
+                receipt = WriteReceipt(app_record_id=op.app_record_id, fingerprint="")
+                out.append(WriteOutcome(key=op.key, receipt=receipt))
+            except ConnectorError as exc:
+                if not _is_per_record(exc):
+                    raise
+                out.append(WriteOutcome(key=op.key, error=exc))
+        return out
+
+    async def write_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Apply a mixed batch of writes; the engine's single entry point for dispatch."""
+        by_kind: dict[str, list[WriteOp]] = {"create": [], "update": [], "delete": []}
+        for op in ops:
+            by_kind[op.op].append(op)
+        outcomes: list[WriteOutcome] = []
+        if by_kind["create"]:
+            outcomes += await self.create_many(by_kind["create"])
+        if by_kind["update"]:
+            outcomes += await self.update_many(by_kind["update"])
+        if by_kind["delete"]:
+            outcomes += await self.delete_many(by_kind["delete"])
+        return outcomes
+
+
+def _is_per_record(exc: ConnectorError) -> bool:
+    from customer_sync.errors import RecordGone, RecordRejected
+
+    return isinstance(exc, RecordRejected | RecordGone)
