@@ -54,6 +54,7 @@ class Capability(enum.Flag):
     FIELD_MODIFIED_AT = enum.auto()  # records carry per-field modified times
     SEARCH_BY_EMAIL = enum.auto()  # search_by_email is implemented
     UPSERT = enum.auto()  # create() is idempotent by a natural key (e.g. email)
+    ID_SCAN = enum.auto()  # list_ids() yields every live id (hard deletes found by comparison)
 
 
 class ConnectorSettings(BaseModel):
@@ -240,6 +241,14 @@ class Connector(Generic[S]):
 
     async def delete(self, app_record_id: str) -> None:
         """Delete or archive a record (Capability.DELETE)."""
+        raise NotImplementedError
+
+    def list_ids(self) -> AsyncIterator[list[str]]:
+        """Yield every live record id in chunks (Capability.ID_SCAN).
+
+        The engine compares them with its links to see records deleted without a trace
+        (hard deletes in an API or table that keeps no tombstone).
+        """
         raise NotImplementedError
 
     async def search_by_email(self, email: str) -> list[AppRecord]:
