@@ -1,0 +1,124 @@
+"""Field-level three-way merge of one incoming record against its app's base.
+
+For each field the incoming app holds: if it equals the base, the app did not change it; if the
+canonical value still equals the base, only the app changed it and it wins; if both changed it
+to different values, that is a conflict for the rules (`rules.decide`). Set-valued fields
+(tags, other emails) merge element-wise: additions and removals since the base both apply, so
+two apps adding different tags both win.
+
+Pure functions over plain dicts: no store, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from customer_sync.config import ConflictsConfig
+from customer_sync.conflicts.rules import Contender, Decision, decide
+
+__all__ = ["FieldConflict", "MergeResult", "is_empty", "merge_record"]
+
+
+def is_empty(value: Any) -> bool:
+    return value is None or value == [] or value == ""
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (is_empty(a) and is_empty(b)) or a == b
+
+
+@dataclass(frozen=True, slots=True)
+class FieldConflict:
+    """A conflict and how the rule decided it (`decision.parked`: kept the current value)."""
+
+    field: str
+    decision: Decision
+
+
+@dataclass
+class MergeResult:
+    """What the merge changes in the canonical customer, and why."""
+
+    changes: dict[str, Any] = field(default_factory=dict)  # field -> new canonical value
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conflicts: list[FieldConflict] = field(default_factory=list)
+    observed: dict[str, list[Any]] = field(default_factory=dict)  # field -> [base, incoming]
+
+
+def merge_record(
+    *,
+    app: str,
+    incoming: Mapping[str, Any],
+    base: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    provenance: Mapping[str, Mapping[str, Any]],
+    modified_at: datetime | None,
+    field_modified_at: Mapping[str, datetime],
+    set_fields: frozenset[str],
+    rules: ConflictsConfig,
+) -> MergeResult:
+    """Merge `incoming` (normalized values from `app`) into `current`.
+
+    Args:
+        base: the values last agreed with `app` (None: the record is new to this customer).
+        provenance: field -> {"app", "at", "rule"} of the current values.
+        modified_at / field_modified_at: the app's record and per-field modified times.
+    """
+    out = MergeResult()
+    for name, new in incoming.items():
+        has_base = base is not None and name in base
+        old_base = base.get(name) if base is not None else None
+        cur = current.get(name)
+        at = field_modified_at.get(name) or modified_at
+        if has_base and _same(new, old_base):
+            continue  # the app did not change this field
+        out.observed[name] = [old_base, new]
+        if name in set_fields:
+            merged = _merge_set(new, old_base if has_base else None, cur)
+            if not _same(merged, cur):
+                out.changes[name] = merged
+                out.provenance[name] = _prov(app, at, "set_merge")
+            continue
+        if _same(cur, new):
+            continue  # already agreed
+        if not has_base and is_empty(new):
+            continue  # the app merely lacks a value we hold: it will be written, not erased
+        if is_empty(cur) and not has_base:
+            out.changes[name] = new
+            out.provenance[name] = _prov(app, at, "first_value")
+            continue
+        if has_base and _same(cur, old_base):
+            out.changes[name] = new
+            out.provenance[name] = _prov(app, at, "only_change")
+            continue
+        # Both sides changed the field since the base (or the app holds a different value the
+        # first time it meets this customer): the rule decides.
+        holder = provenance.get(name, {})
+        decision = decide(
+            rules.rule_for(name),
+            incoming=Contender(app, new, at),
+            current=Contender(holder.get("app"), cur, _parse(holder.get("at"))),
+        )
+        out.conflicts.append(FieldConflict(name, decision))
+        if decision.winner.app == app and not decision.parked:
+            out.changes[name] = new
+            out.provenance[name] = _prov(app, at, decision.rule)
+    return out
+
+
+def _merge_set(new: Any, base: Any, cur: Any) -> list[Any]:
+    new_s, base_s, cur_s = set(new or ()), set(base or ()), set(cur or ())
+    if base is None:
+        return sorted(cur_s | new_s)
+    return sorted((cur_s | (new_s - base_s)) - (base_s - new_s))
+
+
+def _prov(app: str, at: datetime | None, rule: str) -> dict[str, Any]:
+    return {"app": app, "at": at.isoformat() if at else None, "rule": rule}
+
+
+def _parse(text: Any) -> datetime | None:
+    return datetime.fromisoformat(text) if isinstance(text, str) else None

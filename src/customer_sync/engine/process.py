@@ -1,0 +1,254 @@
+"""Process inbox items: normalize, match, merge, plan — one batch in one transaction.
+
+For each record received from an app:
+1. **echo check**: the app fields we map hash to the fingerprint of what we last wrote (or
+   read) there, so nothing changed; done without normalizing.
+2. **normalize** through the app's field map; a bad value is an error for that field only.
+3. **match** to a canonical customer: existing link, then normalized email, then phone. Two or
+   more candidates is an ambiguous match, parked for review, never guessed.
+4. **merge** field by field against the app's base (`conflicts.three_way`).
+5. **plan** the writes every app needs (`engine.plan`).
+Deletes follow the app's delete policy. Everything is recorded in the change log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from customer_sync.canonical import identity_values, is_set_field
+from customer_sync.conflicts.three_way import merge_record
+from customer_sync.engine.plan import plan_customer
+from customer_sync.sdk.connector import AppRecord, Capability, fingerprint
+
+if TYPE_CHECKING:
+    from customer_sync.config import AppRuntime, ConflictsConfig
+    from customer_sync.store.uow import UnitOfWork
+
+__all__ = ["ProcessStats", "app_fingerprint", "process_items", "propagate_delete"]
+
+
+@dataclass
+class ProcessStats:
+    """Counts for the canonical log line of a pass."""
+
+    read: int = 0
+    echoes: int = 0
+    unchanged: int = 0
+    created: int = 0
+    matched: int = 0
+    updated: int = 0
+    skipped: int = 0
+    errors: int = 0
+    conflicts: int = 0
+    parked: int = 0
+    deleted: int = 0
+    planned: int = 0
+
+    def add(self, other: ProcessStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def app_fingerprint(rt: AppRuntime, app_fields: Mapping[str, Any]) -> str:
+    """Fingerprint of the app fields this app's map covers ("" and None alike)."""
+    return fingerprint({
+        fm.app_field: (None if app_fields.get(fm.app_field) in ("", []) else app_fields.get(fm.app_field))
+        for fm in rt.mapping.fields
+    })
+
+
+def process_items(
+    uow: UnitOfWork,
+    items: list[Mapping[str, Any]],
+    apps: Mapping[str, AppRuntime],
+    rules: ConflictsConfig,
+    *,
+    now: datetime,
+) -> ProcessStats:
+    """Process inbox rows (with payloads) into the unit of work; the caller commits."""
+    stats = ProcessStats()
+    records: list[tuple[Mapping[str, Any], AppRecord, AppRuntime]] = []
+    for item in items:
+        rt = apps.get(item["app"])
+        if rt is None or item["payload"] is None:
+            stats.skipped += 1
+            continue
+        records.append((item, AppRecord.model_validate(item["payload"]), rt))
+    stats.read = len(records)
+    uow.prefetch(app_records=[(it["app"], rec.app_record_id) for it, rec, _ in records], identities=[])
+
+    prepared: list[tuple[AppRecord, AppRuntime, dict[str, Any] | None, str]] = []
+    wanted: list[tuple[str, str]] = []
+    for _, rec, rt in records:
+        fp = app_fingerprint(rt, rec.fields)
+        link = uow.link(rt.name, rec.app_record_id)
+        if rec.deleted:
+            prepared.append((rec, rt, None, fp))
+            continue
+        if link is not None and link["state"] == "active":
+            snap = uow.snapshot(link["customer_id"], rt.name)
+            if snap is not None and snap["app_fingerprint"] == fp:
+                stats.echoes += 1
+                continue
+        values, errors = rt.mapping.to_canonical(rec.fields)
+        for err in errors:
+            stats.errors += 1
+            uow.log("error", app=rt.name, app_record_id=rec.app_record_id,
+                    customer_id=link["customer_id"] if link else None,
+                    diff={"fields": [err.field]}, reason=str(err))
+        if link is None:
+            wanted += identity_values(values)
+        prepared.append((rec, rt, values, fp))
+    if wanted:
+        uow.prefetch(app_records=[], identities=wanted)
+
+    for rec, rt, values, fp in prepared:
+        if values is None:
+            _apply_delete(uow, rec, rt, apps, now=now, stats=stats)
+        else:
+            _apply_record(uow, rec, rt, values, fp, apps, rules, now=now, stats=stats)
+    return stats
+
+
+def _match(uow: UnitOfWork, app: str, values: Mapping[str, Any]) -> tuple[str | None, str, set[str]]:
+    """(customer id or None, how, ambiguous candidates)."""
+    for kind in ("email", "phone"):
+        found: set[str] = set()
+        for k, value in identity_values(values):
+            if k == kind:
+                found |= uow.candidates(kind, value)
+        # A customer already holding another live record of this app is not this record.
+        free = {c for c in found if (lk := uow.link_for(c, app)) is None or lk["state"] != "active"}
+        if len(found) > 1 or (found and not free):
+            return None, f"ambiguous_{kind}", found
+        if free:
+            return free.pop(), f"matched_by_{kind}", set()
+    return None, "new", set()
+
+
+def _apply_record(
+    uow: UnitOfWork, rec: AppRecord, rt: AppRuntime, values: dict[str, Any], fp: str,
+    apps: Mapping[str, AppRuntime], rules: ConflictsConfig, *, now: datetime, stats: ProcessStats,
+) -> None:
+    app, rid = rt.name, rec.app_record_id
+    link = uow.link(app, rid)
+    if link is not None and link["state"] != "active":
+        stats.skipped += 1  # unlinked or deleted: this record is no longer synced
+        return
+    how = "linked"
+    if link is None:
+        if rt.filter and not rt.filter.matches(values, now):
+            stats.skipped += 1
+            return
+        cid, how, ambiguous = _match(uow, app, values)
+        if ambiguous:
+            stats.parked += 1
+            uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
+                             detail={"candidates": sorted(ambiguous), "reason": how})
+            uow.log("conflict", app=app, app_record_id=rid, reason=f"{how}: {len(ambiguous)} candidates; parked for review")
+            return
+        if cid is None:
+            cid = str(uuid.uuid4())
+            uow.new_customer(cid)
+            stats.created += 1
+        else:
+            stats.matched += 1
+        uow.add_link(app, rid, cid)
+    else:
+        cid = link["customer_id"]
+    customer = uow.customer(cid)
+    assert customer is not None
+    snapshot = uow.snapshot(cid, app)
+    base = snapshot["values"] if snapshot else None
+    result = merge_record(
+        app=app, incoming=values, base=base, current=customer["values"],
+        provenance=customer["provenance"], modified_at=rec.modified_at,
+        field_modified_at=rec.field_modified_at,
+        set_fields=frozenset(f.canonical for f in rt.mapping.inbound if is_set_field(f.spec)),
+        rules=rules,
+    )
+    if not result.observed and how == "linked":
+        stats.unchanged += 1
+    if result.observed:
+        uow.log("observed", app=app, app_record_id=rid, customer_id=cid, diff=result.observed,
+                source_modified_at=rec.modified_at, reason=how)
+    if result.changes:
+        stats.updated += 1
+        before = customer["values"]
+        customer["values"] = {**before, **result.changes}
+        customer["provenance"] = {**customer["provenance"], **result.provenance}
+        uow.touch_customer(cid)
+        uow.log("decided", app=app, app_record_id=rid, customer_id=cid,
+                diff={f: [before.get(f), v] for f, v in result.changes.items()},
+                reason=", ".join(f"{f}: {p['rule']}" for f, p in result.provenance.items()))
+    for conflict in result.conflicts:
+        d = conflict.decision
+        stats.conflicts += 1
+        stats.parked += int(d.parked)
+        uow.add_conflict(kind="field", status="parked" if d.parked else "decided", customer_id=cid,
+                         field=conflict.field, rule=d.rule, winner_app=d.winner.app,
+                         winner_value=d.winner.value, loser_app=d.loser.app, loser_value=d.loser.value)
+        uow.log("conflict", app=app, app_record_id=rid, customer_id=cid,
+                diff={conflict.field: [d.loser.value, d.winner.value]},
+                reason=f"{conflict.field}: {d.rule} {'parked' if d.parked else f'-> {d.winner.app}'}")
+    new_base = {**(base or {}), **values}
+    uow.set_snapshot(cid, app, new_base, app_fingerprint=fp, source_modified_at=rec.modified_at)
+    uow.set_identities(cid, identity_values(customer["values"]))
+    stats.planned += plan_customer(uow, cid, apps, now=now, reason=f"{how} via {app}")
+
+
+def _apply_delete(
+    uow: UnitOfWork, rec: AppRecord, rt: AppRuntime, apps: Mapping[str, AppRuntime], *,
+    now: datetime, stats: ProcessStats,
+) -> None:
+    app, rid = rt.name, rec.app_record_id
+    link = uow.link(app, rid)
+    if link is None or link["state"] != "active":
+        return
+    cid = link["customer_id"]
+    policy = rt.config.on_delete
+    stats.deleted += 1
+    uow.log("deleted", app=app, app_record_id=rid, customer_id=cid, source_modified_at=rec.modified_at,
+            reason=f"deleted in {app}; on_delete = {policy}")
+    if policy == "ignore":
+        return  # the link stays; the next write re-creates the record in this app
+    uow.cancel_write(cid, app)
+    if policy == "unlink":
+        uow.set_link_state(app, rid, "unlinked")
+        uow.drop_snapshot(cid, app)
+    elif policy == "approve":
+        uow.set_link_state(app, rid, "gone")
+        uow.request_delete(cid, app, rid)
+    else:
+        uow.set_link_state(app, rid, "deleted")
+        uow.drop_snapshot(cid, app)
+        propagate_delete(uow, cid, apps, origin=app, now=now)
+
+
+def propagate_delete(
+    uow: UnitOfWork, customer_id: str, apps: Mapping[str, AppRuntime], *, origin: str, now: datetime
+) -> None:
+    """Delete the customer everywhere: plan deletes to every app that holds it and can delete,
+    unlink where it cannot, and tombstone the canonical customer."""
+    for name, rt in apps.items():
+        link = uow.link_for(customer_id, name)
+        if name == origin or link is None or link["state"] not in ("active", "gone"):
+            continue
+        if Capability.DELETE in rt.connector_cls.capabilities and rt.mapping.outbound:
+            uow.plan_write(customer_id, name, op="delete", fields={},
+                           app_record_id=link["app_record_id"], reason=f"deleted in {origin}")
+        else:
+            uow.cancel_write(customer_id, name)
+            uow.set_link_state(name, link["app_record_id"], "unlinked")
+    customer = uow.customer(customer_id)
+    if customer is not None:
+        customer["deleted_at"] = now
+        uow.touch_customer(customer_id)
+    uow.drop_identities(customer_id)

@@ -1,0 +1,122 @@
+"""Per-app filters: which customers an app takes part with.
+
+Conditions are structured data (`field`, `op`, `value`) over canonical values, all of which must
+hold: `eq`, `ne`, `in`, `not_in`, `exists`, `not_exists`, `contains` (text or set),
+`newer_than` / `older_than` (a date-time field against a duration such as "180d", "12h").
+A record failing its app's filter is not read from that app; a customer failing an app's filter
+is not written to that app.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from customer_sync.canonical import NormalizeContext, field_spec, normalize_value, parse_datetime
+from customer_sync.errors import MappingError
+
+__all__ = ["OPS", "Filter", "compile_filter", "parse_duration"]
+
+OPS = ("eq", "ne", "in", "not_in", "exists", "not_exists", "contains", "newer_than", "older_than")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+Predicate = Callable[[Mapping[str, Any], datetime], bool]
+
+
+def parse_duration(text: str) -> timedelta:
+    """"180d" -> 180 days. Units: s, m, h, d, w.
+
+    Raises:
+        ValueError: not a duration.
+    """
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"not a duration like '180d' or '12h': {text!r}")
+    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+
+
+class Filter:
+    """A compiled filter; `matches(values, now)` is True when every condition holds."""
+
+    def __init__(self, predicates: Sequence[Predicate], fields: frozenset[str]) -> None:
+        self._predicates = tuple(predicates)
+        self.fields = fields
+
+    def __bool__(self) -> bool:
+        return bool(self._predicates)
+
+    def matches(self, values: Mapping[str, Any], now: datetime) -> bool:
+        return all(p(values, now) for p in self._predicates)
+
+
+def compile_filter(
+    app: str, conditions: Sequence[Mapping[str, Any]], *, custom_fields: Mapping[str, str]
+) -> tuple[Filter, list[str]]:
+    """Compile `[[apps.APP.filters]]`; returns the filter and problems (`key.path: what`)."""
+    predicates: list[Predicate] = []
+    problems: list[str] = []
+    fields: set[str] = set()
+    for i, cond in enumerate(conditions):
+        where = f"apps.{app}.filters[{i}]"
+        name, op, value = cond.get("field"), cond.get("op"), cond.get("value")
+        spec = field_spec(name, custom_fields) if isinstance(name, str) else None
+        if spec is None:
+            problems.append(f"{where}.field: unknown canonical field {name!r}")
+            continue
+        if op not in OPS:
+            problems.append(f"{where}.op: unknown op {op!r} (one of {', '.join(OPS)})")
+            continue
+        try:
+            predicates.append(_predicate(spec, op, value))
+        except (ValueError, TypeError, MappingError) as exc:
+            problems.append(f"{where}.value: {exc}")
+            continue
+        fields.add(name)
+    return Filter(predicates, frozenset(fields)), problems
+
+
+def _predicate(spec: Any, op: str, value: Any) -> Predicate:
+    name = spec.name
+    ctx = NormalizeContext()
+    if op in ("exists", "not_exists"):
+        want = op == "exists"
+        return lambda v, now: (v.get(name) not in (None, [], "")) is want
+    if op in ("newer_than", "older_than"):
+        if spec.kind != "datetime":
+            raise ValueError(f"{op} needs a date-time field; {name} is {spec.kind}")
+        age = parse_duration(value)
+        if op == "newer_than":
+            return lambda v, now: v.get(name) is not None and parse_datetime(v[name]) >= now - age
+        return lambda v, now: v.get(name) is not None and parse_datetime(v[name]) < now - age
+    if op in ("in", "not_in"):
+        if not isinstance(value, list):
+            raise ValueError(f"{op} needs a list value")
+        allowed = {_norm_scalar(spec, x, ctx) for x in value}
+        if op == "in":
+            return lambda v, now: v.get(name) in allowed
+        return lambda v, now: v.get(name) not in allowed
+    if op == "contains":
+        if not isinstance(value, str):
+            raise ValueError("contains needs a text value")
+        needle = value.lower()
+        return lambda v, now: _contains(v.get(name), needle)
+    target = _norm_scalar(spec, value, ctx)
+    if op == "eq":
+        return lambda v, now: v.get(name) == target
+    return lambda v, now: v.get(name) != target
+
+
+def _norm_scalar(spec: Any, value: Any, ctx: NormalizeContext) -> Any:
+    norm = normalize_value(spec, value, ctx)
+    return tuple(norm) if isinstance(norm, list) else norm
+
+
+def _contains(current: Any, needle: str) -> bool:
+    if current is None:
+        return False
+    if isinstance(current, list):
+        return any(needle == str(x).lower() for x in current)
+    return needle in str(current).lower()

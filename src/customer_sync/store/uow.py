@@ -1,0 +1,351 @@
+"""Unit of work: one batch's view of the store, loaded in a few queries, written back in bulk.
+
+Processing a batch of inbox items touches customers, links, identities, bases, the change log
+and the outbox. Doing that row by row costs a round trip per row; the unit of work prefetches
+what the batch needs (`prefetch`), serves reads from memory so later items in the batch see the
+effects of earlier ones, and flushes every change with executemany in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, insert, select, tuple_, update
+
+from customer_sync.store.tables import (
+    ChangeLogEntry,
+    ConflictRow,
+    CustomerRow,
+    IdentityRow,
+    LinkRow,
+    OutboxItem,
+    PendingDelete,
+    SnapshotRow,
+)
+
+__all__ = ["UnitOfWork", "identity_hash"]
+
+customers_t = CustomerRow.__table__
+identities_t = IdentityRow.__table__
+links_t = LinkRow.__table__
+snapshots_t = SnapshotRow.__table__
+changelog_t = ChangeLogEntry.__table__
+outbox_t = OutboxItem.__table__
+conflicts_t = ConflictRow.__table__
+pending_deletes_t = PendingDelete.__table__
+
+_CHUNK = 400  # keeps IN lists under SQLite's variable limit
+
+
+def identity_hash(key: bytes, kind: str, value: str) -> str:
+    """Keyed hash of one identity: matching works without storing raw emails or phones."""
+    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class UnitOfWork:
+    """The batch's in-memory view of the store; `flush()` writes it back."""
+
+    def __init__(self, conn: Connection, *, identity_key: bytes, now: datetime, run_id: str) -> None:
+        self.conn = conn
+        self.key = identity_key
+        self.now = now
+        self.run_id = run_id
+        self.links: dict[tuple[str, str], dict[str, Any]] = {}  # (app, rid) -> row
+        self.links_by_customer: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> app -> row
+        self.customers: dict[str, dict[str, Any] | None] = {}
+        self.snapshots: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.identities: dict[tuple[str, str], set[str]] = {}  # (kind, hash) -> cids
+        self.pending_outbox: dict[tuple[str, str], dict[str, Any] | None] = {}
+        # write sets
+        self._new_customers: set[str] = set()
+        self._dirty_customers: set[str] = set()
+        self._new_links: dict[tuple[str, str], dict[str, Any]] = {}
+        self._dirty_links: set[tuple[str, str]] = set()
+        self._dropped_links: set[tuple[str, str]] = set()
+        self._dirty_snapshots: set[tuple[str, str]] = set()
+        self._dropped_snapshots: set[tuple[str, str]] = set()
+        self._new_identities: list[dict[str, Any]] = []
+        self._dropped_identities: set[str] = set()
+        self._log: list[dict[str, Any]] = []
+        self._conflicts: list[dict[str, Any]] = []
+        self._outbox_new: list[dict[str, Any]] = []
+        self._outbox_update: dict[int, dict[str, Any]] = {}
+        self._outbox_drop: set[int] = set()
+        self._delete_requests: list[dict[str, Any]] = []
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def prefetch(self, *, app_records: list[tuple[str, str]], identities: list[tuple[str, str]]) -> None:
+        """Load links for the batch's records, the customers matching its identities, and
+        everything those customers have (links, bases, pending writes)."""
+        want = [k for k in app_records if k not in self.links]
+        for chunk in _chunks(want):
+            rows = self.conn.execute(
+                select(links_t).where(tuple_(links_t.c.app, links_t.c.app_record_id).in_(chunk))
+            ).mappings()
+            for row in rows:
+                self._remember_link(dict(row))
+        hashes = {(kind, identity_hash(self.key, kind, value)) for kind, value in identities}
+        want_h = [h for h in hashes if h not in self.identities]
+        for h in want_h:
+            self.identities[h] = set()
+        for chunk in _chunks([h for _, h in want_h]):
+            for row in self.conn.execute(
+                select(identities_t).where(identities_t.c.value_hash.in_(chunk))
+            ).mappings():
+                self.identities.setdefault((row["kind"], row["value_hash"]), set()).add(row["customer_id"])
+        cids = {row["customer_id"] for row in self.links.values()}
+        for found in self.identities.values():
+            cids |= found
+        self.load_customers(cids)
+
+    def load_customers(self, cids: Iterable[str]) -> None:
+        """Load customers, their links, bases and pending outbox rows."""
+        want = [c for c in cids if c not in self.customers]
+        if not want:
+            return
+        for cid in want:
+            self.customers[cid] = None
+            self.links_by_customer.setdefault(cid, {})
+        for chunk in _chunks(want):
+            for row in self.conn.execute(
+                select(customers_t).where(customers_t.c.customer_id.in_(chunk))
+            ).mappings():
+                self.customers[row["customer_id"]] = dict(row)
+            for row in self.conn.execute(select(links_t).where(links_t.c.customer_id.in_(chunk))).mappings():
+                self._remember_link(dict(row))
+            for row in self.conn.execute(
+                select(snapshots_t).where(snapshots_t.c.customer_id.in_(chunk))
+            ).mappings():
+                self.snapshots[(row["customer_id"], row["app"])] = dict(row)
+            for row in self.conn.execute(
+                select(outbox_t).where(
+                    and_(outbox_t.c.customer_id.in_(chunk), outbox_t.c.state == "pending")
+                )
+            ).mappings():
+                self.pending_outbox[(row["customer_id"], row["app"])] = dict(row)
+
+    def _remember_link(self, row: dict[str, Any]) -> None:
+        self.links[(row["app"], row["app_record_id"])] = row
+        self.links_by_customer.setdefault(row["customer_id"], {})[row["app"]] = row
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def link(self, app: str, app_record_id: str) -> dict[str, Any] | None:
+        return self.links.get((app, app_record_id))
+
+    def link_for(self, customer_id: str, app: str) -> dict[str, Any] | None:
+        return self.links_by_customer.get(customer_id, {}).get(app)
+
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        if customer_id not in self.customers:
+            self.load_customers([customer_id])
+        return self.customers.get(customer_id)
+
+    def snapshot(self, customer_id: str, app: str) -> dict[str, Any] | None:
+        return self.snapshots.get((customer_id, app))
+
+    def candidates(self, kind: str, value: str) -> set[str]:
+        """Live customers holding this identity."""
+        cids = self.identities.get((kind, identity_hash(self.key, kind, value)), set())
+        return {c for c in cids if (row := self.customers.get(c)) is not None and row["deleted_at"] is None}
+
+    def pending(self, customer_id: str, app: str) -> dict[str, Any] | None:
+        return self.pending_outbox.get((customer_id, app))
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def new_customer(self, customer_id: str) -> dict[str, Any]:
+        row = {
+            "customer_id": customer_id, "values": {}, "provenance": {},
+            "created_at": self.now, "updated_at": self.now, "deleted_at": None,
+        }
+        self.customers[customer_id] = row
+        self.links_by_customer.setdefault(customer_id, {})
+        self._new_customers.add(customer_id)
+        return row
+
+    def touch_customer(self, customer_id: str) -> None:
+        row = self.customers[customer_id]
+        assert row is not None
+        row["updated_at"] = self.now
+        if customer_id not in self._new_customers:
+            self._dirty_customers.add(customer_id)
+
+    def set_identities(self, customer_id: str, pairs: Iterable[tuple[str, str]]) -> None:
+        """Add identities the customer does not have yet (old ones stay matchable)."""
+        for kind, value in pairs:
+            h = (kind, identity_hash(self.key, kind, value))
+            holders = self.identities.setdefault(h, set())
+            if customer_id not in holders:
+                holders.add(customer_id)
+                self._new_identities.append({"kind": kind, "value_hash": h[1], "customer_id": customer_id})
+
+    def drop_identities(self, customer_id: str) -> None:
+        for holders in self.identities.values():
+            holders.discard(customer_id)
+        self._dropped_identities.add(customer_id)
+
+    def add_link(self, app: str, app_record_id: str, customer_id: str) -> None:
+        old = self.link_for(customer_id, app)
+        if old is not None:  # an unlinked or gone record is replaced by the new one
+            self.drop_link(app, old["app_record_id"])
+        row = {"app": app, "app_record_id": app_record_id, "customer_id": customer_id,
+               "state": "active", "linked_at": self.now}
+        self._remember_link(row)
+        self._dropped_links.discard((app, app_record_id))
+        self._new_links[(app, app_record_id)] = row
+
+    def set_link_state(self, app: str, app_record_id: str, state: str) -> None:
+        row = self.links[(app, app_record_id)]
+        row["state"] = state
+        if (app, app_record_id) not in self._new_links:
+            self._dirty_links.add((app, app_record_id))
+
+    def drop_link(self, app: str, app_record_id: str) -> None:
+        row = self.links.pop((app, app_record_id), None)
+        if row is not None:
+            self.links_by_customer.get(row["customer_id"], {}).pop(app, None)
+        if self._new_links.pop((app, app_record_id), None) is None:
+            self._dropped_links.add((app, app_record_id))
+        self._dirty_links.discard((app, app_record_id))
+
+    def set_snapshot(
+        self, customer_id: str, app: str, values: Mapping[str, Any], *,
+        app_fingerprint: str | None, source_modified_at: datetime | None = None,
+    ) -> None:
+        self.snapshots[(customer_id, app)] = {
+            "customer_id": customer_id, "app": app, "values": dict(values),
+            "app_fingerprint": app_fingerprint, "source_modified_at": source_modified_at,
+            "updated_at": self.now,
+        }
+        self._dirty_snapshots.add((customer_id, app))
+        self._dropped_snapshots.discard((customer_id, app))
+
+    def drop_snapshot(self, customer_id: str, app: str) -> None:
+        self.snapshots[(customer_id, app)] = None
+        self._dirty_snapshots.discard((customer_id, app))
+        self._dropped_snapshots.add((customer_id, app))
+
+    def log(self, kind: str, *, app: str | None = None, app_record_id: str | None = None,
+            customer_id: str | None = None, diff: Any = None, reason: str | None = None,
+            source_modified_at: datetime | None = None) -> None:
+        """Append to the change log (flushed with the batch)."""
+        self._log.append({
+            "at": self.now, "kind": kind, "app": app, "app_record_id": app_record_id,
+            "customer_id": customer_id, "diff": diff, "source_modified_at": source_modified_at,
+            "reason": reason[:1000] if reason else None, "run_id": self.run_id,
+        })
+
+    def add_conflict(self, **row: Any) -> None:
+        row.setdefault("created_at", self.now)
+        for key in ("customer_id", "field", "rule", "winner_app", "winner_value", "loser_app",
+                    "loser_value", "app", "app_record_id", "detail", "resolved_at"):
+            row.setdefault(key, None)
+        self._conflicts.append(row)
+
+    def request_delete(self, customer_id: str, app: str, app_record_id: str) -> None:
+        """Queue a delete for an operator's approval (delete policy `approve`)."""
+        self._delete_requests.append({
+            "customer_id": customer_id, "app": app, "app_record_id": app_record_id,
+            "status": "pending", "requested_at": self.now, "decided_at": None,
+        })
+
+    def plan_write(self, customer_id: str, app: str, *, op: str, fields: Mapping[str, Any],
+                   app_record_id: str | None, reason: str) -> None:
+        """Upsert the pending write of this customer to this app (one pending row per pair)."""
+        current = self.pending_outbox.get((customer_id, app))
+        if current is not None:
+            current.update(op=op, fields=dict(fields), app_record_id=app_record_id, reason=reason)
+            if current.get("seq") is not None:
+                self._outbox_update[current["seq"]] = current
+            return
+        row = {"customer_id": customer_id, "app": app, "op": op, "app_record_id": app_record_id,
+               "fields": dict(fields), "reason": reason, "state": "pending", "attempts": 0,
+               "next_attempt_at": None, "created_at": self.now, "error": None}
+        self.pending_outbox[(customer_id, app)] = row
+        self._outbox_new.append(row)
+
+    def cancel_write(self, customer_id: str, app: str) -> None:
+        current = self.pending_outbox.pop((customer_id, app), None)
+        if current is None:
+            return
+        if current.get("seq") is not None:
+            self._outbox_update.pop(current["seq"], None)
+            self._outbox_drop.add(current["seq"])
+        else:
+            self._outbox_new.remove(current)
+
+    # -- flushing ----------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write everything back in the caller's transaction; returns the outbox rows planned."""
+        c = self.conn
+        if self._dropped_identities:
+            for chunk in _chunks(sorted(self._dropped_identities)):
+                c.execute(delete(identities_t).where(identities_t.c.customer_id.in_(chunk)))
+        if self._new_customers:
+            c.execute(insert(customers_t), [self.customers[k] for k in self._new_customers])
+        if self._dirty_customers:
+            c.execute(
+                update(customers_t).where(customers_t.c.customer_id == _b("k")),
+                [_rekey(self.customers[k], "customer_id") for k in self._dirty_customers],
+            )
+        new_ids = [r for r in self._new_identities if r["customer_id"] not in self._dropped_identities]
+        if new_ids:
+            c.execute(insert(identities_t), new_ids)
+        if self._dropped_links:
+            for app, rid in self._dropped_links:
+                c.execute(delete(links_t).where(and_(links_t.c.app == app, links_t.c.app_record_id == rid)))
+        if self._new_links:
+            c.execute(insert(links_t), list(self._new_links.values()))
+        for app, rid in self._dirty_links:
+            c.execute(update(links_t).where(and_(links_t.c.app == app, links_t.c.app_record_id == rid))
+                      .values(state=self.links[(app, rid)]["state"]))
+        self._flush_snapshots()
+        if self._log:
+            c.execute(insert(changelog_t), self._log)
+        if self._conflicts:
+            c.execute(insert(conflicts_t), self._conflicts)
+        if self._delete_requests:
+            c.execute(insert(pending_deletes_t), self._delete_requests)
+        if self._outbox_drop:
+            c.execute(delete(outbox_t).where(outbox_t.c.seq.in_(sorted(self._outbox_drop))))
+        for seq, row in self._outbox_update.items():
+            c.execute(update(outbox_t).where(outbox_t.c.seq == seq).values(
+                op=row["op"], fields=row["fields"], app_record_id=row["app_record_id"], reason=row["reason"]))
+        if self._outbox_new:
+            c.execute(insert(outbox_t), self._outbox_new)
+        return len(self._outbox_new) + len(self._outbox_update)
+
+    def _flush_snapshots(self) -> None:
+        c = self.conn
+        keys = sorted(self._dirty_snapshots | self._dropped_snapshots)
+        for chunk in _chunks(keys):
+            c.execute(delete(snapshots_t).where(
+                tuple_(snapshots_t.c.customer_id, snapshots_t.c.app).in_(chunk)
+            ))
+        rows = [self.snapshots[k] for k in self._dirty_snapshots if self.snapshots.get(k) is not None]
+        if rows:
+            c.execute(insert(snapshots_t), rows)
+
+
+def _b(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+def _rekey(row: Mapping[str, Any], key: str) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != key}
+    out["k"] = row[key]
+    return out
