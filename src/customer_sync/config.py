@@ -195,8 +195,11 @@ def load_config(
     *,
     data: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    connectors: Mapping[str, type[Connector]] | None = None,  # type: ignore[type-arg]
 ) -> Config:
     """Load and validate a config file (or an already-parsed `data` dict, for tests).
+
+    `connectors` adds connector classes by name besides the installed plugins (tests).
 
     Raises:
         ConfigError: with one problem line per error, each naming the file and the key path.
@@ -228,7 +231,7 @@ def load_config(
 
     apps: dict[str, AppRuntime] = {}
     for name, app in settings.apps.items():
-        runtime = _compile_app(name, app, settings, resolved, env_paths, problems)
+        runtime = _compile_app(name, app, settings, resolved, env_paths, problems, connectors or {})
         if runtime is not None:
             apps[name] = runtime
     problems += _check_conflicts(settings)
@@ -308,10 +311,11 @@ def _compile_app(
     resolved: Mapping[str, Any],
     env_paths: set[tuple[str, ...]],
     problems: list[str],
+    extra: Mapping[str, type[Connector]],  # type: ignore[type-arg]
 ) -> AppRuntime | None:
     where = f"apps.{name}"
     try:
-        cls = load_connector(app.connector)
+        cls = extra.get(app.connector) or load_connector(app.connector)
     except ConfigError as exc:
         problems.append(f"{where}.connector: {exc}")
         return None

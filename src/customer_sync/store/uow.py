@@ -128,6 +128,10 @@ class UnitOfWork:
             ).mappings():
                 self.snapshots[(row["customer_id"], row["app"])] = dict(row)
             for row in self.conn.execute(
+                select(identities_t).where(identities_t.c.customer_id.in_(chunk))
+            ).mappings():
+                self.identities.setdefault((row["kind"], row["value_hash"]), set()).add(row["customer_id"])
+            for row in self.conn.execute(
                 select(outbox_t).where(
                     and_(outbox_t.c.customer_id.in_(chunk), outbox_t.c.state == "pending")
                 )

@@ -1,0 +1,373 @@
+"""The engine: polls apps into the inbox, processes it, dispatches the outbox — once or forever.
+
+`Engine.run_once()` repeats rounds (poll every app, process the inbox, dispatch the outbox)
+until a round finds nothing to write: that is "quiet". `Engine.run_forever()` schedules one poll
+job per app at its interval and one dispatcher with APScheduler, and stops gracefully.
+
+Every stage commits before the next begins, so a crash anywhere resumes without losing or
+duplicating a change. `faults` is a test hook called at the named points between stages
+(`after_inbox`, `after_merge`, `mid_dispatch`, `before_confirm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import delete, func, insert, select, update
+
+from customer_sync.engine.dispatch import DispatchStats, dispatch_app
+from customer_sync.engine.process import ProcessStats, process_items
+from customer_sync.errors import AuthError, ConnectorError
+from customer_sync.sdk.connector import AppRecord, Capability, Connector
+from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, OutboxItem
+from customer_sync.store.uow import UnitOfWork
+
+if TYPE_CHECKING:
+    from customer_sync.config import Config
+    from customer_sync.store.db import Store
+
+__all__ = ["Engine", "RunSummary", "default_identity_key"]
+
+log = structlog.get_logger("customer_sync.engine")
+inbox_t = InboxItem.__table__
+outbox_t = OutboxItem.__table__
+cursors_t = CursorRow.__table__
+app_state_t = AppState.__table__
+links_t = LinkRow.__table__
+
+
+def default_identity_key() -> bytes:
+    """The key of identity hashes: `CUSTOMER_SYNC_IDENTITY_KEY`, else a fixed default.
+
+    Changing it makes existing identities unmatchable, so set it once, before the first run.
+    """
+    return os.environ.get("CUSTOMER_SYNC_IDENTITY_KEY", "customer-sync/identity/v1").encode()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _no_fault(point: str) -> None:
+    return None
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for `run --once` and the tests."""
+
+    rounds: int = 0
+    polled: int = 0
+    process: ProcessStats = field(default_factory=ProcessStats)
+    dispatch: DispatchStats = field(default_factory=DispatchStats)
+    failed_apps: dict[str, str] = field(default_factory=dict)
+    waiting: int = 0
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds, "polled": self.polled, **self.process.as_dict(),
+            **{f"dispatch_{k}": v for k, v in self.dispatch.as_dict().items()},
+            "failed_apps": self.failed_apps, "waiting": self.waiting,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+class Engine:
+    """Wires the config, the store and one connector per app; use as an async context manager."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        connectors: dict[str, Connector] | None = None,  # type: ignore[type-arg]
+        clock: Callable[[], datetime] = _utcnow,
+        faults: Callable[[str], None] = _no_fault,
+        identity_key: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.faults = faults
+        self.identity_key = identity_key or default_identity_key()
+        self.apps = {name: rt for name, rt in config.apps.items() if rt.config.enabled}
+        self._given = connectors or {}
+        self.connectors: dict[str, Connector] = {}  # type: ignore[type-arg]
+        self._stack = contextlib.AsyncExitStack()
+        self.run_id = str(uuid.uuid4())
+
+    async def __aenter__(self) -> Engine:
+        for name, rt in self.apps.items():
+            connector = self._given.get(name) or rt.make_connector()
+            self.connectors[name] = await self._stack.enter_async_context(connector)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    # -- stages ------------------------------------------------------------------------------------
+
+    async def poll(self, app: str) -> int:
+        """Read an app's changes since its cursor into the inbox; each page commits with its
+        cursor. Returns how many records were received."""
+        connector = self.connectors[app]
+        with self.store.transaction() as conn:
+            raw = conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
+        from customer_sync.sdk.connector import Cursor
+
+        cursor = Cursor(value=raw) if raw is not None else None
+        count = 0
+        async for page in connector.list_changes(cursor):
+            now = self.clock()
+            rows = [_inbox_row(app, rec, "poll", now) for rec in page.records]
+            with self.store.transaction() as conn:
+                if rows:
+                    conn.execute(insert(inbox_t), rows)
+                _upsert(conn, cursors_t, {"app": app}, {"value": page.cursor.value, "updated_at": now})
+            count += len(rows)
+            self.faults("after_inbox")
+            log.debug("app.page_fetched", app=app, count=len(rows))
+        return count
+
+    async def scan_deletes(self, app: str) -> int:
+        """Compare an app's live ids with its links; a linked record that is gone is a delete."""
+        connector = self.connectors[app]
+        if Capability.ID_SCAN not in connector.capabilities:
+            return 0
+        live: set[str] = set()
+        async for chunk in connector.list_ids():
+            live.update(chunk)
+        now = self.clock()
+        with self.store.transaction() as conn:
+            linked = conn.execute(
+                select(links_t.c.app_record_id).where(links_t.c.app == app, links_t.c.state == "active")
+            ).scalars().all()
+            gone = [rid for rid in linked if rid not in live]
+            if gone:
+                conn.execute(insert(inbox_t), [
+                    _inbox_row(app, AppRecord(app_record_id=rid, deleted=True, modified_at=now), "scan", now)
+                    for rid in gone
+                ])
+        return len(gone)
+
+    async def process_inbox(self, *, limit: int | None = None) -> ProcessStats:
+        """Process pending inbox items in batches, each batch in one transaction."""
+        total = ProcessStats()
+        batch = self.config.daemon.batch_size
+        done = 0
+        while limit is None or done < limit:
+            with self.store.transaction() as conn:
+                items = [dict(r) for r in conn.execute(
+                    select(inbox_t).where(inbox_t.c.state == "pending").order_by(inbox_t.c.seq).limit(batch)
+                ).mappings()]
+            if not items:
+                break
+            await self._hydrate(items)
+            stats = await asyncio.to_thread(self._process_batch, items)
+            total.add(stats)
+            done += len(items)
+            self.faults("after_merge")
+        return total
+
+    def _process_batch(self, items: list[dict[str, Any]]) -> ProcessStats:
+        with self.store.transaction() as conn:
+            now = self.clock()
+            uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
+            stats = process_items(uow, items, self.apps, self.config.conflicts, now=now)
+            uow.flush()
+            conn.execute(delete(inbox_t).where(inbox_t.c.seq.in_([i["seq"] for i in items])))
+        return stats
+
+    async def _hydrate(self, items: list[dict[str, Any]]) -> None:
+        """Webhook notifications may carry only an id: read those records from their app."""
+        missing: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            if item["payload"] is None and item["app"] in self.connectors:
+                missing.setdefault(item["app"], []).append(item)
+        for app, group in missing.items():
+            found = {r.app_record_id: r for r in await self.connectors[app].read([i["app_record_id"] for i in group])}
+            for item in group:
+                rec = found.get(item["app_record_id"]) or AppRecord(app_record_id=item["app_record_id"], deleted=True)
+                item["payload"] = rec.model_dump(mode="json")
+
+    async def dispatch(self, app: str) -> DispatchStats:
+        """Send one app's ready outbox rows."""
+        return await dispatch_app(
+            self.store, self.apps[app], self.connectors[app], now=self.clock,
+            identity_key=self.identity_key, run_id=self.run_id,
+            batch_size=min(self.config.daemon.batch_size, max(self.connectors[app].batch_size, 1) * 10),
+            max_attempts=self.config.daemon.max_attempts, faults=self.faults,
+        )
+
+    async def accept_webhook(self, app: str, headers: dict[str, str], body: bytes) -> int:
+        """Verify and store a webhook delivery in the inbox (durable before the 2xx)."""
+        connector = self.connectors[app]
+        if Capability.WEBHOOKS not in connector.capabilities:
+            raise ConnectorError("app does not take webhooks", app=app, connector=connector.name)
+        if not connector.verify_webhook(headers, body):
+            log.warning("webhook.rejected", app=app, reason="bad signature")
+            raise AuthError("webhook signature rejected", app=app, connector=connector.name)
+        changes = connector.parse_webhook(body)
+        now = self.clock()
+        rows = []
+        for ch in changes:
+            rec = ch.record
+            if ch.kind == "delete":
+                rec = AppRecord(app_record_id=ch.app_record_id, deleted=True, modified_at=ch.occurred_at)
+            rows.append(_inbox_row(app, rec, "webhook", now, app_record_id=ch.app_record_id))
+        with self.store.transaction() as conn:
+            if rows:
+                conn.execute(insert(inbox_t), rows)
+        return len(rows)
+
+    # -- passes ------------------------------------------------------------------------------------
+
+    async def run_once(self, *, max_rounds: int = 25, scan_deletes: bool = True) -> RunSummary:
+        """Poll, process and dispatch in rounds until a round has nothing left to write."""
+        summary = RunSummary()
+        started = time.perf_counter()
+        if scan_deletes:
+            for app in self.apps:
+                await self._guarded(app, summary, self.scan_deletes(app))
+        for _ in range(max_rounds):
+            summary.rounds += 1
+            for app in self.apps:
+                polled = await self._guarded(app, summary, self.poll(app))
+                summary.polled += polled or 0
+            stats = await self.process_inbox()
+            summary.process.add(stats)
+            wrote = DispatchStats()
+            for app in self.apps:
+                if app in summary.failed_apps:
+                    continue
+                result = await self._guarded(app, summary, self.dispatch(app))
+                if result is not None:
+                    wrote.add(result)
+            summary.dispatch.add(wrote)
+            activity = stats.planned + stats.updated + stats.created + stats.deleted + wrote.written + wrote.deleted
+            if activity == 0 and self._ready_outbox() == 0:
+                break
+        summary.waiting = self._waiting_outbox()
+        summary.duration_s = time.perf_counter() - started
+        line = {k: v for k, v in summary.as_dict().items() if k != "failed_apps"}
+        line["failed_apps"] = sorted(summary.failed_apps)
+        log.info("sync.pass_finished", run_id=self.run_id, **line)
+        return summary
+
+    async def _guarded(self, app: str, summary: RunSummary, work: Any) -> Any:
+        """The one place a per-app failure is caught: logged, recorded, and the others go on."""
+        if app in summary.failed_apps:
+            work.close()
+            return None
+        with structlog.contextvars.bound_contextvars(app=app, run_id=self.run_id):
+            try:
+                result = await work
+            except AuthError as exc:
+                self._record_app_error(app, exc, parked=True)
+                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
+                log.error("app.parked", reason=type(exc).__name__, error=str(exc))
+                return None
+            except Exception as exc:  # per-app pass: log with traceback, mark failed, go on
+                self._record_app_error(app, exc, parked=False)
+                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
+                log.exception("sync.pass_failed", reason=type(exc).__name__)
+                return None
+            self._record_app_ok(app)
+            return result
+
+    def _record_app_ok(self, app: str) -> None:
+        now = self.clock()
+        with self.store.transaction() as conn:
+            _upsert(conn, app_state_t, {"app": app}, {
+                "last_poll_at": now, "last_success_at": now, "last_error": None,
+                "parked": False, "consecutive_failures": 0})
+
+    def _record_app_error(self, app: str, exc: Exception, *, parked: bool) -> None:
+        now = self.clock()
+        with self.store.transaction() as conn:
+            row = conn.execute(select(app_state_t).where(app_state_t.c.app == app)).mappings().first()
+            failures = (row["consecutive_failures"] if row else 0) + 1
+            _upsert(conn, app_state_t, {"app": app}, {
+                "last_poll_at": now, "last_error": f"{type(exc).__name__}: {exc}"[:1000],
+                "parked": parked, "consecutive_failures": failures,
+                "last_success_at": row["last_success_at"] if row else None})
+
+    def _ready_outbox(self) -> int:
+        now = self.clock()
+        with self.store.transaction() as conn:
+            return conn.execute(select(func.count()).select_from(outbox_t).where(
+                outbox_t.c.state.in_(("pending", "sending")),
+                (outbox_t.c.next_attempt_at.is_(None)) | (outbox_t.c.next_attempt_at <= now),
+                outbox_t.c.app.in_([a for a in self.apps]),
+            )).scalar_one()
+
+    def _waiting_outbox(self) -> int:
+        with self.store.transaction() as conn:
+            return conn.execute(select(func.count()).select_from(outbox_t).where(
+                outbox_t.c.state.in_(("pending", "sending")))).scalar_one()
+
+    async def run_forever(self, stop: asyncio.Event, *, dispatch_interval_s: float = 2.0) -> None:
+        """Schedule one poll job per app and one dispatcher until `stop` is set."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        summary = RunSummary()
+
+        async def poll_job(app: str) -> None:
+            await self._guarded(app, summary, self.poll(app))
+            summary.failed_apps.pop(app, None)
+            stats = await self.process_inbox()
+            if stats.read:
+                log.info("sync.pass_finished", app=app, **stats.as_dict())
+
+        async def dispatch_job() -> None:
+            for app in self.apps:
+                result = await self._guarded(app, summary, self.dispatch(app))
+                summary.failed_apps.pop(app, None)
+                if result is not None and (result.written or result.deleted):
+                    log.info("dispatch.finished", app=app, **result.as_dict())
+
+        for app in self.apps:
+            scheduler.add_job(poll_job, "interval", args=[app], seconds=self.config.poll_interval_s(app),
+                              id=f"poll:{app}", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+        scheduler.add_job(dispatch_job, "interval", seconds=dispatch_interval_s, id="dispatch",
+                          max_instances=1, coalesce=True)
+        scheduler.start()
+        log.info("sync.daemon_started", apps=sorted(self.apps), run_id=self.run_id)
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            # let in-flight jobs finish within a grace period
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and "job" in repr(t.get_coro())]
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+            log.info("sync.daemon_stopped", run_id=self.run_id)
+
+
+def _inbox_row(app: str, rec: AppRecord | None, source: str, now: datetime, *, app_record_id: str | None = None) -> dict[str, Any]:
+    return {
+        "app": app,
+        "app_record_id": rec.app_record_id if rec is not None else app_record_id,
+        "payload": rec.model_dump(mode="json") if rec is not None else None,
+        "deleted": bool(rec is not None and rec.deleted),
+        "source": source, "received_at": now, "state": "pending", "error": None,
+    }
+
+
+def _upsert(conn: Any, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
+    """Portable upsert by primary key (update, insert when nothing was updated)."""
+    cond = [table.c[k] == v for k, v in key.items()]
+    result = conn.execute(update(table).where(*cond).values(**values))
+    if result.rowcount == 0:
+        conn.execute(insert(table).values(**key, **values))
