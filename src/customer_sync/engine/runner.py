@@ -105,6 +105,7 @@ class Engine:
         self.connectors: dict[str, Connector] = {}  # type: ignore[type-arg]
         self._stack = contextlib.AsyncExitStack()
         self.run_id = str(uuid.uuid4())
+        self._offload = True  # process batches in a worker thread (not in dry-run)
 
     async def __aenter__(self) -> Engine:
         for name, rt in self.apps.items():
@@ -173,7 +174,10 @@ class Engine:
             if not items:
                 break
             await self._hydrate(items)
-            stats = await asyncio.to_thread(self._process_batch, items)
+            if self._offload:
+                stats = await asyncio.to_thread(self._process_batch, items)
+            else:
+                stats = self._process_batch(items)
             total.add(stats)
             done += len(items)
             self.faults("after_merge")
@@ -230,6 +234,31 @@ class Engine:
                 conn.execute(insert(inbox_t), rows)
         return len(rows)
 
+    async def dry_run(self) -> list[dict[str, Any]]:
+        """Read every app and decide, but write nothing, to the apps or to the store.
+
+        Everything runs in one transaction that is rolled back. Returns the plan: one entry per
+        write (customer, app, operation, fields old -> new, and why).
+        """
+        real = self.store
+        with real.engine.connect() as conn:
+            outer = conn.begin()
+            self.store = _OneTransaction(conn)  # type: ignore[assignment]
+            self._offload = False
+            try:
+                summary = RunSummary()
+                for app in self.apps:
+                    await self._guarded(app, summary, self.poll(app), record=False)
+                await self.process_inbox()
+                plan = _read_plan(conn)
+                for app, error in summary.failed_apps.items():
+                    plan.append({"app": app, "op": "error", "reason": error})
+                return plan
+            finally:
+                outer.rollback()
+                self.store = real
+                self._offload = True
+
     # -- passes ------------------------------------------------------------------------------------
 
     async def run_once(self, *, max_rounds: int = 25, scan_deletes: bool = True) -> RunSummary:
@@ -264,7 +293,7 @@ class Engine:
         log.info("sync.pass_finished", run_id=self.run_id, **line)
         return summary
 
-    async def _guarded(self, app: str, summary: RunSummary, work: Any) -> Any:
+    async def _guarded(self, app: str, summary: RunSummary, work: Any, *, record: bool = True) -> Any:
         """The one place a per-app failure is caught: logged, recorded, and the others go on."""
         if app in summary.failed_apps:
             work.close()
@@ -273,16 +302,19 @@ class Engine:
             try:
                 result = await work
             except AuthError as exc:
-                self._record_app_error(app, exc, parked=True)
+                if record:
+                    self._record_app_error(app, exc, parked=True)
                 summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
                 log.error("app.parked", reason=type(exc).__name__, error=str(exc))
                 return None
             except Exception as exc:  # per-app pass: log with traceback, mark failed, go on
-                self._record_app_error(app, exc, parked=False)
+                if record:
+                    self._record_app_error(app, exc, parked=False)
                 summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
                 log.exception("sync.pass_failed", reason=type(exc).__name__)
                 return None
-            self._record_app_ok(app)
+            if record:
+                self._record_app_ok(app)
             return result
 
     def _record_app_ok(self, app: str) -> None:
@@ -371,3 +403,34 @@ def _upsert(conn: Any, table: Any, key: dict[str, Any], values: dict[str, Any]) 
     result = conn.execute(update(table).where(*cond).values(**values))
     if result.rowcount == 0:
         conn.execute(insert(table).values(**key, **values))
+
+
+class _OneTransaction:
+    """A store stand-in whose every transaction is one outer transaction (dry-run)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.engine = conn.engine
+
+    @contextlib.contextmanager
+    def transaction(self) -> Any:
+        yield self.conn
+
+
+def _read_plan(conn: Any) -> list[dict[str, Any]]:
+    from customer_sync.store.tables import CustomerRow, SnapshotRow
+
+    customers_t, snapshots_t = CustomerRow.__table__, SnapshotRow.__table__
+    out = []
+    rows = conn.execute(select(outbox_t).where(outbox_t.c.state == "pending").order_by(outbox_t.c.seq)).mappings()
+    for row in rows:
+        values = conn.execute(select(customers_t.c["values"]).where(
+            customers_t.c.customer_id == row["customer_id"])).scalar() or {}
+        base = conn.execute(select(snapshots_t.c["values"]).where(
+            snapshots_t.c.customer_id == row["customer_id"], snapshots_t.c.app == row["app"])).scalar() or {}
+        out.append({
+            "customer_id": row["customer_id"], "customer": values.get("email") or values.get("phone"),
+            "app": row["app"], "op": row["op"], "app_record_id": row["app_record_id"],
+            "fields": {f: [base.get(f), v] for f, v in row["fields"].items()}, "reason": row["reason"],
+        })
+    return out
