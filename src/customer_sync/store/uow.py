@@ -201,6 +201,11 @@ class UnitOfWork:
 
     def add_link(self, app: str, app_record_id: str, customer_id: str) -> None:
         old = self.link_for(customer_id, app)
+        if old is not None and old["app_record_id"] == app_record_id:
+            # Already linked (e.g. the echo of an unconfirmed create was matched first).
+            if old["state"] != "active":
+                self.set_link_state(app, app_record_id, "active")
+            return
         if old is not None:  # an unlinked or gone record is replaced by the new one
             self.drop_link(app, old["app_record_id"])
         row = {"app": app, "app_record_id": app_record_id, "customer_id": customer_id,
