@@ -1,0 +1,654 @@
+"""The `customer-sync` command: run the daemon, one pass or a dry run; check health; and the
+operator's actions (status, conflicts, deletes, log, explain, resync, connectors).
+
+Thin on purpose: every decision lives in `engine/` (the runner and `engine.admin`); a command
+loads the config, opens the store, calls one function and renders what it returns. Expected
+errors end with a message and an exit code, never a traceback: 2 for a bad config or bad usage,
+1 for everything else that failed (store unreachable, an app parked or failed, nothing found).
+
+Logs go to stderr for every command but the daemon, so that stdout holds only the command's
+output (and `--json` output stays parseable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from customer_sync import __version__
+from customer_sync._cli_render import (
+    EMPTY,
+    diff_lines,
+    format_change,
+    format_lag,
+    format_time,
+    format_value,
+    table,
+    to_json,
+)
+from customer_sync.config import load_config
+from customer_sync.engine import admin
+from customer_sync.engine.runner import Engine, RunSummary, default_identity_key
+from customer_sync.errors import ConfigError, StoreError, SyncError
+
+if TYPE_CHECKING:
+    from customer_sync.config import Config
+    from customer_sync.store.db import Store
+
+__all__ = ["app", "main"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="customer-sync",
+    help="Two-way sync of customer records across your apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+conflicts_app = typer.Typer(help="Conflicts the rules could not decide, and resolving them.")
+deletes_app = typer.Typer(help='Deletes held for approval (apps with on_delete = "approve").')
+app.add_typer(conflicts_app, name="conflicts")
+app.add_typer(deletes_app, name="deletes")
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", envvar="CUSTOMER_SYNC_CONFIG", dir_okay=False,
+        help="The config file (env CUSTOMER_SYNC_CONFIG).",
+    ),
+]
+# Under a group (`conflicts`, `deletes`) --config may come before or after the subcommand.
+SubConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", dir_okay=False, help="The config file (default: the group's)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+DEFAULT_CONFIG = Path("config.toml")
+
+
+@dataclass(frozen=True)
+class _GroupOptions:
+    """Options given to a group (`conflicts -c F resolve ...`), for its subcommands."""
+
+    config_path: Path
+    show_all: bool = False
+    as_json: bool = False
+
+
+# -- plumbing ----------------------------------------------------------------------------------
+
+
+def _err(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _expected_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the errors an operator can cause or fix into a message and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for line in exc.problems:
+                _err(line)
+            raise typer.Exit(2) from None
+        except StoreError as exc:
+            _err(f"store: {exc}")
+            raise typer.Exit(1) from None
+        except admin.NotFound as exc:
+            _err(f"not found: {exc}")
+            raise typer.Exit(1) from None
+        except SyncError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _setup(config_path: Path, *, log_stream: Any = None) -> Config:
+    """Load the config and configure logging from its `[daemon]` table.
+
+    Raises:
+        ConfigError: with one problem line per error.
+    """
+    from customer_sync.logs import configure_logging
+
+    config = load_config(config_path)
+    daemon = config.daemon
+    configure_logging(
+        level=daemon.log_level, fmt=daemon.log_format, redact=daemon.redact_logs,
+        stream=sys.stderr if log_stream is None else log_stream,
+    )
+    return config
+
+
+@contextlib.contextmanager
+def _opened_store(config: Config) -> Iterator[Store]:
+    from customer_sync.store.db import open_store
+
+    store = open_store(config.daemon.store_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _safe_url(url: str) -> str:
+    """The store URL without its password, fit for a terminal."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable store URL)"
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(to_json(data))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"customer-sync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Two-way sync of customer records across your apps."""
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+@app.command()
+@_expected_errors
+def run(
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    once: Annotated[bool, typer.Option("--once", help="One pass over every app, then exit.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read every app and show the writes; write nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the daemon (until SIGTERM or Ctrl-C), one pass (--once), or a dry run (--dry-run).
+
+    --once exits 1 when an app failed during the pass.
+    """
+    if once and dry_run:
+        raise typer.BadParameter("use --once or --dry-run, not both", param_hint="--once/--dry-run")
+    if as_json and not (once or dry_run):
+        raise typer.BadParameter("--json goes with --once or --dry-run", param_hint="--json")
+    daemon = not (once or dry_run)
+    # The daemon logs to stdout (the container's log); one-shot runs keep stdout for their output.
+    config = _setup(config_path, log_stream=sys.stdout if daemon else sys.stderr)
+    with _opened_store(config) as store:
+        if dry_run:
+            plan = asyncio.run(_dry_run(config, store))
+            _print_plan(plan, as_json=as_json)
+            _err("dry run: nothing was written")
+            if any(entry.get("op") == "error" for entry in plan):
+                raise typer.Exit(1)
+        elif once:
+            summary = asyncio.run(_run_once(config, store))
+            _print_summary(summary, as_json=as_json)
+            if summary.failed_apps:
+                raise typer.Exit(1)
+        else:
+            asyncio.run(_run_daemon(config, store))
+
+
+async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
+    async with Engine(config, store) as engine:
+        return await engine.dry_run()
+
+
+async def _run_once(config: Config, store: Store) -> RunSummary:
+    async with Engine(config, store) as engine:
+        return await engine.run_once()
+
+
+async def _run_daemon(config: Config, store: Store) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Engine(config, store) as engine:
+            await engine.run_forever(stop)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _print_plan(plan: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        _print_json(plan)
+        return
+    if not plan:
+        typer.echo("nothing to write: every app already agrees")
+        return
+    rows = []
+    for entry in plan:
+        fields = entry.get("fields") or {}
+        rows.append([
+            format_value(entry.get("customer")),
+            entry.get("app") or "",
+            entry.get("op") or "",
+            list(fields) or [""],
+            [format_change(old, new) for old, new in fields.values()] or [""],
+            entry.get("reason") or "",
+        ])
+    typer.echo(table(["customer", "app", "op", "field", "old → new", "reason"], rows))
+    typer.echo(f"{len(plan)} write(s) planned")
+
+
+def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
+    data = summary.as_dict()
+    if as_json:
+        _print_json(data)
+        return
+    lines = [
+        ("records read", data["read"]),
+        ("customers created", data["created"]),
+        ("records matched", data["matched"]),
+        ("customers updated", data["updated"]),
+        ("records written", data["dispatch_written"]),
+        ("records deleted", data["dispatch_deleted"]),
+        ("echoes ignored", data["echoes"]),
+        ("conflicts", data["conflicts"]),
+        ("parked", data["parked"]),
+        ("errors", data["errors"]),
+        ("writes waiting for retry", data["waiting"]),
+    ]
+    width = max(len(label) for label, _ in lines)
+    typer.echo(f"pass finished in {data['duration_s']:.2f}s ({data['rounds']} round(s))")
+    for label, value in lines:
+        typer.echo(f"  {label.ljust(width)}  {value}")
+    if summary.failed_apps:
+        typer.echo("failed apps:")
+        for name, error in sorted(summary.failed_apps.items()):
+            typer.echo(f"  {name}: {error}")
+    else:
+        typer.echo(f"  {'failed apps'.ljust(width)}  none")
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@_expected_errors
+def check(
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    connect: Annotated[
+        bool, typer.Option("--connect", help="Also ask every enabled app's connector to connect.")
+    ] = False,
+) -> None:
+    """Check the config, the store and the apps; exit 0 when healthy (Docker HEALTHCHECK).
+
+    Exit 2: the config is invalid. Exit 1: the store is unreachable or not migrated, an app is
+    parked, or (with --connect) an app cannot be reached.
+    """
+    from customer_sync.store.db import check_store
+
+    config = _setup(config_path)
+    enabled = sum(rt.config.enabled for rt in config.apps.values())
+    typer.echo(f"ok config: {config_path} ({enabled} of {len(config.apps)} apps enabled)")
+    check_store(config.daemon.store_url)
+    typer.echo(f"ok store: {_safe_url(config.daemon.store_url)} is reachable and migrated")
+    healthy = True
+    with _opened_store(config) as store:
+        parked = [row for row in admin.app_status(store, config) if row["parked"]]
+    for row in parked:
+        healthy = False
+        _err(f"app {row['app']}: parked: {row['last_error'] or 'no error recorded'}")
+    if not parked:
+        typer.echo("ok apps: none parked")
+    if connect:
+        for name, problem in asyncio.run(_check_connections(config)):
+            if problem is None:
+                typer.echo(f"ok app {name}: connected")
+            else:
+                healthy = False
+                _err(f"app {name}: cannot connect: {problem}")
+    if not healthy:
+        raise typer.Exit(1)
+
+
+async def _check_connections(config: Config) -> list[tuple[str, str | None]]:
+    results: list[tuple[str, str | None]] = []
+    for name, rt in config.apps.items():
+        if not rt.config.enabled:
+            continue
+        try:
+            async with rt.make_connector() as connector:
+                await connector.check()
+        except SyncError as exc:
+            results.append((name, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append((name, None))
+    return results
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+@app.command()
+@_expected_errors
+def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
+    """Per app: last poll, lag, linked records, inbox, pending writes, dead letters, errors."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        rows = admin.app_status(store, config)
+    if as_json:
+        _print_json(rows)
+        return
+    typer.echo(table(
+        ["app", "connector", "last poll", "lag", "linked", "inbox", "pending", "dead", "parked",
+         "last error"],
+        [[
+            row["app"] + ("" if row["enabled"] else " (disabled)"),
+            row["connector"],
+            format_time(row["last_poll_at"]),
+            format_lag(row["lag_s"]),
+            row["linked"],
+            row["inbox"],
+            row["pending_writes"],
+            row["dead_letters"],
+            "PARKED" if row["parked"] else "no",
+            row["last_error"] or EMPTY,
+        ] for row in rows],
+    ))
+    # app_status counts open conflicts over every app, so they are shown once, as a total.
+    open_conflicts = rows[0]["open_conflicts"] if rows else 0
+    typer.echo(f"open conflicts: {open_conflicts}"
+               + ("  (see: customer-sync conflicts)" if open_conflicts else ""))
+
+
+# -- conflicts -----------------------------------------------------------------------------------
+
+
+AllOption = Annotated[bool, typer.Option("--all", help="Also list decided and resolved conflicts.")]
+
+
+@conflicts_app.callback(invoke_without_command=True)
+@_expected_errors
+def conflicts(
+    ctx: typer.Context,
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    show_all: AllOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List parked conflicts (the default), or resolve one."""
+    ctx.obj = _GroupOptions(config_path, show_all=show_all, as_json=as_json)
+    if ctx.invoked_subcommand is None:
+        _list_conflicts(config_path, show_all=show_all, as_json=as_json)
+
+
+@conflicts_app.command("list")
+@_expected_errors
+def conflicts_list(
+    ctx: typer.Context,
+    config_path: SubConfigOption = None,
+    show_all: AllOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List parked conflicts (with --all: every conflict, newest first)."""
+    group: _GroupOptions = ctx.obj
+    _list_conflicts(
+        config_path or group.config_path, show_all=show_all or group.show_all, as_json=as_json or group.as_json
+    )
+
+
+def _list_conflicts(config_path: Path, *, show_all: bool, as_json: bool) -> None:
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        rows = admin.list_conflicts(store, status=None if show_all else "parked")
+        who = {cid: _customer_label(store, cid) for cid in {r["customer_id"] for r in rows} if cid}
+    if as_json:
+        _print_json([{**row, "customer": who.get(row["customer_id"])} for row in rows])
+        return
+    if not rows:
+        typer.echo("no parked conflicts" if not show_all else "no conflicts")
+        return
+    typer.echo(table(
+        ["id", "kind", "status", "customer", "field", "rule", "winner", "loser", "created"],
+        [[
+            row["id"], row["kind"], row["status"],
+            who.get(row["customer_id"]) or row["customer_id"] or EMPTY,
+            row["field"] or EMPTY, row["rule"] or EMPTY,
+            _side(row["winner_app"], row["winner_value"]),
+            _side(row["loser_app"], row["loser_value"]),
+            format_time(row["created_at"]),
+        ] if row["kind"] == "field" else [
+            row["id"], row["kind"], row["status"],
+            f"{row['app']} record {row['app_record_id']}", EMPTY, EMPTY,
+            f"{len((row['detail'] or {}).get('candidates', []))} candidates", EMPTY,
+            format_time(row["created_at"]),
+        ] for row in rows],
+    ))
+    if any(row["status"] == "parked" and row["kind"] == "field" for row in rows):
+        typer.echo("resolve with: customer-sync conflicts resolve ID --take APP")
+
+
+def _side(app_name: str | None, value: Any) -> str:
+    return f"{app_name}: {format_value(value)}" if app_name else EMPTY
+
+
+def _customer_label(store: Store, customer_id: str) -> str:
+    try:
+        found = admin.explain(store, customer_id)
+    except admin.NotFound:
+        return f"{customer_id} (gone)"
+    return admin.summarize_values({k: v["value"] for k, v in found["fields"].items()})
+
+
+@conflicts_app.command("resolve")
+@_expected_errors
+def conflicts_resolve(
+    ctx: typer.Context,
+    conflict_id: Annotated[int, typer.Argument(metavar="ID", help="The conflict's id.")],
+    take: Annotated[str, typer.Option("--take", help="The app whose value wins.")],
+    config_path: SubConfigOption = None,
+) -> None:
+    """Resolve a parked conflict by taking one app's value; the next run writes it everywhere."""
+    config = _setup(config_path or ctx.obj.config_path)
+    with _opened_store(config) as store:
+        result = admin.resolve_conflict(
+            store, config, conflict_id, take=take, identity_key=default_identity_key()
+        )
+    typer.echo(
+        f"conflict {conflict_id} resolved: {result['field']} takes {take}'s value; "
+        f"{result['planned']} write(s) planned for the next run"
+    )
+
+
+# -- deletes -------------------------------------------------------------------------------------
+
+
+@deletes_app.callback(invoke_without_command=True)
+@_expected_errors
+def deletes(
+    ctx: typer.Context, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False
+) -> None:
+    """List deletes waiting for approval (the default), or approve / reject one."""
+    ctx.obj = _GroupOptions(config_path, as_json=as_json)
+    if ctx.invoked_subcommand is not None:
+        return
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        rows = admin.list_pending_deletes(store)
+        who = {cid: _customer_label(store, cid) for cid in {r["customer_id"] for r in rows}}
+    if as_json:
+        _print_json([{**row, "customer": who.get(row["customer_id"])} for row in rows])
+        return
+    if not rows:
+        typer.echo("no deletes waiting for approval")
+        return
+    typer.echo(table(
+        ["id", "customer", "deleted in", "record", "requested"],
+        [[row["id"], who[row["customer_id"]], row["app"], row["app_record_id"],
+          format_time(row["requested_at"])] for row in rows],
+    ))
+    typer.echo("decide with: customer-sync deletes approve ID  |  customer-sync deletes reject ID")
+
+
+RequestId = Annotated[int, typer.Argument(metavar="ID", help="The delete request's id.")]
+
+
+@deletes_app.command("approve")
+@_expected_errors
+def deletes_approve(
+    ctx: typer.Context, request_id: RequestId, config_path: SubConfigOption = None
+) -> None:
+    """Approve a held delete: the next run deletes the customer from every app."""
+    config = _setup(config_path or ctx.obj.config_path)
+    with _opened_store(config) as store:
+        result = admin.approve_delete(store, config, request_id, identity_key=default_identity_key())
+    typer.echo(
+        f"delete request {request_id} approved: customer {result['customer_id']} "
+        "will be deleted from every app by the next run"
+    )
+
+
+@deletes_app.command("reject")
+@_expected_errors
+def deletes_reject(
+    ctx: typer.Context, request_id: RequestId, config_path: SubConfigOption = None
+) -> None:
+    """Reject a held delete: the other apps keep the customer; the deleting app is unlinked."""
+    config = _setup(config_path or ctx.obj.config_path)
+    with _opened_store(config) as store:
+        result = admin.reject_delete(store, config, request_id, identity_key=default_identity_key())
+    typer.echo(
+        f"delete request {request_id} rejected: the other apps keep customer "
+        f"{result['customer_id']}; {result['app']} is no longer synced for it"
+    )
+
+
+# -- one customer --------------------------------------------------------------------------------
+
+
+Who = Annotated[str, typer.Argument(metavar="WHO", help="An email, a phone or a customer id.")]
+
+
+@app.command("log")
+@_expected_errors
+def log_(
+    who: Who,
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="The last N entries.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The change log of one customer: what was observed, decided and written, and why."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
+        entries = admin.customer_log(store, customer_id, limit=limit)
+    if as_json:
+        _print_json({"customer_id": customer_id, "entries": entries})
+        return
+    typer.echo(f"customer {customer_id}")
+    if not entries:
+        typer.echo("no change log entries")
+        return
+    typer.echo(table(
+        ["time", "kind", "app", "record", "fields", "reason"],
+        [[format_time(e["at"]), e["kind"], e["app"] or EMPTY, e["app_record_id"] or EMPTY,
+          diff_lines(e["diff"]) or [""], e["reason"] or ""] for e in entries],
+    ))
+
+
+@app.command()
+@_expected_errors
+def explain(who: Who, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
+    """Why a customer looks the way it does: each field's value, source app, time and rule."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
+        found = admin.explain(store, customer_id)
+    if as_json:
+        _print_json(found)
+        return
+    typer.echo(f"customer {customer_id}")
+    typer.echo(f"created {format_time(found['created_at'])}, updated {format_time(found['updated_at'])}"
+               + (f", DELETED {format_time(found['deleted_at'])}" if found["deleted_at"] else ""))
+    typer.echo("")
+    typer.echo(table(
+        ["field", "value", "from app", "at", "rule"],
+        [[name, format_value(f["value"]), f.get("app") or EMPTY, format_time(f.get("at")),
+          f.get("rule") or EMPTY] for name, f in found["fields"].items()],
+    ))
+    typer.echo("")
+    if found["links"]:
+        typer.echo(table(["app", "record", "link"],
+                         [[lk["app"], lk["app_record_id"], lk["state"]] for lk in found["links"]]))
+    else:
+        typer.echo("no links")
+
+
+# -- resync, connectors --------------------------------------------------------------------------
+
+
+@app.command()
+@_expected_errors
+def resync(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The configured app to re-read.")],
+    config_path: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Forget an app's cursor: the next run re-reads all its records (unchanged ones cost nothing)."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        admin.resync(store, config, app_name)
+    typer.echo(f"resync {app_name}: cursor forgotten; the next run re-reads every record of {app_name}")
+
+
+@app.command()
+@_expected_errors
+def connectors(as_json: JsonOption = False) -> None:
+    """The installed connectors: name, distribution, capabilities and batch size."""
+    from customer_sync.sdk.registry import discover_connectors
+
+    found = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "capabilities": [flag.name for flag in info.cls.capabilities if flag.name],
+            "batch_size": info.cls.batch_size,
+        }
+        for info in discover_connectors().values()
+    ]
+    if as_json:
+        _print_json(found)
+        return
+    if not found:
+        typer.echo("no connectors installed")
+        return
+    typer.echo(table(
+        ["name", "distribution", "capabilities", "batch size"],
+        [[c["name"], c["distribution"] or EMPTY, ", ".join(c["capabilities"]) or EMPTY,
+          c["batch_size"]] for c in found],
+    ))
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()
