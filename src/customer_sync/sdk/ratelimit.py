@@ -55,7 +55,8 @@ class _Window:
         self.max_calls = max_calls
         self.per_s = per_s
         self.resolution_s = per_s / 1000
-        self._buckets: deque[list[float]] = deque()  # [first_start, last_start, count], oldest first
+        # [first_start, last_start, count], oldest first
+        self._buckets: deque[list[float]] = deque()
         self._used = 0
 
     def _expire(self, now: float) -> None:

@@ -132,7 +132,8 @@ def _error_of(retry_state: RetryCallState) -> BaseException | None:
 def _log_retry(retry_state: RetryCallState) -> None:
     error = _error_of(retry_state)
     connector_error = error if isinstance(error, ConnectorError) else None
-    wait_s = retry_state.next_action.sleep if retry_state.next_action else retry_state.upcoming_sleep
+    next_action = retry_state.next_action
+    wait_s = next_action.sleep if next_action else retry_state.upcoming_sleep
     _log.info(
         "http.retry_scheduled",
         app=connector_error.app if connector_error else None,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .conftest import FakeClock
 
 BASE_URL = "https://api.example.test"
+CONTACTS = "/crm/v3/objects/contacts"
 TOKEN = "pat-na1-11111111-2222-3333-4444-555555555555"
 
 
@@ -49,7 +50,9 @@ def limiter() -> SpyLimiter:
 
 
 @pytest.fixture
-async def client(fast_retry: tenacity.AsyncRetrying, limiter: SpyLimiter) -> AsyncIterator[ApiClient]:
+async def client(
+    fast_retry: tenacity.AsyncRetrying, limiter: SpyLimiter
+) -> AsyncIterator[ApiClient]:
     async with ApiClient(
         app="crm",
         connector="hubspot",
@@ -89,7 +92,9 @@ async def test_auth_header_is_sent(client: ApiClient, api_mock: respx.MockRouter
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 409, 422], ids=str)
-async def test_4xx_is_never_retried(client: ApiClient, api_mock: respx.MockRouter, status: int) -> None:
+async def test_4xx_is_never_retried(
+    client: ApiClient, api_mock: respx.MockRouter, status: int
+) -> None:
     """A 4xx is raised after exactly one request."""
     route = api_mock.patch("/crm/v3/objects/contacts/51").respond(status, json={})
 
@@ -105,7 +110,10 @@ async def test_429_then_200_succeeds_and_penalizes_the_limiter(
 ) -> None:
     """A 429 with Retry-After pauses the limiter, waits that long, and the retry succeeds."""
     route = api_mock.get("/api/v2/users/7").mock(
-        side_effect=[httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(200, json={})]
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "3"}),
+            httpx.Response(200, json={}),
+        ]
     )
 
     response = await client.request("GET", "/api/v2/users/7", operation="users.read")
@@ -122,7 +130,10 @@ async def test_429_without_retry_after_penalizes_with_the_default_pause(
 ) -> None:
     """A 429 naming no wait (HubSpot) pauses the limiter for rate_limited_pause_s."""
     api_mock.get("/crm/v3/objects/contacts").mock(
-        side_effect=[httpx.Response(429, json={"policyName": "SECONDLY"}), httpx.Response(200, json={})]
+        side_effect=[
+            httpx.Response(429, json={"policyName": "SECONDLY"}),
+            httpx.Response(200, json={}),
+        ]
     )
 
     await client.request("GET", "/crm/v3/objects/contacts", operation="contacts.list")
@@ -194,7 +205,7 @@ async def test_post_is_not_resent_after_an_unclear_failure(
     route = api_mock.post("/crm/v3/objects/contacts").respond(502)
 
     with pytest.raises(TransientError):
-        await client.request("POST", "/crm/v3/objects/contacts", operation="contacts.create", json={})
+        await client.request("POST", CONTACTS, operation="contacts.create", json={})
 
     assert 1 == route.call_count
 
@@ -205,7 +216,7 @@ async def test_post_is_resent_after_a_429(client: ApiClient, api_mock: respx.Moc
         side_effect=[httpx.Response(429), httpx.Response(201, json={"id": "52"})]
     )
 
-    response = await client.request("POST", "/crm/v3/objects/contacts", operation="contacts.create", json={})
+    response = await client.request("POST", CONTACTS, operation="contacts.create", json={})
 
     assert (201, 2) == (response.status_code, route.call_count)
 
@@ -219,7 +230,11 @@ async def test_post_marked_idempotent_is_retried_on_5xx(
     )
 
     await client.request(
-        "POST", "/crm/v3/objects/contacts/search", operation="contacts.search", json={}, idempotent=True
+        "POST",
+        "/crm/v3/objects/contacts/search",
+        operation="contacts.search",
+        json={},
+        idempotent=True,
     )
 
     assert 2 == route.call_count
@@ -260,12 +275,15 @@ async def test_error_and_logs_carry_no_secret_payload_or_email(
     """Neither the error nor any log line holds the token, the request payload or an email."""
     api_mock.post("/crm/v3/objects/contacts").respond(
         400,
-        json={"category": "VALIDATION_ERROR", "message": f"Email ada@example.com invalid; token {TOKEN}"},
+        json={
+            "category": "VALIDATION_ERROR",
+            "message": f"Email ada@example.com invalid; token {TOKEN}",
+        },
     )
     payload = {"properties": {"email": "ada@example.com", "firstname": "Ada-Lovelace-Sentinel"}}
 
     with structlog.testing.capture_logs() as logs, pytest.raises(RecordRejected) as caught:
-        await client.request("POST", "/crm/v3/objects/contacts", operation="contacts.create", json=payload)
+        await client.request("POST", CONTACTS, operation="contacts.create", json=payload)
 
     text = str(caught.value) + repr(logs)
     for leaked in (TOKEN, "Bearer", "ada@example.com", "Ada-Lovelace-Sentinel"):
@@ -281,7 +299,7 @@ async def test_request_finished_is_logged_without_query_string(
 
     with structlog.testing.capture_logs() as logs:
         await client.request(
-            "GET", "/crm/v3/objects/contacts", operation="contacts.list", params={"after": "secret-cursor"}
+            "GET", CONTACTS, operation="contacts.list", params={"after": "secret-cursor"}
         )
 
     [entry] = [e for e in logs if e["event"] == "http.request_finished"]
@@ -361,7 +379,9 @@ async def test_validate_response_override_turns_an_error_body_into_an_error(
 
     api_mock.post("/lists/1/members").respond(200, json={"ok": False})
 
-    async with OkFalseClient(app="list", connector="acme", base_url=BASE_URL, retry=fast_retry) as api:
+    async with OkFalseClient(
+        app="list", connector="acme", base_url=BASE_URL, retry=fast_retry
+    ) as api:
         with pytest.raises(RecordRejected, match="ok=false"):
             await api.request("POST", "/lists/1/members", operation="members.create", json={})
 

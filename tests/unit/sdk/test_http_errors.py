@@ -26,13 +26,19 @@ from customer_sync.sdk.http import (
 _REQUEST = httpx.Request("PATCH", "https://api.example.test/crm/v3/objects/contacts/51")
 
 
-def _response(status: int, *, json: object = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def _response(
+    status: int, *, json: object = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.Response(status, json=json, headers=headers, request=_REQUEST)
 
 
 def _classify(response: httpx.Response, **kw: object) -> ConnectorError | None:
     return classify_response(
-        response, app="crm", connector="hubspot", operation="contacts.update", **kw  # type: ignore[arg-type]
+        response,
+        app="crm",
+        connector="hubspot",
+        operation="contacts.update",
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -110,7 +116,9 @@ def test_429_without_retry_after_has_none() -> None:
         "X-HubSpot-RateLimit-Max": "100",
         "X-HubSpot-RateLimit-Remaining": "0",
     }
-    error = _classify(_response(429, json={"status": "error", "policyName": "SECONDLY"}, headers=headers))
+    body = {"status": "error", "policyName": "SECONDLY"}
+
+    error = _classify(_response(429, json=body, headers=headers))
 
     assert isinstance(error, RateLimited)
     assert error.retry_after_s is None
@@ -146,7 +154,7 @@ def test_unparseable_retry_after_is_none() -> None:
 
 def test_message_carries_hubspot_category_and_message() -> None:
     """A HubSpot error body gives its category and message to the error text."""
-    body = {"status": "error", "category": "VALIDATION_ERROR", "message": "Property values were not valid"}
+    body = {"category": "VALIDATION_ERROR", "message": "Property values were not valid"}
 
     error = _classify(_response(400, json=body))
 
@@ -211,7 +219,8 @@ def test_long_message_never_leaks_part_of_an_email() -> None:
 
 def test_message_ignores_non_json_bodies() -> None:
     """An HTML or text error page is not copied into the error."""
-    response = httpx.Response(502, text="<html>Bad gateway for ada@example.com</html>", request=_REQUEST)
+    html = "<html>Bad gateway for ada@example.com</html>"
+    response = httpx.Response(502, text=html, request=_REQUEST)
 
     message = str(_classify(response))
 

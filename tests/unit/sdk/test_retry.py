@@ -123,7 +123,9 @@ def test_stop_before_the_wait_overruns_the_budget(
     """The policy gives up when the next wait would end past max_total_s."""
     stop = StopBeforeBudget(max_attempts=6, max_total_s=120.0)
 
-    assert expected == stop(_state(2, _transient(), elapsed_s=elapsed_s, upcoming_sleep=upcoming_sleep))
+    state = _state(2, _transient(), elapsed_s=elapsed_s, upcoming_sleep=upcoming_sleep)
+
+    assert expected == stop(state)
 
 
 async def test_policy_reraises_the_last_error_after_max_attempts() -> None:
@@ -210,7 +212,10 @@ async def test_policy_calls_on_retry_and_sleeps_the_computed_wait() -> None:
         raise _transient()
 
     policy = retry_policy(
-        max_attempts=3, sleep=sleep, uniform=_highest, on_retry=lambda s: seen.append(s.attempt_number)
+        max_attempts=3,
+        sleep=sleep,
+        uniform=_highest,
+        on_retry=lambda state: seen.append(state.attempt_number),
     )
     with pytest.raises(TransientError):
         await policy(failing)
