@@ -29,10 +29,30 @@ from customer_sync.sdk.connector import (
     WriteReceipt,
     fingerprint,
 )
+from customer_sync.sdk.http import (
+    DEFAULT_ERROR_TABLE,
+    ApiClient,
+    ErrorTable,
+    classify_response,
+    classify_transport_error,
+    parse_retry_after,
+    redact_text,
+)
+from customer_sync.sdk.pagination import (
+    BasePaginator,
+    CursorPaginator,
+    LinkPaginator,
+    OffsetPaginator,
+)
+from customer_sync.sdk.ratelimit import Limiter, MultiLimiter, RateLimiter
+from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_policy
 
 __all__ = [
+    "DEFAULT_ERROR_TABLE",
+    "ApiClient",
     "AppRecord",
     "AuthError",
+    "BasePaginator",
     "Capability",
     "Change",
     "ChangePage",
@@ -41,12 +61,26 @@ __all__ = [
     "ConnectorError",
     "ConnectorSettings",
     "Cursor",
+    "CursorPaginator",
+    "ErrorTable",
+    "FullJitterBackoff",
+    "Limiter",
+    "LinkPaginator",
+    "MultiLimiter",
+    "OffsetPaginator",
     "RateLimited",
+    "RateLimiter",
     "RecordGone",
     "RecordRejected",
+    "StopBeforeBudget",
     "TransientError",
     "WriteOp",
     "WriteOutcome",
     "WriteReceipt",
+    "classify_response",
+    "classify_transport_error",
     "fingerprint",
+    "parse_retry_after",
+    "redact_text",
+    "retry_policy",
 ]
