@@ -12,6 +12,7 @@ value, and the rest of the record goes on.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -297,13 +298,23 @@ def _int(value: Any, ctx: NormalizeContext) -> int:
         raise ValueError("expected an integer, got bool")
     if isinstance(value, float) and not value.is_integer():
         raise ValueError("expected an integer")
-    return int(str(value).strip()) if isinstance(value, str) else int(value)
+    try:
+        return int(str(value).strip()) if isinstance(value, str) else int(value)
+    except ValueError:  # int()'s own message quotes the value
+        raise ValueError("expected an integer") from None
 
 
 def _float(value: Any, ctx: NormalizeContext) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number, got bool")
-    return float(value)
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):  # float()'s own message quotes the value
+        raise ValueError("expected a number") from None
+    if not math.isfinite(number):
+        # NaN never equals itself, so every merge would see a change; strict JSON has neither.
+        raise ValueError("expected a finite number")
+    return number
 
 
 def _bool(value: Any, ctx: NormalizeContext) -> bool:
