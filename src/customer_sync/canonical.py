@@ -125,7 +125,11 @@ class NormalizeContext:
 
 
 _WS = re.compile(r"\s+")
-_COUNTRIES = frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}
+# phonenumbers' regions are the ISO 3166-1 alpha-2 codes with a numbering plan of their own
+# ("001" is its non-geographic pseudo-region); the seven territories without one are added.
+_COUNTRIES = (frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}) | {
+    "AQ", "BV", "GS", "HM", "PN", "TF", "UM",
+}
 _LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|\d{3}))?$")
 
 
