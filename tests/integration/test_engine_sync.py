@@ -317,3 +317,24 @@ async def test_dry_run_writes_nothing_anywhere(world):
     assert [] == w.customers()
     await w.run()
     assert {"t@x.io"} == set(w.by_email("desk"))
+
+
+async def test_merge_in_one_app_leaves_one_linked_customer(world):
+    """Two records merged in the CRM become one customer; the link follows the survivor."""
+    w = world(apps=("crm", "desk"))
+    first = w.apps["crm"].put({"email": "v@x.io", "first": "Vic"})
+    second = w.apps["crm"].put({"email": "victor@x.io", "phone": "+14155550777"})
+    await w.run()
+    assert 2 == len(w.customers())
+    w.apps["crm"].merge(first, second)
+    await w.run()
+    (customer,) = w.customers()
+    active = {(lk["app"], lk["app_record_id"]) for lk in w.links()
+              if lk["state"] == "active" and lk["customer_id"] == customer["customer_id"]}
+    assert ("crm", first) in active
+    assert ("crm", second) not in active
+    assert "+14155550777" == customer["values"]["phone"]  # the loser's values fill the gaps
+    dup = [c for c in w.conflicts() if c["kind"] == "match"]
+    assert ["duplicate_after_merge"] == [c["detail"]["reason"] for c in dup]  # desk holds two records now
+    again = await w.run()
+    assert 0 == again.dispatch.written

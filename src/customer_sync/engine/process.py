@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from customer_sync.config import AppRuntime, ConflictsConfig
     from customer_sync.store.uow import UnitOfWork
 
-__all__ = ["ProcessStats", "app_fingerprint", "process_items", "propagate_delete"]
+__all__ = ["ProcessStats", "app_fingerprint", "merge_customers", "process_items", "propagate_delete"]
 
 
 @dataclass
@@ -89,7 +89,7 @@ def process_items(
     for _, rec, rt in records:
         fp = app_fingerprint(rt, rec.fields)
         link = uow.link(rt.name, rec.app_record_id)
-        if rec.deleted:
+        if rec.deleted or (rec.merged_into is not None and not rec.fields):
             prepared.append((rec, rt, None, fp))
             continue
         if link is not None and link["state"] == "active":
@@ -110,6 +110,10 @@ def process_items(
         uow.prefetch(app_records=[], identities=wanted)
 
     for rec, rt, values, fp in prepared:
+        if rec.merged_into is not None:
+            _apply_vendor_merge(uow, rec, rt, apps, now=now, stats=stats)
+            if values is None:
+                continue
         if values is None:
             _apply_delete(uow, rec, rt, apps, now=now, stats=stats)
         else:
@@ -252,3 +256,71 @@ def propagate_delete(
         customer["deleted_at"] = now
         uow.touch_customer(customer_id)
     uow.drop_identities(customer_id)
+
+
+def _apply_vendor_merge(
+    uow: UnitOfWork, rec: AppRecord, rt: AppRuntime, apps: Mapping[str, AppRuntime], *,
+    now: datetime, stats: ProcessStats,
+) -> None:
+    """The app merged record `rec` into `rec.merged_into`: the link follows the surviving
+    record, and two canonical customers linked to the two records become one."""
+    app, old_id, new_id = rt.name, rec.app_record_id, rec.merged_into
+    assert new_id is not None
+    uow.prefetch(app_records=[(app, old_id), (app, new_id)], identities=[])
+    old = uow.link(app, old_id)
+    new = uow.link(app, new_id)
+    if old is None:
+        return
+    loser = old["customer_id"]
+    if new is None:
+        uow.drop_link(app, old_id)
+        uow.add_link(app, new_id, loser)
+        uow.log("observed", app=app, app_record_id=new_id, customer_id=loser,
+                reason=f"{app} merged record {old_id} into {new_id}; link follows")
+        return
+    winner = new["customer_id"]
+    uow.drop_link(app, old_id)
+    if winner == loser:
+        return
+    merge_customers(uow, loser=loser, winner=winner, now=now, reason=f"{app} merged {old_id} into {new_id}")
+    stats.updated += 1
+    stats.planned += plan_customer(uow, winner, apps, now=now, reason=f"merged in {app}")
+
+
+def merge_customers(uow: UnitOfWork, *, loser: str, winner: str, now: datetime, reason: str) -> None:
+    """Fold canonical customer `loser` into `winner`: links and bases move where the winner
+    has none; where both hold a record of one app, the loser's is unlinked and parked for
+    review (that app now has a duplicate). Empty winner fields take the loser's values."""
+    lose, win = uow.customer(loser), uow.customer(winner)
+    assert lose is not None and win is not None
+    for app, link in list(uow.links_by_customer.get(loser, {}).items()):
+        rid = link["app_record_id"]
+        snap = uow.snapshot(loser, app)
+        if link["state"] == "active" and uow.link_for(winner, app) is None:
+            uow.drop_link(app, rid)
+            uow.add_link(app, rid, winner)
+            if snap is not None:
+                uow.set_snapshot(winner, app, snap["values"], app_fingerprint=snap["app_fingerprint"],
+                                 source_modified_at=snap["source_modified_at"])
+        elif link["state"] == "active":
+            uow.set_link_state(app, rid, "unlinked")
+            uow.add_conflict(kind="match", status="parked", customer_id=winner, app=app, app_record_id=rid,
+                             detail={"reason": "duplicate_after_merge", "merged_customer": loser})
+        uow.cancel_write(loser, app)
+        if snap is not None:
+            uow.drop_snapshot(loser, app)
+    values = dict(win["values"])
+    for name, value in lose["values"].items():
+        if isinstance(value, list):
+            values[name] = sorted(set(values.get(name) or []) | set(value))
+        elif values.get(name) in (None, "") and value not in (None, ""):
+            values[name] = value
+            win["provenance"] = {**win["provenance"], name: lose["provenance"].get(name, {})}
+    win["values"] = values
+    uow.touch_customer(winner)
+    uow.set_identities(winner, identity_values(lose["values"]) + identity_values(values))
+    lose["deleted_at"] = now
+    uow.touch_customer(loser)
+    uow.drop_identities(loser)
+    uow.log("decided", customer_id=winner, reason=f"customer {loser} merged into this one: {reason}")
+    uow.log("deleted", customer_id=loser, reason=f"merged into {winner}: {reason}")

@@ -76,6 +76,14 @@ class FakeApp:
         rec["deleted"] = True
         rec["modified_at"] = self.now()
 
+    def merge(self, primary_id: str, secondary_id: str) -> None:
+        """Merge two records as CRMs do: the secondary disappears, pointing at the primary."""
+        sec = self.records[secondary_id]
+        sec["deleted"] = True
+        sec["merged_into"] = primary_id
+        sec["modified_at"] = self.now()
+        self.records[primary_id]["modified_at"] = self.now()
+
     def live(self) -> dict[str, dict[str, Any]]:
         return {rid: r["fields"] for rid, r in self.records.items() if not r["deleted"]}
 
@@ -110,7 +118,7 @@ class FakeConnector(Connector[FakeSettings]):
     def _record(self, rid: str) -> AppRecord:
         r = self.data.records[rid]
         return AppRecord(app_record_id=rid, fields=dict(r["fields"]), modified_at=r["modified_at"],
-                         deleted=r["deleted"])
+                         deleted=r["deleted"], merged_into=r.get("merged_into"))
 
     async def list_changes(self, since: Cursor | None) -> AsyncIterator[ChangePage]:  # type: ignore[override]
         self.data._maybe_fail("list")
