@@ -1,0 +1,553 @@
+"""The config loader: every problem is one line `FILE: key.path: what is wrong`, secrets come
+from the environment only, and a valid file loads into compiled apps.
+
+Connectors come from `connectors=` (the FakeConnector and a test-only `VaultConnector` with
+secret settings), so these tests do not depend on which plugins are installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from pydantic import SecretStr
+
+from customer_sync.canonical import LIFECYCLE_STAGES
+from customer_sync.config import FieldRule, load_config
+from customer_sync.errors import ConfigError
+from customer_sync.sdk.connector import Connector, ConnectorSettings
+from customer_sync.sdk.registry import ENTRY_POINT_GROUP
+from customer_sync.testing.fake_connector import FakeConnector, FakeSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+FILE = "config.toml"
+SECRET = "s3cr3t-token-value"
+
+
+class VaultSettings(ConnectorSettings):
+    """Settings of a test-only connector that holds secrets."""
+
+    api_token: SecretStr
+    webhook_secret: SecretStr | None = None
+    region: str = "eu"
+
+
+class VaultConnector(Connector[VaultSettings]):
+    """A test-only connector whose settings carry secrets; only loaded, never run."""
+
+    name = "vault"
+    settings_model = VaultSettings
+
+
+CONNECTORS: dict[str, type[Connector[Any]]] = {"fake": FakeConnector, "vault": VaultConnector}
+
+
+@pytest.fixture(autouse=True)
+def _no_customer_sync_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a CUSTOMER_SYNC_* variable of the developer's shell out of these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("CUSTOMER_SYNC_"):
+            monkeypatch.delenv(name)
+
+
+def _two_apps(**extra: Any) -> dict[str, Any]:
+    """A minimal valid config: two fake apps mapping the email; `extra` adds top-level keys."""
+    return {
+        "apps": {
+            "crm": {"connector": "fake", "fields": {"email": "email"}},
+            "shop": {"connector": "fake", "fields": {"email": "mail"}},
+        },
+        **extra,
+    }
+
+
+def _with_crm(**crm: Any) -> dict[str, Any]:
+    """The minimal config with keys of `[apps.crm]` replaced or added."""
+    data = _two_apps()
+    data["apps"]["crm"].update(crm)
+    return data
+
+
+def _problems(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> list[str]:
+    """The problem lines of a config that must not load."""
+    with pytest.raises(ConfigError) as info:
+        load_config(FILE, data=data, env=env or {}, connectors=CONNECTORS)
+    return info.value.problems
+
+
+def test_unknown_top_level_key_is_reported() -> None:
+    """A top-level key the schema does not know is an error naming that key."""
+    assert [f"{FILE}: colour: unknown key"] == _problems(_two_apps(colour="blue"))
+
+
+def test_unknown_key_in_daemon_is_reported() -> None:
+    """A typo inside [daemon] is an error naming daemon.KEY."""
+    data = _two_apps(daemon={"store_ulr": "sqlite:///x.db"})
+
+    assert [f"{FILE}: daemon.store_ulr: unknown key"] == _problems(data)
+
+
+def test_unknown_key_in_app_is_reported() -> None:
+    """A typo inside [apps.NAME] is an error naming apps.NAME.KEY."""
+    assert [f"{FILE}: apps.crm.polling: unknown key"] == _problems(_with_crm(polling=10))
+
+
+def test_unknown_key_in_connector_settings_is_reported() -> None:
+    """A key the connector's settings model does not know is an error naming the app setting."""
+    data = _with_crm(settings={"page_size": 10, "pagesize": 10})
+
+    assert [f"{FILE}: apps.crm.settings.pagesize: unknown key"] == _problems(data)
+
+
+def test_unknown_connector_lists_installed_connectors() -> None:
+    """A connector name nobody registered is an error that lists the installed connectors."""
+    installed = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    expected = (
+        f"{FILE}: apps.crm.connector: unknown connector 'hubspot' "
+        f"(installed: {', '.join(installed) or 'none'})"
+    )
+
+    assert [expected] == _problems(_with_crm(connector="hubspot"))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            _two_apps(daemon={"store_url": "postgresql://sync:${PGPASSWORD}@db/sync"}),
+            f"{FILE}: daemon.store_url: environment variable PGPASSWORD is not set",
+        ),
+        (
+            _with_crm(connector="vault", settings={"api_token": "${CRM_TOKEN}"}),
+            f"{FILE}: apps.crm.settings.api_token: environment variable CRM_TOKEN is not set",
+        ),
+    ],
+    ids=["in daemon", "in app settings"],
+)
+def test_missing_environment_variable_is_reported(data: dict[str, Any], expected: str) -> None:
+    """A `${VAR}` reference to an unset variable is an error naming the key and the variable."""
+    assert [expected] == _problems(data, env={"UNRELATED": "1"})
+
+
+@pytest.mark.parametrize(
+    "secret_key",
+    ["api_token", "webhook_secret"],
+    ids=["required secret", "optional secret"],
+)
+def test_secret_written_literally_is_refused(secret_key: str) -> None:
+    """A SecretStr setting written as a literal is refused with advice to use `${ENV_VAR}`."""
+    settings = {"api_token": "${CRM_TOKEN}", secret_key: SECRET}
+    data = _with_crm(connector="vault", settings=settings)
+
+    problems = _problems(data, env={"CRM_TOKEN": "from-env"})
+
+    assert [
+        f"{FILE}: apps.crm.settings.{secret_key}: secrets come from the environment only; "
+        f'write {secret_key} = "${{ENV_VAR}}" and set ENV_VAR'
+    ] == problems
+    assert not any(SECRET in line for line in problems)
+
+
+def test_secret_from_environment_is_accepted_and_resolved() -> None:
+    """A secret given as `${VAR}` loads, and the connector settings hold the variable's value."""
+    data = _with_crm(connector="vault", settings={"api_token": "${CRM_TOKEN}"})
+
+    config = load_config(FILE, data=data, env={"CRM_TOKEN": SECRET}, connectors=CONNECTORS)
+
+    settings = config.apps["crm"].connector_settings
+    assert isinstance(settings, VaultSettings)
+    assert SECRET == settings.api_token.get_secret_value()
+
+
+@pytest.mark.parametrize(
+    ("daemon", "region", "expected"),
+    [
+        (
+            {"log_level": "loud"},
+            "eu",
+            f"{FILE}: daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error'",
+        ),
+        ({}, 7, f"{FILE}: apps.crm.settings.region: Input should be a valid string"),
+    ],
+    ids=["error elsewhere", "error beside the secret"],
+)
+def test_resolved_secret_never_appears_in_error_messages(
+    daemon: dict[str, Any], region: Any, expected: str
+) -> None:
+    """A failing config that holds resolved secrets shows them in no problem line or message."""
+    data = _two_apps(daemon=daemon)
+    data["apps"]["crm"].update(
+        connector="vault",
+        settings={"api_token": "${CRM_TOKEN}", "webhook_secret": "${CRM_TOKEN}", "region": region},
+    )
+
+    with pytest.raises(ConfigError) as info:
+        load_config(FILE, data=data, env={"CRM_TOKEN": SECRET}, connectors=CONNECTORS)
+
+    assert [expected] == info.value.problems
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config._resolve_env marks a value as coming from the environment as soon as it "
+    "contains '${', even when no valid ${NAME} reference was substituted, so a mistyped "
+    "reference is accepted as the literal secret",
+)
+def test_mistyped_secret_reference_is_refused() -> None:
+    """A secret written as `${ CRM_TOKEN }` (no valid reference) is refused, not used as is."""
+    data = _with_crm(connector="vault", settings={"api_token": "${ CRM_TOKEN }"})
+
+    problems = _problems(data, env={"CRM_TOKEN": SECRET})
+
+    assert problems
+    assert all(line.startswith(f"{FILE}: apps.crm.settings.api_token: ") for line in problems)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="AppConfig.settings keeps the raw settings dict after ${VAR} resolution, so the "
+    "secret is a plain str in repr(config) and in Settings.model_dump()",
+)
+def test_resolved_secret_is_not_shown_by_repr_of_config() -> None:
+    """The loaded config can be printed or logged without showing a secret in clear."""
+    data = _with_crm(connector="vault", settings={"api_token": "${CRM_TOKEN}"})
+
+    config = load_config(FILE, data=data, env={"CRM_TOKEN": SECRET}, connectors=CONNECTORS)
+
+    assert SECRET not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("crm", "expected"),
+    [
+        (
+            {"direction": "sideways"},
+            f"{FILE}: apps.crm.direction: Input should be 'both', 'to_app' or 'from_app'",
+        ),
+        (
+            {"fields": {"email": {"field": "email", "direction": "sideways"}}},
+            f"{FILE}: apps.crm.fields.email.direction: must be both, to_app or from_app, "
+            "not 'sideways'",
+        ),
+    ],
+    ids=["app direction", "field direction"],
+)
+def test_bad_direction_is_reported(crm: dict[str, Any], expected: str) -> None:
+    """A direction other than both, to_app or from_app is an error naming where it was written."""
+    assert [expected] == _problems(_with_crm(**crm))
+
+
+def test_unknown_transform_is_reported_with_the_known_ones() -> None:
+    """A transform name not in TRANSFORMS is an error that lists the known transforms."""
+    data = _with_crm(fields={"email": {"field": "email", "transform": "rot13"}})
+
+    assert [
+        f"{FILE}: apps.crm.fields.email.transform: unknown transform 'rot13' "
+        "(known: csv, epoch_ms, epoch_s, json_list, lower, strip, title, upper, yes_no)"
+    ] == _problems(data)
+
+
+@pytest.mark.parametrize(
+    ("canonical", "expected"),
+    [
+        (
+            "custom.loyalty_points",
+            f"{FILE}: apps.crm.fields.\"custom.loyalty_points\": unknown canonical field "
+            "'custom.loyalty_points' (declare it under [custom_fields])",
+        ),
+        (
+            "nickname",
+            f"{FILE}: apps.crm.fields.nickname: unknown canonical field 'nickname' "
+            "(see the canonical fields in docs/configuration.md)",
+        ),
+    ],
+    ids=["undeclared custom field", "not a canonical name"],
+)
+def test_unknown_canonical_field_is_reported_with_a_hint(canonical: str, expected: str) -> None:
+    """A map key that is no canonical field is an error; for custom.* it hints [custom_fields]."""
+    data = _with_crm(fields={"email": "email", canonical: "whatever"})
+
+    assert [expected] == _problems(data)
+
+
+def test_declared_custom_field_is_mapped_with_its_type() -> None:
+    """A field declared under [custom_fields] maps as custom.NAME and normalizes to its type."""
+    data = _two_apps(custom_fields={"loyalty_points": "int"})
+    data["apps"]["crm"]["fields"] = {"custom.loyalty_points": "points"}
+
+    config = load_config(FILE, data=data, env={}, connectors=CONNECTORS)
+
+    mapping = config.apps["crm"].mapping
+    assert "int" == mapping.by_canonical["custom.loyalty_points"].spec.kind
+    assert ({"custom.loyalty_points": 42}, []) == mapping.to_canonical({"points": "42"})
+
+
+def test_unknown_custom_field_type_is_reported() -> None:
+    """A [custom_fields] type that is not one of the custom types is an error naming the field."""
+    data = _two_apps(custom_fields={"loyalty_points": "integer"})
+
+    assert [
+        f"{FILE}: custom_fields.loyalty_points: Input should be 'str', 'int', 'float', 'bool', "
+        "'date', 'datetime' or 'tags'"
+    ] == _problems(data)
+
+
+def test_value_map_with_invalid_canonical_target_is_reported() -> None:
+    """An enum `values` entry whose canonical value is invalid names the app value's key path."""
+    data = _with_crm(
+        fields={"lifecycle_stage": {"field": "stage", "values": {"L": "lead", "P": "prospect"}}}
+    )
+
+    assert [
+        f"{FILE}: apps.crm.fields.lifecycle_stage.values.P: lifecycle_stage: not a known "
+        f"lifecycle stage (one of {', '.join(LIFECYCLE_STAGES)})"
+    ] == _problems(data)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compile_mapping uses the normalized target as a dict key of values_out; for a set "
+    "field (tags) that is a list, so loading raises TypeError: unhashable type: 'list'",
+    raises=TypeError,
+)
+def test_value_map_on_set_field_is_reported_not_crashing() -> None:
+    """A `values` map on a set field (tags) is a config problem, not a crash of the loader."""
+    data = _with_crm(fields={"tags": {"field": "labels", "values": {"Gold": "vip"}}})
+
+    problems = _problems(data)
+
+    assert problems
+    assert all(line.startswith(f"{FILE}: apps.crm.fields.tags.values") for line in problems)
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        (
+            {"field": "email", "op": "like", "value": "x"},
+            f"{FILE}: apps.crm.filters[0].op: Input should be 'eq', 'ne', 'in', 'not_in', "
+            "'exists', 'not_exists', 'contains', 'newer_than' or 'older_than'",
+        ),
+        (
+            {"field": "signup_date", "op": "exists"},
+            f"{FILE}: apps.crm.filters[0].field: unknown canonical field 'signup_date'",
+        ),
+        (
+            {"field": "created_at", "op": "newer_than", "value": "2y"},
+            f"{FILE}: apps.crm.filters[0].value: not a duration like '180d' or '12h': '2y'",
+        ),
+        (
+            {"field": "email", "op": "newer_than", "value": "30d"},
+            f"{FILE}: apps.crm.filters[0].value: newer_than needs a date-time field; "
+            "email is email",
+        ),
+    ],
+    ids=["unknown op", "unknown field", "bad duration", "newer_than on a non-date field"],
+)
+def test_bad_filter_is_reported(condition: dict[str, Any], expected: str) -> None:
+    """A filter condition with a bad op, field or value is an error naming filters[i].KEY."""
+    assert [expected] == _problems(_with_crm(filters=[condition]))
+
+
+def test_conflict_priority_naming_unknown_app_is_reported() -> None:
+    """An app in [conflicts] priority that is not configured is an error naming its index."""
+    data = _two_apps(conflicts={"priority": ["crm", "erp"]})
+
+    assert [f"{FILE}: conflicts.priority[1]: 'erp' is not a configured app"] == _problems(data)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"nickname": {"rule": "manual"}},
+            [f"{FILE}: conflicts.fields.nickname: unknown canonical field 'nickname'"],
+        ),
+        (
+            {"custom.tier": {"rule": "last_writer"}},
+            [f"{FILE}: conflicts.fields.\"custom.tier\": unknown canonical field 'custom.tier'"],
+        ),
+        (
+            {"phone": {"rule": "priority", "apps": ["shop", "erp"]}},
+            [f"{FILE}: conflicts.fields.phone.apps[1]: 'erp' is not a configured app"],
+        ),
+        (
+            {"phone": {"rule": "priority"}},
+            [f'{FILE}: conflicts.fields.phone.apps: required for rule = "priority"'],
+        ),
+    ],
+    ids=["unknown field", "undeclared custom field", "unknown app", "priority without apps"],
+)
+def test_bad_per_field_conflict_rule_is_reported(
+    fields: dict[str, Any], expected: list[str]
+) -> None:
+    """A per-field conflict rule on an unknown field, or naming unknown apps, is an error."""
+    assert expected == _problems(_two_apps(conflicts={"fields": fields}))
+
+
+def test_priority_default_without_list_is_reported() -> None:
+    """`default = "priority"` without a priority list is an error on conflicts.priority."""
+    data = _two_apps(conflicts={"default": "priority"})
+
+    assert [
+        f'{FILE}: conflicts.priority: required when default = "priority" (list of apps)'
+    ] == _problems(data)
+
+
+@pytest.mark.parametrize("data", [{}, {"apps": {}}], ids=["no apps table", "empty apps table"])
+def test_config_without_apps_is_reported(data: dict[str, Any]) -> None:
+    """A config with no [apps.NAME] table is an error on `apps`."""
+    assert [
+        f"{FILE}: apps: no app configured (add at least two [apps.NAME] tables)"
+    ] == _problems(data)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    """Problems in several apps and in [conflicts] are all reported, one line each, in one error."""
+    data = _two_apps(conflicts={"priority": ["erp"]})
+    data["apps"]["crm"]["fields"] = {"nickname": "nick"}
+    data["apps"]["shop"]["filters"] = [{"field": "email", "op": "older_than", "value": "1d"}]
+
+    assert [
+        f"{FILE}: apps.crm.fields.nickname: unknown canonical field 'nickname' "
+        "(see the canonical fields in docs/configuration.md)",
+        f"{FILE}: apps.shop.filters[0].value: older_than needs a date-time field; email is email",
+        f"{FILE}: conflicts.priority[0]: 'erp' is not a configured app",
+    ] == _problems(data)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    """A file that is not valid TOML is one error naming the file and the parser's position."""
+    text = '[daemon]\nstore_url = "sqlite:///unterminated\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(tomllib.TOMLDecodeError) as parsed:
+        tomllib.loads(text)
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, connectors=CONNECTORS)
+
+    assert [f"{path}: not valid TOML: {parsed.value}"] == info.value.problems
+    assert "line 2" in info.value.problems[0]
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    """A config path that does not exist is one error naming the file."""
+    path = tmp_path / "nowhere.toml"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, connectors=CONNECTORS)
+
+    assert [f"{path}: file not found"] == info.value.problems
+
+
+FULL_CONFIG = """
+[daemon]
+store_url = "sqlite:///state/sync.db"
+poll_interval_s = 30
+default_region = "DE"
+
+[custom_fields]
+loyalty_points = "int"
+
+[conflicts]
+default = "priority"
+priority = ["crm", "shop"]
+
+[conflicts.fields.email_consent]
+rule = "manual"
+
+[apps.crm]
+connector = "fake"
+poll_interval_s = 15
+
+[apps.crm.settings]
+page_size = 10
+data = "crm"
+
+[apps.crm.fields]
+email = "email"
+phone = "phone"
+tags = { field = "labels", transform = "csv" }
+lifecycle_stage = { field = "stage", values = { L = "lead", C = "customer" } }
+"custom.loyalty_points" = { field = "points", direction = "from_app" }
+
+[[apps.crm.filters]]
+field = "address.country"
+op = "in"
+value = ["de", "at"]
+
+[apps.shop]
+connector = "vault"
+direction = "to_app"
+
+[apps.shop.settings]
+api_token = "${SHOP_TOKEN}"
+
+[apps.shop.fields]
+email = "mail"
+"address.country" = "country"
+"""
+
+
+def test_valid_full_config_loads(tmp_path: Path) -> None:
+    """A full config file loads: apps with their settings, compiled maps, filters and rules."""
+    path = tmp_path / "config.toml"
+    path.write_text(FULL_CONFIG, encoding="utf-8")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    config = load_config(path, env={"SHOP_TOKEN": SECRET}, connectors=CONNECTORS)
+
+    assert path == config.path
+    assert ["crm", "shop"] == list(config.apps)
+    crm, shop = config.apps["crm"], config.apps["shop"]
+    assert FakeSettings(page_size=10, data="crm") == crm.connector_settings
+    assert isinstance(shop.connector_settings, VaultSettings)
+    assert SECRET == shop.connector_settings.api_token.get_secret_value()
+    assert (15.0, 30.0) == (config.poll_interval_s("crm"), config.poll_interval_s("shop"))
+    assert (
+        {
+            "phone": "+49301234567",
+            "tags": ["b2b", "vip"],
+            "lifecycle_stage": "customer",
+            "custom.loyalty_points": 7,
+        },
+        [],
+    ) == crm.mapping.to_canonical(
+        {"phone": "030 1234567", "labels": "vip, b2b", "stage": "C", "points": "7"}
+    )
+    assert {"stage": "L", "labels": "b2b,vip"} == crm.mapping.to_app(
+        {"lifecycle_stage": "lead", "tags": ["b2b", "vip"], "custom.loyalty_points": 7}
+    )
+    assert () == shop.mapping.inbound
+    assert {"mail": "a@example.com"} == shop.mapping.to_app({"email": "a@example.com"})
+    assert frozenset({"address.country"}) == crm.filter.fields
+    assert crm.filter.matches({"address.country": "AT"}, now)
+    assert not crm.filter.matches({"address.country": "FR"}, now)
+    assert not shop.filter
+    assert FieldRule(rule="manual") == config.conflicts.rule_for("email_consent")
+    assert FieldRule(rule="priority", apps=["crm", "shop"]) == config.conflicts.rule_for("phone")
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUSTOMER_SYNC_DAEMON__STORE_URL beats store_url in the file; other [daemon] keys stay."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[daemon]\nstore_url = "sqlite:///from-file.db"\npoll_interval_s = 5\n\n'
+        '[apps.crm]\nconnector = "fake"\nfields = { email = "email" }\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("CUSTOMER_SYNC_DAEMON__STORE_URL", "postgresql://sync@db/from-env")
+
+    config = load_config(path, connectors=CONNECTORS)
+
+    assert "postgresql://sync@db/from-env" == config.daemon.store_url
+    assert 5.0 == config.daemon.poll_interval_s
