@@ -1,0 +1,362 @@
+"""The three-way merge of one incoming record against its app's base: field by field, with the
+conflict rules deciding fields both sides changed, and set fields merged element by element."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from customer_sync.config import ConflictsConfig, FieldRule
+from customer_sync.conflicts.rules import Contender, Decision
+from customer_sync.conflicts.three_way import FieldConflict, MergeResult, merge_record
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+EARLY, MID, LATE = T0, T0 + timedelta(minutes=5), T0 + timedelta(minutes=10)
+TAGS = frozenset({"tags"})
+
+
+def _merge(
+    incoming: Mapping[str, Any],
+    *,
+    base: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    provenance: Mapping[str, Mapping[str, Any]] | None = None,
+    modified_at: datetime | None = None,
+    field_modified_at: Mapping[str, datetime] | None = None,
+    set_fields: frozenset[str] = frozenset(),
+    rules: ConflictsConfig | None = None,
+) -> MergeResult:
+    """Merge a record from app `crm`."""
+    return merge_record(
+        app="crm",
+        incoming=incoming,
+        base=base,
+        current=current,
+        provenance=provenance or {},
+        modified_at=modified_at,
+        field_modified_at=field_modified_at or {},
+        set_fields=set_fields,
+        rules=rules or ConflictsConfig(),
+    )
+
+
+def _held_by(app: str, at: datetime | None, rule: str = "only_change") -> dict[str, Any]:
+    """Provenance of a current value, as the merge records it."""
+    return {"app": app, "at": at.isoformat() if at else None, "rule": rule}
+
+
+def test_change_only_in_the_app_wins() -> None:
+    """A field only the app changed since the base (current still equals it) takes the new value."""
+    result = _merge(
+        {"company": "B"}, base={"company": "A"}, current={"company": "A"}, modified_at=MID
+    )
+
+    assert MergeResult(
+        changes={"company": "B"},
+        provenance={"company": _held_by("crm", MID, "only_change")},
+        observed={"company": ["A", "B"]},
+    ) == result
+
+
+def test_app_clearing_an_agreed_field_erases_it() -> None:
+    """An app that empties a field it had agreed on erases the canonical value."""
+    result = _merge({"company": None}, base={"company": "A"}, current={"company": "A"})
+
+    assert {"company": None} == result.changes
+    assert [] == result.conflicts
+
+
+@pytest.mark.parametrize(
+    ("base_value", "incoming_value"),
+    [("A", "A"), (None, ""), ([], None)],
+    ids=["same value", "None and empty text", "empty list and None"],
+)
+def test_field_unchanged_in_the_app_is_ignored(base_value: Any, incoming_value: Any) -> None:
+    """A field equal to the app's base (all empties equal) is no change, whatever current is."""
+    result = _merge(
+        {"company": incoming_value}, base={"company": base_value}, current={"company": "C"}
+    )
+
+    assert MergeResult() == result
+
+
+def test_value_already_agreed_is_observed_but_not_changed() -> None:
+    """An app that changes a field to the value the customer already holds changes nothing."""
+    result = _merge({"company": "B"}, base={"company": "A"}, current={"company": "B"})
+
+    assert MergeResult(observed={"company": ["A", "B"]}) == result
+
+
+def test_apps_editing_different_fields_both_win() -> None:
+    """A field changed in another app stays while this app's change to another field applies."""
+    result = _merge(
+        {"company": "B", "job_title": "CTO"},
+        base={"company": "A", "job_title": "CTO"},
+        current={"company": "A", "job_title": "CEO"},
+    )
+
+    assert {"company": "B"} == result.changes
+    assert [] == result.conflicts
+
+
+@pytest.mark.parametrize(
+    ("modified_at", "field_at", "current_at", "winner", "parked"),
+    [
+        (LATE, None, EARLY, "incoming", False),
+        (EARLY, None, LATE, "current", False),
+        (LATE, EARLY, MID, "current", False),
+        (EARLY, LATE, MID, "incoming", False),
+        (MID, None, MID, "current", False),
+        (None, None, None, "current", True),
+    ],
+    ids=[
+        "incoming newer",
+        "current newer",
+        "older field time beats newer record time",
+        "newer field time beats older record time",
+        "equal times keep current",
+        "no times park",
+    ],
+)
+def test_both_changed_is_decided_by_last_writer(
+    modified_at: datetime | None,
+    field_at: datetime | None,
+    current_at: datetime | None,
+    winner: str,
+    parked: bool,
+) -> None:
+    """When app and customer both changed a field, the later change wins by the finest time."""
+    result = _merge(
+        {"company": "B"},
+        base={"company": "A"},
+        current={"company": "C"},
+        provenance={"company": _held_by("shop", current_at)},
+        modified_at=modified_at,
+        field_modified_at={"company": field_at} if field_at else {},
+    )
+
+    incoming = Contender("crm", "B", field_at or modified_at)
+    current = Contender("shop", "C", current_at)
+    if winner == "incoming":
+        decision = Decision(incoming, current, "last_writer")
+        changes = {"company": "B"}
+        provenance = {"company": _held_by("crm", incoming.at, "last_writer")}
+    else:
+        decision = Decision(current, incoming, "last_writer", parked=parked)
+        changes, provenance = {}, {}
+    assert MergeResult(
+        changes=changes,
+        provenance=provenance,
+        conflicts=[FieldConflict("company", decision)],
+        observed={"company": ["A", "B"]},
+    ) == result
+
+
+@pytest.mark.parametrize(
+    ("rules", "winner", "rule"),
+    [
+        (ConflictsConfig(default="priority", priority=["crm"]), "B", "priority"),
+        (ConflictsConfig(default="priority", priority=["shop"]), "C", "priority"),
+        (ConflictsConfig(default="priority", priority=["erp"]), "C", "last_writer"),
+        (
+            ConflictsConfig(fields={"company": FieldRule(rule="priority", apps=["crm"])}),
+            "B",
+            "priority",
+        ),
+    ],
+    ids=[
+        "incoming listed beats newer unlisted",
+        "current listed beats unlisted",
+        "two unlisted fall back to last writer",
+        "per-field rule overrides the default",
+    ],
+)
+def test_both_changed_is_decided_by_priority(
+    rules: ConflictsConfig, winner: str, rule: str
+) -> None:
+    """Under `priority` a listed app beats an unlisted one; two unlisted apps go by last writer."""
+    result = _merge(
+        {"company": "B"},
+        base={"company": "A"},
+        current={"company": "C"},
+        provenance={"company": _held_by("shop", LATE)},
+        modified_at=EARLY,
+        rules=rules,
+    )
+
+    assert [("company", winner, rule, False)] == [
+        (c.field, c.decision.winner.value, c.decision.rule, c.decision.parked)
+        for c in result.conflicts
+    ]
+    assert ({"company": "B"} if winner == "B" else {}) == result.changes
+
+
+def test_manual_rule_parks_and_keeps_current() -> None:
+    """On conflict a `manual` field is parked and keeps its current value, even an older one."""
+    rules = ConflictsConfig(fields={"email_consent": FieldRule(rule="manual")})
+
+    result = _merge(
+        {"email_consent": "unsubscribed"},
+        base={"email_consent": "pending"},
+        current={"email_consent": "subscribed"},
+        provenance={"email_consent": _held_by("shop", EARLY)},
+        modified_at=LATE,
+        rules=rules,
+    )
+
+    decision = Decision(
+        winner=Contender("shop", "subscribed", EARLY),
+        loser=Contender("crm", "unsubscribed", LATE),
+        rule="manual",
+        parked=True,
+    )
+    assert MergeResult(
+        conflicts=[FieldConflict("email_consent", decision)],
+        observed={"email_consent": ["pending", "unsubscribed"]},
+    ) == result
+
+
+@pytest.mark.parametrize(
+    ("base", "current", "incoming", "merged"),
+    [
+        (["a"], ["a", "x"], ["a", "y"], ["a", "x", "y"]),
+        (["a", "b"], ["a", "b", "x"], ["a"], ["a", "x"]),
+        (["a", "b"], ["a", "x"], ["a", "b", "y"], ["a", "x", "y"]),
+        (None, ["x"], ["y"], ["x", "y"]),
+    ],
+    ids=[
+        "both apps add different tags",
+        "removal since base applies",
+        "other app's removal survives this app's addition",
+        "first contact unites",
+    ],
+)
+def test_set_fields_merge_element_wise(
+    base: list[str] | None, current: list[str], incoming: list[str], merged: list[str]
+) -> None:
+    """Tags merge element-wise: additions and removals since the base all apply, no conflict."""
+    result = _merge(
+        {"tags": incoming},
+        base=None if base is None else {"tags": base},
+        current={"tags": current},
+        modified_at=MID,
+        set_fields=TAGS,
+    )
+
+    assert MergeResult(
+        changes={"tags": merged},
+        provenance={"tags": _held_by("crm", MID, "set_merge")},
+        observed={"tags": [base, incoming]},
+    ) == result
+
+
+@pytest.mark.parametrize(
+    ("base", "incoming"),
+    [(["a", "b"], ["a"]), (None, [])],
+    ids=["removal already applied", "first contact without tags"],
+)
+def test_set_merge_that_changes_nothing_is_no_change(
+    base: list[str] | None, incoming: list[str]
+) -> None:
+    """A set merge whose result equals the current set changes nothing."""
+    result = _merge(
+        {"tags": incoming},
+        base=None if base is None else {"tags": base},
+        current={"tags": ["a"]},
+        set_fields=TAGS,
+    )
+
+    assert ({}, []) == (result.changes, result.conflicts)
+
+
+@pytest.mark.parametrize(
+    ("base", "incoming_value"),
+    [(None, None), (None, ""), ({}, None), ({"email": "a@example.com"}, "")],
+    ids=["no base, None", "no base, empty text", "empty base", "base without this field"],
+)
+def test_first_contact_with_empty_value_does_not_erase(
+    base: dict[str, Any] | None, incoming_value: Any
+) -> None:
+    """An app meeting a customer for the first time without a value leaves the current value."""
+    result = _merge(
+        {"company": incoming_value},
+        base=base,
+        current={"company": "C"},
+        provenance={"company": _held_by("shop", EARLY)},
+        modified_at=LATE,
+    )
+
+    assert ({}, []) == (result.changes, result.conflicts)
+
+
+def test_first_contact_fills_an_empty_field() -> None:
+    """On first contact, a value for a field the customer lacks is taken as the first value."""
+    result = _merge({"company": "B"}, base=None, current={}, modified_at=MID)
+
+    assert MergeResult(
+        changes={"company": "B"},
+        provenance={"company": _held_by("crm", MID, "first_value")},
+        observed={"company": [None, "B"]},
+    ) == result
+
+
+@pytest.mark.parametrize(
+    ("modified_at", "winner"),
+    [(LATE, "B"), (None, "C")],
+    ids=["incoming newer wins", "unknown incoming time loses to known current"],
+)
+def test_first_contact_with_different_value_is_a_conflict(
+    modified_at: datetime | None, winner: str
+) -> None:
+    """An app bringing a value unlike the customer's when they first meet is a conflict."""
+    result = _merge(
+        {"company": "B"},
+        base=None,
+        current={"company": "C"},
+        provenance={"company": _held_by("shop", EARLY)},
+        modified_at=modified_at,
+    )
+
+    assert [("company", winner)] == [(c.field, c.decision.winner.value) for c in result.conflicts]
+    assert ({"company": "B"} if winner == "B" else {}) == result.changes
+
+
+def test_observed_records_base_and_incoming_of_each_changed_field() -> None:
+    """`observed` holds [base, incoming] for each field the app changed, nothing for the rest."""
+    result = _merge(
+        {"company": "B", "job_title": "CTO", "last_name": "Lovelace", "tags": ["x"]},
+        base={"company": "A", "job_title": "CTO", "tags": []},
+        current={"company": "A", "job_title": "CTO", "tags": []},
+        set_fields=TAGS,
+    )
+
+    assert {
+        "company": ["A", "B"],
+        "last_name": [None, "Lovelace"],
+        "tags": [[], ["x"]],
+    } == result.observed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="merge_record applies the incoming value when decision.winner.app == app; when the "
+    "current value is held by the same app (stale base), a decision for the current value still "
+    "applies the incoming one",
+)
+def test_current_value_from_the_same_app_that_wins_is_kept() -> None:
+    """A newer current value held by the same app wins, and the older incoming one is not used."""
+    result = _merge(
+        {"company": "B"},
+        base={"company": "A"},
+        current={"company": "C"},
+        provenance={"company": _held_by("crm", LATE)},
+        modified_at=EARLY,
+    )
+
+    assert ["C"] == [c.decision.winner.value for c in result.conflicts]
+    assert {} == result.changes
