@@ -274,9 +274,14 @@ def _secret_parts(values: Iterable[str]) -> list[str]:
     return sorted(parts, key=len, reverse=True)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Failures where the request certainly never reached the vendor, so even a create may be resent.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 def _is_safe_to_resend(exc: BaseException) -> bool:
@@ -403,7 +408,9 @@ class ApiClient:
         is_idempotent = method in _IDEMPOTENT_METHODS if idempotent is None else idempotent
         if not is_idempotent:
             retrying = retrying.copy(
-                retry=retrying.retry & tenacity.retry_if_exception(_is_safe_to_resend)
+                retry=tenacity.retry_all(
+                    retrying.retry, tenacity.retry_if_exception(_is_safe_to_resend)
+                )
             )
         response: httpx.Response = await retrying(
             self._send_once,
@@ -505,8 +512,7 @@ class ApiClient:
         url = httpx.URL(path)
         if not url.is_absolute_url:
             return
-        base = self._base_url
-        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        if _origin(url) != _origin(self._base_url):
             raise ConnectorError(
                 "refused to send credentials to another origin",
                 app=self.app,

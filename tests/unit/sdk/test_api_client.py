@@ -343,7 +343,7 @@ async def test_absolute_url_on_the_same_origin_is_sent(
     """A next-page link on the app's own origin is followed."""
     route = api_mock.get("/api/v2/users.json").respond(200, json={})
 
-    await client.request("GET", f"{BASE_URL}/api/v2/users.json?page=2", operation="users.list")
+    await client.request("GET", f"{BASE_URL}:443/api/v2/users.json?page=2", operation="users.list")
 
     assert "page=2" == route.calls.last.request.url.query.decode()
 
