@@ -89,13 +89,15 @@ def format_change(old: Any, new: Any) -> str:
 
 
 def diff_lines(diff: Mapping[str, Any] | None) -> list[str]:
-    """A change-log diff as lines: `field: old → new`, or the detail as it is."""
+    """A change-log diff as lines: `field: old → new`, or the detail as it is. Fields whose
+    old and new read the same (a first observation lists every mapped field) are left out."""
     if not diff:
         return []
     out = []
     for name, change in diff.items():
         if isinstance(change, list) and len(change) == 2:
-            out.append(f"{name}: {format_change(change[0], change[1])}")
+            if format_value(change[0]) != format_value(change[1]):
+                out.append(f"{name}: {format_change(change[0], change[1])}")
         else:
             out.append(f"{name}: {format_value(change)}")
     return out

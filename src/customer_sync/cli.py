@@ -6,8 +6,8 @@ loads the config, opens the store, calls one function and renders what it return
 errors end with a message and an exit code, never a traceback: 2 for a bad config or bad usage,
 1 for everything else that failed (store unreachable, an app parked or failed, nothing found).
 
-Logs go to stderr for every command but the daemon, so that stdout holds only the command's
-output (and `--json` output stays parseable).
+Logs go to stderr, so that stdout holds only the command's output (and `--json` stays
+parseable).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from customer_sync import __version__
 from customer_sync._cli_render import (
@@ -107,7 +105,7 @@ def _expected_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 _err(line)
             raise typer.Exit(2) from None
         except StoreError as exc:
-            _err(f"store: {exc}")
+            _err(f"error: {exc}")
             raise typer.Exit(1) from None
         except admin.NotFound as exc:
             _err(f"not found: {exc}")
@@ -119,7 +117,7 @@ def _expected_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _setup(config_path: Path, *, log_stream: Any = None) -> Config:
+def _setup(config_path: Path) -> Config:
     """Load the config and configure logging from its `[daemon]` table.
 
     Raises:
@@ -130,29 +128,28 @@ def _setup(config_path: Path, *, log_stream: Any = None) -> Config:
     config = load_config(config_path)
     daemon = config.daemon
     configure_logging(
-        level=daemon.log_level, fmt=daemon.log_format, redact=daemon.redact_logs,
-        stream=sys.stderr if log_stream is None else log_stream,
+        level=daemon.log_level, fmt=daemon.log_format, redact=daemon.redact_logs, stream=sys.stderr
     )
     return config
 
 
 @contextlib.contextmanager
-def _opened_store(config: Config) -> Iterator[Store]:
-    from customer_sync.store.db import open_store
+def _opened_store(config: Config, *, migrate: bool = False) -> Iterator[Store]:
+    """The store, closed afterwards. Only `run` creates or migrates a store (`migrate=True`):
+    an operator command against a missing or outdated store says so instead.
 
-    store = open_store(config.daemon.store_url)
+    Raises:
+        StoreError: the store is missing, unreachable or not at this version's schema.
+    """
+    from customer_sync.store.db import check_store, open_store
+
+    if not migrate:
+        check_store(config.daemon.store_url)
+    store = open_store(config.daemon.store_url, migrate=migrate)
     try:
         yield store
     finally:
         store.close()
-
-
-def _safe_url(url: str) -> str:
-    """The store URL without its password, fit for a terminal."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(unparseable store URL)"
 
 
 def _print_json(data: Any) -> None:
@@ -196,10 +193,8 @@ def run(
         raise typer.BadParameter("use --once or --dry-run, not both", param_hint="--once/--dry-run")
     if as_json and not (once or dry_run):
         raise typer.BadParameter("--json goes with --once or --dry-run", param_hint="--json")
-    daemon = not (once or dry_run)
-    # The daemon logs to stdout (the container's log); one-shot runs keep stdout for their output.
-    config = _setup(config_path, log_stream=sys.stdout if daemon else sys.stderr)
-    with _opened_store(config) as store:
+    config = _setup(config_path)
+    with _opened_store(config, migrate=True) as store:
         if dry_run:
             plan = asyncio.run(_dry_run(config, store))
             _print_plan(plan, as_json=as_json)
@@ -307,15 +302,12 @@ def check(
     Exit 2: the config is invalid. Exit 1: the store is unreachable or not migrated, an app is
     parked, or (with --connect) an app cannot be reached.
     """
-    from customer_sync.store.db import check_store
-
     config = _setup(config_path)
     enabled = sum(rt.config.enabled for rt in config.apps.values())
     typer.echo(f"ok config: {config_path} ({enabled} of {len(config.apps)} apps enabled)")
-    check_store(config.daemon.store_url)
-    typer.echo(f"ok store: {_safe_url(config.daemon.store_url)} is reachable and migrated")
     healthy = True
     with _opened_store(config) as store:
+        typer.echo(f"ok store: {store.display_url} is reachable and migrated")
         parked = [row for row in admin.app_status(store, config) if row["parked"]]
     for row in parked:
         healthy = False
