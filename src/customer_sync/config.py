@@ -221,13 +221,22 @@ def load_config(
     problems: list[str] = []
     env_paths: set[tuple[str, ...]] = set()
     resolved = _resolve_env(raw, (), env, env_paths, problems)
-    if problems:
-        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems])
-
+    # The settings keep each app's `settings` block as written (with ${VAR} references, not
+    # their values), so printing or dumping the config never shows a secret. Connectors get
+    # the resolved values, into their own SecretStr fields.
+    shown = {**resolved}
+    if isinstance(raw.get("apps"), dict) and isinstance(resolved.get("apps"), dict):
+        shown["apps"] = {
+            name: ({**app, "settings": raw["apps"][name].get("settings", {})}
+                   if isinstance(app, dict) and isinstance(raw["apps"].get(name), dict) else app)
+            for name, app in resolved["apps"].items()
+        }
     try:
-        settings = Settings.from_toml_data(resolved)
+        settings = Settings.from_toml_data(shown)
     except ValidationError as exc:
-        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in _explain(exc)]) from None
+        problems += _explain(exc)
+        problems += _connector_problems(raw, connectors or {})
+        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems]) from None
 
     apps: dict[str, AppRuntime] = {}
     for name, app in settings.apps.items():
@@ -242,6 +251,20 @@ def load_config(
     return Config(Path(path) if path is not None else None, settings, apps)
 
 
+def _connector_problems(raw: Mapping[str, Any], extra: Mapping[str, type]) -> list[str]:
+    """Unknown connectors, checked even when the rest of the file did not validate."""
+    out = []
+    apps = raw.get("apps")
+    for name, app in (apps.items() if isinstance(apps, dict) else ()):
+        name_of = app.get("connector") if isinstance(app, dict) else None
+        if isinstance(name_of, str) and name_of not in extra:
+            try:
+                load_connector(name_of)
+            except ConfigError as exc:
+                out.append(f"apps.{name}.connector: {exc}")
+    return out
+
+
 def _resolve_env(
     node: Any,
     where: tuple[str, ...],
@@ -254,17 +277,23 @@ def _resolve_env(
     if isinstance(node, list):
         return [_resolve_env(v, (*where, str(i)), env, env_paths, problems) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
-        env_paths.add(where)
+        replaced = 0
 
         def sub(m: re.Match[str]) -> str:
+            nonlocal replaced
             if m.group(1) not in env:
-                problems.append(
-                    f"{_path(where)}: environment variable {m.group(1)} is not set"
-                )
+                problems.append(f"{_path(where)}: environment variable {m.group(1)} is not set")
                 return ""
+            replaced += 1
             return env[m.group(1)]
 
-        return _ENV_REF.sub(sub, node)
+        text = _ENV_REF.sub(sub, node)
+        if "${" in text:
+            problems.append(f'{_path(where)}: not a valid reference; write "${{ENV_VAR}}" (letters, digits, _)')
+            return ""
+        if replaced or _ENV_REF.search(node):
+            env_paths.add(where)
+        return text
     return node
 
 

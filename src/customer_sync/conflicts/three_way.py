@@ -97,13 +97,14 @@ def merge_record(
         # Both sides changed the field since the base (or the app holds a different value the
         # first time it meets this customer): the rule decides.
         holder = provenance.get(name, {})
+        incoming = Contender(app, new, at)
         decision = decide(
             rules.rule_for(name),
-            incoming=Contender(app, new, at),
+            incoming=incoming,
             current=Contender(holder.get("app"), cur, _parse(holder.get("at"))),
         )
         out.conflicts.append(FieldConflict(name, decision))
-        if decision.winner.app == app and not decision.parked:
+        if decision.winner is incoming and not decision.parked:
             out.changes[name] = new
             out.provenance[name] = _prov(app, at, decision.rule)
     return out

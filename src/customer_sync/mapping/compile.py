@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from customer_sync.canonical import FieldSpec, NormalizeContext, field_spec, normalize_value
+from customer_sync.canonical import FieldSpec, NormalizeContext, field_spec, is_set_field, normalize_value
 from customer_sync.errors import MappingError
 from customer_sync.mapping.transforms import TRANSFORMS, Transform
 
@@ -31,7 +31,7 @@ class FieldMapping:
     spec: FieldSpec
     transform: Transform | None = None
     values_in: Mapping[str, str] | None = None  # app value -> canonical value
-    values_out: Mapping[str, str] | None = None  # canonical value -> app value
+    values_out: Mapping[Any, str] | None = None  # canonical value -> app value
 
     @property
     def inbound(self) -> bool:
@@ -42,12 +42,14 @@ class FieldMapping:
         return self.direction != "from_app"
 
     def to_canonical(self, value: Any, ctx: NormalizeContext) -> Any:
+        # A value-map hit is already a normalized canonical value: it skips the transform, so
+        # that the reverse lookup in to_app gives the app back exactly its own value.
         if self.values_in is not None and isinstance(value, str | int | bool) and str(value) in self.values_in:
-            value = self.values_in[str(value)]
+            return self.values_in[str(value)]
         if self.transform is not None:
             try:
                 value = self.transform.to_canonical(value)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError, OSError) as exc:
                 raise MappingError(
                     f"{self.canonical}: transform {self.transform.name!r} failed ({type(exc).__name__})",
                     field=self.canonical,
@@ -55,10 +57,10 @@ class FieldMapping:
         return normalize_value(self.spec, value, ctx)
 
     def to_app(self, value: Any) -> Any:
+        if self.values_out is not None and isinstance(value, str | int | float | bool) and value in self.values_out:
+            return self.values_out[value]
         if self.transform is not None and value is not None:
             value = self.transform.to_app(value)
-        if self.values_out is not None and isinstance(value, str):
-            value = self.values_out.get(value, value)
         return value
 
 
@@ -160,6 +162,9 @@ def compile_mapping(
                 )
                 continue
         values_in = values_out = None
+        if "values" in raw and is_set_field(spec):
+            problems.append(f"{where}.values: a value map needs a single-valued field; {canonical} is a set")
+            continue
         if "values" in raw:
             vmap = raw["values"]
             if not isinstance(vmap, Mapping) or not all(isinstance(v, str) for v in vmap.values()):

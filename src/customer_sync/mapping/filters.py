@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from customer_sync.canonical import NormalizeContext, field_spec, normalize_value, parse_datetime
+from customer_sync.canonical import NormalizeContext, field_spec, is_set_field, normalize_value, parse_datetime
 from customer_sync.errors import MappingError
 
 __all__ = ["OPS", "Filter", "compile_filter", "parse_duration"]
@@ -91,6 +91,17 @@ def _predicate(spec: Any, op: str, value: Any) -> Predicate:
         if op == "newer_than":
             return lambda v, now: v.get(name) is not None and parse_datetime(v[name]) >= now - age
         return lambda v, now: v.get(name) is not None and parse_datetime(v[name]) < now - age
+    if is_set_field(spec) and op in ("in", "not_in", "eq", "ne"):
+        # Sets: `in` holds when any element is listed, `eq` when the sets are equal.
+        items = value if isinstance(value, list) else [value]
+        wanted = frozenset(normalize_value(spec, items, ctx))
+        if op == "in":
+            return lambda v, now: bool(wanted & frozenset(v.get(name) or ()))
+        if op == "not_in":
+            return lambda v, now: not (wanted & frozenset(v.get(name) or ()))
+        if op == "eq":
+            return lambda v, now: wanted == frozenset(v.get(name) or ())
+        return lambda v, now: wanted != frozenset(v.get(name) or ())
     if op in ("in", "not_in"):
         if not isinstance(value, list):
             raise ValueError(f"{op} needs a list value")

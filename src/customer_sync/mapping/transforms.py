@@ -70,7 +70,8 @@ def _epoch(scale: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         return value
 
     def to_app(value: Any) -> Any:
-        return int(parse_datetime(value).timestamp() * scale)
+        # round, not int(): float error would otherwise turn ...455 ms into ...454 ms
+        return round(parse_datetime(value).timestamp() * scale)
 
     return _none_safe(to_canonical), _none_safe(to_app)
 

@@ -342,12 +342,6 @@ def test_observed_records_base_and_incoming_of_each_changed_field() -> None:
     } == result.observed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="merge_record applies the incoming value when decision.winner.app == app; when the "
-    "current value is held by the same app (stale base), a decision for the current value still "
-    "applies the incoming one",
-)
 def test_current_value_from_the_same_app_that_wins_is_kept() -> None:
     """A newer current value held by the same app wins, and the older incoming one is not used."""
     result = _merge(
