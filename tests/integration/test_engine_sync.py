@@ -103,7 +103,7 @@ async def test_priority_rule_prefers_the_listed_app_whatever_the_time(world):
 
 
 async def test_manual_rule_parks_the_conflict_and_keeps_the_value(world):
-    """A `manual` field keeps its current value and waits for an operator."""
+    """A `manual` conflict is parked, and until it is resolved no app's value is overwritten."""
     w = world(conflicts={"default": "manual"})
     rid = w.apps["crm"].put({"email": "f@x.io", "first": "Fay"})
     await w.run()
@@ -114,8 +114,8 @@ async def test_manual_rule_parks_the_conflict_and_keeps_the_value(world):
     parked = [c for c in w.conflicts() if c["status"] == "parked"]
     assert 1 == len(parked)
     assert "first_name" == parked[0]["field"]
-    values = {w.by_email(a)["f@x.io"]["first"] for a in ("shop",)}
-    assert {"Faye"} == values  # the first edit processed stands until resolved
+    assert {"crm": "Faye", "desk": "Fae", "shop": "Fay"} == {
+        a: w.by_email(a)["f@x.io"]["first"] for a in w.apps}
 
 
 async def test_tags_merge_element_wise(world):

@@ -249,10 +249,6 @@ def test_check_on_a_bad_config_prints_file_and_key_path_and_exits_2(
     assert "" == result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config bug: load_config stops at the first stage with problems (${ENV} references, then "
-    "pydantic validation, then connectors and maps), so one run reports only some problems, "
-    "although its docstring promises every problem at once"))
 def test_check_reports_every_config_problem_at_once(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unknown key, a missing env secret and an unknown connector are reported in one run."""
     monkeypatch.delenv("CS_TEST_UNSET_PW", raising=False)
@@ -325,9 +321,6 @@ def test_run_once_exits_1_with_a_message_when_an_app_cannot_be_opened(synced: Se
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: Engine.__aenter__ opens every connector outside the per-app guard, so one app "
-    "that cannot open aborts the whole pass (and the daemon) instead of being a failed app"))
 def test_an_app_that_cannot_be_opened_does_not_stop_the_others(synced: Setup) -> None:
     """With app b broken, `run --once` still reads app a, and names b among the failed apps."""
     _break_app_b(synced)
@@ -490,9 +483,6 @@ def test_conflicts_lists_a_parked_conflict(synced: Setup) -> None:
     assert "resolve with: customer-sync conflicts resolve ID --take APP" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a conflict parked by the manual rule still plans the current value to the "
-    "other app, overwriting that app's edit before anyone resolved the conflict"))
 def test_a_parked_conflict_leaves_both_apps_as_they_are(synced: Setup) -> None:
     """Until an operator resolves it, a parked conflict writes neither side over the other."""
     _park_a_conflict(synced)
@@ -517,10 +507,6 @@ def test_resolving_a_conflict_writes_the_taken_value_on_the_next_run(synced: Set
     assert ["resolved"] == [c["status"] for c in synced.json("conflicts", "--all")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "admin bug: resolve_conflict sets winner_app/winner_value to the taken side but leaves "
-    "loser_* alone, so taking the loser records the same app and value on both sides and the "
-    "discarded value is lost from the conflict's history"))
 def test_a_resolved_conflict_keeps_both_sides_in_its_history(synced: Setup) -> None:
     """After resolving by taking the loser's side, the conflict shows that side as the winner and
     the other side, with its value, as the loser."""

@@ -155,6 +155,8 @@ def resolve_conflict(
             raise NotFound(f"no conflict {conflict_id}")
         if row["kind"] != "field":
             raise ConfigError(f"conflict {conflict_id} is an ambiguous match; link or merge the records in the app")
+        if row["status"] == "resolved":
+            raise ConfigError(f"conflict {conflict_id} is already resolved")
         sides = {row["winner_app"]: row["winner_value"], row["loser_app"]: row["loser_value"]}
         if take not in sides:
             raise ConfigError(f"--take must be one of {', '.join(str(a) for a in sides)}")
@@ -170,10 +172,18 @@ def resolve_conflict(
         uow.touch_customer(cid)
         uow.log("decided", customer_id=cid, diff={row["field"]: [old, sides[take]]},
                 reason=f"conflict {conflict_id} resolved by operator: took {take}")
+        # Every parked conflict on this field is settled by the decision.
+        conn.execute(update(conflicts_t).where(
+            conflicts_t.c.customer_id == cid, conflicts_t.c.field == row["field"],
+            conflicts_t.c.status == "parked", conflicts_t.c.id != conflict_id,
+        ).values(status="resolved", resolved_at=now))
+        uow.release_field(cid, row["field"])
         planned = plan_customer(uow, cid, config.apps, now=now, reason=f"operator resolved conflict {conflict_id}")
         uow.flush()
-        conn.execute(update(conflicts_t).where(conflicts_t.c.id == conflict_id)
-                     .values(status="resolved", resolved_at=now, winner_app=take, winner_value=sides[take]))
+        other = row["loser_app"] if take == row["winner_app"] else row["winner_app"]
+        conn.execute(update(conflicts_t).where(conflicts_t.c.id == conflict_id).values(
+            status="resolved", resolved_at=now, rule="operator",
+            winner_app=take, winner_value=sides[take], loser_app=other, loser_value=sides[other]))
     return {"customer_id": cid, "field": row["field"], "planned": planned}
 
 

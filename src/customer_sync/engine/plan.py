@@ -1,8 +1,9 @@
 """Plan writes: for one customer, what each app must be told so it holds the canonical values.
 
 Per target app, only fields that differ from that app's base are written (no blind overwrites,
-no echo of what the app already holds), only fields whose direction lets us write, and only for
-customers that pass the app's filter. A customer the app does not hold yet is created there.
+no echo of what the app already holds), only fields whose direction lets us write, only for
+customers that pass the app's filter, and never a field with a parked conflict: until an
+operator resolves it, every app keeps the value it has. A customer the app does not hold yet is created there.
 One pending outbox row per (customer, app) is kept up to date, so a burst of changes to one
 customer becomes one write.
 """
@@ -40,6 +41,7 @@ def plan_customer(
     if customer is None or customer["deleted_at"] is not None:
         return 0
     values = customer["values"]
+    held = uow.held_fields(customer_id)
     planned = 0
     for name, rt in apps.items():
         if not rt.config.enabled or not rt.mapping.outbound:
@@ -51,7 +53,8 @@ def plan_customer(
             uow.cancel_write(customer_id, name)
             continue
         desired = {
-            fm.canonical: values[fm.canonical] for fm in rt.mapping.outbound if fm.canonical in values
+            fm.canonical: values[fm.canonical] for fm in rt.mapping.outbound
+            if fm.canonical in values and fm.canonical not in held
         }
         if link is None:
             fields = {k: v for k, v in desired.items() if not is_empty(v)}

@@ -184,7 +184,7 @@ def _apply_record(
         uow.log("observed", app=app, app_record_id=rid, customer_id=cid, diff=result.observed,
                 source_modified_at=rec.modified_at, reason=how)
     if result.changes:
-        stats.updated += 1
+        stats.updated += int(how != "new")
         before = customer["values"]
         customer["values"] = {**before, **result.changes}
         customer["provenance"] = {**customer["provenance"], **result.provenance}

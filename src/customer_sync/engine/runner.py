@@ -108,10 +108,22 @@ class Engine:
         self._offload = True  # process batches in a worker thread (not in dry-run)
 
     async def __aenter__(self) -> Engine:
+        # One app that cannot open (bad credentials, a broken database) must not stop the
+        # others: it is recorded as failed and left out, and retried on the next start.
+        self.unopened: dict[str, str] = {}
         for name, rt in self.apps.items():
-            connector = self._given.get(name) or rt.make_connector()
-            self.connectors[name] = await self._stack.enter_async_context(connector)
+            with structlog.contextvars.bound_contextvars(app=name, run_id=self.run_id):
+                try:
+                    connector = self._given.get(name) or rt.make_connector()
+                    self.connectors[name] = await self._stack.enter_async_context(connector)
+                except Exception as exc:  # per-app failure, as in _guarded
+                    self.unopened[name] = f"{type(exc).__name__}: {exc}"
+                    self._record_app_error(name, exc, parked=isinstance(exc, AuthError))
+                    log.error("app.open_failed", reason=type(exc).__name__, error=str(exc))
         return self
+
+    def _live_apps(self) -> list[str]:
+        return [a for a in self.apps if a in self.connectors]
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -166,20 +178,27 @@ class Engine:
         total = ProcessStats()
         batch = self.config.daemon.batch_size
         done = 0
+        after = -1
         while limit is None or done < limit:
             with self.store.transaction() as conn:
                 items = [dict(r) for r in conn.execute(
-                    select(inbox_t).where(inbox_t.c.state == "pending").order_by(inbox_t.c.seq).limit(batch)
+                    select(inbox_t).where(inbox_t.c.state == "pending", inbox_t.c.seq > after)
+                    .order_by(inbox_t.c.seq).limit(batch)
                 ).mappings()]
             if not items:
                 break
+            after = items[-1]["seq"]
             await self._hydrate(items)
+            # A notification that still needs a read from an app that is not open waits.
+            ready = [i for i in items if i["payload"] is not None]
+            if not ready:
+                continue
             if self._offload:
-                stats = await asyncio.to_thread(self._process_batch, items)
+                stats = await asyncio.to_thread(self._process_batch, ready)
             else:
-                stats = self._process_batch(items)
+                stats = self._process_batch(ready)
             total.add(stats)
-            done += len(items)
+            done += len(ready)
             self.faults("after_merge")
         return total
 
@@ -247,11 +266,11 @@ class Engine:
             self._offload = False
             try:
                 summary = RunSummary()
-                for app in self.apps:
+                for app in self._live_apps():
                     await self._guarded(app, summary, self.poll(app), record=False)
                 await self.process_inbox()
                 plan = _read_plan(conn)
-                for app, error in summary.failed_apps.items():
+                for app, error in {**self.unopened, **summary.failed_apps}.items():
                     plan.append({"app": app, "op": "error", "reason": error})
                 return plan
             finally:
@@ -264,19 +283,20 @@ class Engine:
     async def run_once(self, *, max_rounds: int = 25, scan_deletes: bool = True) -> RunSummary:
         """Poll, process and dispatch in rounds until a round has nothing left to write."""
         summary = RunSummary()
+        summary.failed_apps.update(self.unopened)
         started = time.perf_counter()
         if scan_deletes:
-            for app in self.apps:
+            for app in self._live_apps():
                 await self._guarded(app, summary, self.scan_deletes(app))
         for _ in range(max_rounds):
             summary.rounds += 1
-            for app in self.apps:
+            for app in self._live_apps():
                 polled = await self._guarded(app, summary, self.poll(app))
                 summary.polled += polled or 0
             stats = await self.process_inbox()
             summary.process.add(stats)
             wrote = DispatchStats()
-            for app in self.apps:
+            for app in self._live_apps():
                 if app in summary.failed_apps:
                     continue
                 result = await self._guarded(app, summary, self.dispatch(app))
@@ -363,13 +383,13 @@ class Engine:
                 log.info("sync.pass_finished", app=app, **stats.as_dict())
 
         async def dispatch_job() -> None:
-            for app in self.apps:
+            for app in self._live_apps():
                 result = await self._guarded(app, summary, self.dispatch(app))
                 summary.failed_apps.pop(app, None)
                 if result is not None and (result.written or result.deleted):
                     log.info("dispatch.finished", app=app, **result.as_dict())
 
-        for app in self.apps:
+        for app in self._live_apps():
             scheduler.add_job(poll_job, "interval", args=[app], seconds=self.config.poll_interval_s(app),
                               id=f"poll:{app}", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
         scheduler.add_job(dispatch_job, "interval", seconds=dispatch_interval_s, id="dispatch",

@@ -65,6 +65,7 @@ class UnitOfWork:
         self.snapshots: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.identities: dict[tuple[str, str], set[str]] = {}  # (kind, hash) -> cids
         self.pending_outbox: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.held: dict[str, set[str]] = {}  # customer -> fields with a parked conflict
         # write sets
         self._new_customers: set[str] = set()
         self._dirty_customers: set[str] = set()
@@ -127,6 +128,12 @@ class UnitOfWork:
                 select(snapshots_t).where(snapshots_t.c.customer_id.in_(chunk))
             ).mappings():
                 self.snapshots[(row["customer_id"], row["app"])] = dict(row)
+            for row in self.conn.execute(
+                select(conflicts_t.c.customer_id, conflicts_t.c.field).where(and_(
+                    conflicts_t.c.customer_id.in_(chunk), conflicts_t.c.status == "parked",
+                    conflicts_t.c.kind == "field"))
+            ).mappings():
+                self.held.setdefault(row["customer_id"], set()).add(row["field"])
             for row in self.conn.execute(
                 select(identities_t).where(identities_t.c.customer_id.in_(chunk))
             ).mappings():
@@ -255,7 +262,16 @@ class UnitOfWork:
             "reason": reason[:1000] if reason else None, "run_id": self.run_id,
         })
 
+    def held_fields(self, customer_id: str) -> set[str]:
+        """Fields of this customer with a parked conflict: written nowhere until resolved."""
+        return self.held.get(customer_id, set())
+
+    def release_field(self, customer_id: str, field: str) -> None:
+        self.held.get(customer_id, set()).discard(field)
+
     def add_conflict(self, **row: Any) -> None:
+        if row.get("kind") == "field" and row.get("status") == "parked" and row.get("customer_id"):
+            self.held.setdefault(row["customer_id"], set()).add(row["field"])
         row.setdefault("created_at", self.now)
         for key in ("customer_id", "field", "rule", "winner_app", "winner_value", "loser_app",
                     "loser_value", "app", "app_record_id", "detail", "resolved_at"):
