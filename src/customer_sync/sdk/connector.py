@@ -255,8 +255,15 @@ class Connector(Generic[S]):
         """Records holding this email (Capability.SEARCH_BY_EMAIL)."""
         raise NotImplementedError
 
-    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool:
-        """True when a webhook delivery is authentic (Capability.WEBHOOKS)."""
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
+    ) -> bool:
+        """True when a webhook delivery is authentic and fresh (Capability.WEBHOOKS).
+
+        `url` is the full URL the delivery was posted to, as the vendor saw it (some vendors,
+        HubSpot v3 for one, sign the method and URI too). Header names are case-insensitive:
+        look them up through a lower-cased copy. Reject stale timestamps here.
+        """
         raise NotImplementedError
 
     def parse_webhook(self, body: bytes) -> list[Change]:

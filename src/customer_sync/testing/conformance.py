@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Protocol, runtime_checkable
@@ -37,9 +38,24 @@ import structlog
 from customer_sync.errors import AuthError, ConnectorError, RecordGone, RecordRejected
 from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor, WriteOp, fingerprint
 
-__all__ = ["ConnectorConformance", "FakeApi", "collect"]
+__all__ = ["ConnectorConformance", "FakeApi", "WebhookDelivery", "collect"]
 
 SENTINEL_EMAIL = "sentinel.conformance.7781@example.org"
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One webhook request as the vendor sends it."""
+
+    headers: dict[str, str]
+    body: bytes
+    url: str = "https://sync.example.org/webhooks/app"
+    method: str = "POST"
+
+    def verify(self, connector: Connector, *, headers: dict[str, str] | None = None,  # type: ignore[type-arg]
+               body: bytes | None = None) -> bool:
+        return connector.verify_webhook(self.headers if headers is None else headers,
+                                        self.body if body is None else body, url=self.url, method=self.method)
 
 
 @runtime_checkable
@@ -75,10 +91,10 @@ class FakeApi(Protocol):
     def statuses_served(self) -> list[int] | None:
         """Status codes of every response served so far (None: not an HTTP fake)."""
 
-    def webhook(self, app_record_id: str, *, kind: str = "upsert") -> tuple[dict[str, str], bytes] | None:
+    def webhook(self, app_record_id: str, *, kind: str = "upsert") -> WebhookDelivery | None:
         """A correctly signed webhook delivery about a record (None: no webhooks)."""
 
-    def stale_webhook(self, app_record_id: str) -> tuple[dict[str, str], bytes] | None:
+    def stale_webhook(self, app_record_id: str) -> WebhookDelivery | None:
         """A delivery signed correctly but too old to be accepted (None: no timestamps)."""
 
 
@@ -281,21 +297,22 @@ class ConnectorConformance:
     async def test_webhook_with_a_good_signature_verifies_and_parses(self, connector, fake_api) -> None:
         """A correctly signed delivery verifies and parses into changes naming the record."""
         rid = fake_api.seed(fake_api.sample_fields(900))
-        headers, body = self._webhook_or_skip(connector, fake_api, rid)
-        assert connector.verify_webhook(headers, body)
-        assert rid in {c.app_record_id for c in connector.parse_webhook(body)}
+        delivery = self._webhook_or_skip(connector, fake_api, rid)
+        assert delivery.verify(connector)
+        assert rid in {c.app_record_id for c in connector.parse_webhook(delivery.body)}
 
     async def test_webhook_with_a_bad_missing_or_stale_signature_is_rejected(self, connector, fake_api) -> None:
         """Tampered bodies, wrong or missing signatures, and stale deliveries do not verify."""
         rid = fake_api.seed(fake_api.sample_fields(910))
-        headers, body = self._webhook_or_skip(connector, fake_api, rid)
-        assert not connector.verify_webhook(headers, body + b" ")
-        assert not connector.verify_webhook({k: (v[:-2] + "xx" if "sign" in k.lower() else v)
-                                             for k, v in headers.items()}, body)
-        assert not connector.verify_webhook({k: v for k, v in headers.items() if "sign" not in k.lower()}, body)
+        delivery = self._webhook_or_skip(connector, fake_api, rid)
+        headers = delivery.headers
+        assert not delivery.verify(connector, body=delivery.body + b" ")
+        assert not delivery.verify(connector, headers={k: (v[:-2] + "xx" if "sign" in k.lower() else v)
+                                                       for k, v in headers.items()})
+        assert not delivery.verify(connector, headers={k: v for k, v in headers.items() if "sign" not in k.lower()})
         stale = fake_api.stale_webhook(rid)
         if stale is not None:
-            assert not connector.verify_webhook(*stale)
+            assert not stale.verify(connector)
 
     async def test_malformed_webhook_payload_is_a_clear_error(self, connector, fake_api) -> None:
         """A body that is not the vendor's shape raises ConnectorError, not a crash."""

@@ -47,10 +47,10 @@ class FakeAppApi:
     def statuses_served(self) -> list[int] | None:
         return None
 
-    def webhook(self, app_record_id: str, *, kind: str = "upsert") -> tuple[dict[str, str], bytes] | None:
-        return None
+    def webhook(self, app_record_id: str, *, kind: str = "upsert") -> None:
+        return None  # the in-memory fake sends no webhooks
 
-    def stale_webhook(self, app_record_id: str) -> tuple[dict[str, str], bytes] | None:
+    def stale_webhook(self, app_record_id: str) -> None:
         return None
 
 
