@@ -119,8 +119,10 @@ def test_nested_keys_are_masked() -> None:
     """Keys inside nested dicts and lists of dicts are masked too."""
     event = redact(headers={"Authorization": "Bearer abc", "Accept": "json"}, rows=[{"email": "x"}])
 
-    expected = {"headers": {"Authorization": REDACTED, "Accept": "json"}, "rows": [{"email": REDACTED}]}
-    assert expected == event
+    assert {
+        "headers": {"Authorization": REDACTED, "Accept": "json"},
+        "rows": [{"email": REDACTED}],
+    } == event
 
 
 # --- masking by shape -----------------------------------------------------------------------
