@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md config.example.toml ./
 COPY src ./src
 COPY connectors ./connectors
-RUN pip install ".[postgres,sandbox]" && useradd --create-home --uid 10001 sync \
+RUN pip install ".[postgres]" && useradd --create-home --uid 10001 sync \
     && mkdir -p /data && chown sync /data
 USER sync
 WORKDIR /data

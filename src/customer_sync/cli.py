@@ -228,7 +228,12 @@ async def _run_daemon(config: Config, store: Store) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with Engine(config, store) as engine:
-            await engine.run_forever(stop)
+            from customer_sync.api.app import serve
+
+            await asyncio.gather(
+                engine.run_forever(stop),
+                serve(engine, config.daemon.listen, stop, public_url=config.daemon.public_url),
+            )
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

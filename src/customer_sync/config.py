@@ -55,6 +55,7 @@ class DaemonConfig(_Block):
 
     store_url: str = "sqlite:///data/customer-sync.db"
     listen: str = "127.0.0.1:8080"
+    public_url: str | None = Field(None, description="base URL vendors post webhooks to, if behind a proxy")
     poll_interval_s: float = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

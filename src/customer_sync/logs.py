@@ -172,7 +172,10 @@ def _phone_or_keep(match: re.Match[str]) -> str:
 
 
 _HANDLER_NAME = "customer_sync"
-_QUIET_LOGGERS = ("httpx", "httpcore")  # they log full request URLs at INFO and DEBUG
+_QUIET_LOGGERS = (
+    "httpx", "httpcore",  # they log full request URLs at INFO and DEBUG
+    "alembic",  # a dozen setup lines on every start say nothing an operator needs
+)
 
 
 def configure_logging(

@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -106,6 +106,7 @@ class Engine:
         self._stack = contextlib.AsyncExitStack()
         self.run_id = str(uuid.uuid4())
         self._offload = True  # process batches in a worker thread (not in dry-run)
+        self._inbox_lock = asyncio.Lock()  # one inbox processor per process
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -175,6 +176,10 @@ class Engine:
 
     async def process_inbox(self, *, limit: int | None = None) -> ProcessStats:
         """Process pending inbox items in batches, each batch in one transaction."""
+        async with self._inbox_lock:
+            return await self._process_inbox(limit)
+
+    async def _process_inbox(self, limit: int | None) -> ProcessStats:
         total = ProcessStats()
         batch = self.config.daemon.batch_size
         done = 0
@@ -232,12 +237,23 @@ class Engine:
             max_attempts=self.config.daemon.max_attempts, faults=self.faults,
         )
 
-    async def accept_webhook(self, app: str, headers: dict[str, str], body: bytes) -> int:
-        """Verify and store a webhook delivery in the inbox (durable before the 2xx)."""
-        connector = self.connectors[app]
+    async def accept_webhook(
+        self, app: str, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
+    ) -> int:
+        """Verify a webhook delivery and store its changes in the inbox; returns how many.
+
+        The inbox commit happens before this returns, so the caller's 2xx means durable.
+
+        Raises:
+            ConnectorError: the app is unknown, takes no webhooks, or the body is malformed.
+            AuthError: the signature does not verify (or is stale).
+        """
+        connector = self.connectors.get(app)
+        if connector is None:
+            raise ConnectorError("no such app is open", app=app)
         if Capability.WEBHOOKS not in connector.capabilities:
             raise ConnectorError("app does not take webhooks", app=app, connector=connector.name)
-        if not connector.verify_webhook(headers, body):
+        if not connector.verify_webhook(headers, body, url=url, method=method):
             log.warning("webhook.rejected", app=app, reason="bad signature")
             raise AuthError("webhook signature rejected", app=app, connector=connector.name)
         changes = connector.parse_webhook(body)
@@ -392,7 +408,15 @@ class Engine:
         for app in self._live_apps():
             scheduler.add_job(poll_job, "interval", args=[app], seconds=self.config.poll_interval_s(app),
                               id=f"poll:{app}", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+        async def inbox_job() -> None:
+            # webhook deliveries land in the inbox between polls
+            stats = await self.process_inbox()
+            if stats.read:
+                log.info("sync.inbox_processed", **stats.as_dict())
+
         scheduler.add_job(dispatch_job, "interval", seconds=dispatch_interval_s, id="dispatch",
+                          max_instances=1, coalesce=True)
+        scheduler.add_job(inbox_job, "interval", seconds=dispatch_interval_s, id="inbox",
                           max_instances=1, coalesce=True)
         scheduler.start()
         log.info("sync.daemon_started", apps=sorted(self.apps), run_id=self.run_id)
