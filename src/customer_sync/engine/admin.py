@@ -90,7 +90,8 @@ def find_customer(store: Store, who: str, *, identity_key: bytes) -> str:
             found = conn.execute(
                 select(customers_t.c.customer_id)
                 .join(identities_t, customers_t.c.customer_id == identities_t.c.customer_id)
-                .where(identities_t.c.value_hash == identity_hash(identity_key, kind, value))
+                .where(identities_t.c.kind == kind,
+                       identities_t.c.value_hash == identity_hash(identity_key, kind, value))
                 .order_by(customers_t.c.deleted_at.is_not(None), customers_t.c.created_at)
             ).scalars().all()
             if found:

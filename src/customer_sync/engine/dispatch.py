@@ -92,9 +92,10 @@ async def dispatch_app(
             return stats
         faults("mid_dispatch")
         by_key = {str(r["seq"]): r for r in rows}
+        updates = [(r["customer_id"], rt.name) for r in rows if r["op"] == "update"]
         with store.transaction() as conn:
             uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
-            uow.load_customers({r["customer_id"] for r in rows})
+            uow.load_bases(updates)
         ops, rechecks, gone = await _build_ops(rt, connector, rows, uow)
         outcomes = []
         if ops:
@@ -110,7 +111,7 @@ async def dispatch_app(
         faults("before_confirm")
         with store.transaction() as conn:
             uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
-            uow.load_customers({r["customer_id"] for r in rows})
+            uow.load_bases([(r["customer_id"], rt.name) for r in rows])
             done: list[int] = []
             for outcome in outcomes:
                 row = by_key[outcome.key]
@@ -130,6 +131,7 @@ async def dispatch_app(
                 done.append(row["seq"])
                 if rt.config.on_delete == "ignore":
                     # Deletes in this app are ignored: the customer is created there again.
+                    uow.customer(row["customer_id"])  # load it whole before changing its links
                     uow.drop_link(rt.name, row["app_record_id"])
                     uow.drop_snapshot(row["customer_id"], rt.name)
                     plan_customer(uow, row["customer_id"], {rt.name: rt}, now=uow.now, reason="re-create: record gone")
@@ -147,15 +149,20 @@ async def dispatch_app(
 
 
 def _claim(store: Store, app: str, now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Claim up to `limit` rows: uncertain ones (`sending`, left by a crash) first, then ready
+    pending ones. Two index searches on (app, state, seq); one OR would sort the whole outbox."""
     with store.transaction() as conn:
-        ready = or_(
-            outbox_t.c.state == "sending",
-            and_(outbox_t.c.state == "pending",
-                 or_(outbox_t.c.next_attempt_at.is_(None), outbox_t.c.next_attempt_at <= now)),
-        )
         rows = [dict(r) for r in conn.execute(
-            select(outbox_t).where(and_(outbox_t.c.app == app, ready)).order_by(outbox_t.c.seq).limit(limit)
+            select(outbox_t).where(outbox_t.c.app == app, outbox_t.c.state == "sending")
+            .order_by(outbox_t.c.seq).limit(limit)
         ).mappings()]
+        if len(rows) < limit:
+            rows += [dict(r) for r in conn.execute(
+                select(outbox_t).where(
+                    outbox_t.c.app == app, outbox_t.c.state == "pending",
+                    or_(outbox_t.c.next_attempt_at.is_(None), outbox_t.c.next_attempt_at <= now),
+                ).order_by(outbox_t.c.seq).limit(limit - len(rows))
+            ).mappings()]
         if rows:
             conn.execute(update(outbox_t).where(outbox_t.c.seq.in_([r["seq"] for r in rows]))
                          .values(state="sending", attempts=outbox_t.c.attempts + 1))

@@ -82,7 +82,11 @@ def process_items(
             continue
         records.append((item, AppRecord.model_validate(item["payload"]), rt))
     stats.read = len(records)
-    uow.prefetch(app_records=[(it["app"], rec.app_record_id) for it, rec, _ in records], identities=[])
+    keys = [(it["app"], rec.app_record_id) for it, rec, _ in records]
+    uow.prefetch_links(keys)
+    # The echo check needs only the bases of linked records; whole customers are loaded below
+    # for the records that really changed.
+    uow.load_bases([(lk["customer_id"], lk["app"]) for k in keys if (lk := uow.link(*k)) is not None])
 
     prepared: list[tuple[AppRecord, AppRuntime, dict[str, Any] | None, str]] = []
     wanted: list[tuple[str, str]] = []
@@ -106,8 +110,7 @@ def process_items(
         if link is None:
             wanted += identity_values(values)
         prepared.append((rec, rt, values, fp))
-    if wanted:
-        uow.prefetch(app_records=[], identities=wanted)
+    uow.prefetch(app_records=[(rt.name, rec.app_record_id) for rec, rt, _, _ in prepared], identities=wanted)
 
     for rec, rt, values, fp in prepared:
         if rec.merged_into is not None:
@@ -182,16 +185,17 @@ def _apply_record(
         stats.unchanged += 1
     if result.observed:
         uow.log("observed", app=app, app_record_id=rid, customer_id=cid, diff=result.observed,
-                source_modified_at=rec.modified_at, reason=how)
+                source_modified_at=rec.modified_at, reason="new customer" if how == "new" else how)
     if result.changes:
         stats.updated += int(how != "new")
         before = customer["values"]
         customer["values"] = {**before, **result.changes}
         customer["provenance"] = {**customer["provenance"], **result.provenance}
         uow.touch_customer(cid)
-        uow.log("decided", app=app, app_record_id=rid, customer_id=cid,
-                diff={f: [before.get(f), v] for f, v in result.changes.items()},
-                reason=", ".join(f"{f}: {p['rule']}" for f, p in result.provenance.items()))
+        if how != "new":  # for a new customer the decision is the observation itself
+            uow.log("decided", app=app, app_record_id=rid, customer_id=cid,
+                    diff={f: [before.get(f), v] for f, v in result.changes.items()},
+                    reason=", ".join(f"{f}: {p['rule']}" for f, p in result.provenance.items()))
     for conflict in result.conflicts:
         d = conflict.decision
         stats.conflicts += 1

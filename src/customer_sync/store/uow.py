@@ -66,6 +66,7 @@ class UnitOfWork:
         self.identities: dict[tuple[str, str], set[str]] = {}  # (kind, hash) -> cids
         self.pending_outbox: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.held: dict[str, set[str]] = {}  # customer -> fields with a parked conflict
+        self._snap_in_db: set[tuple[str, str]] = set()  # bases that have a row to replace
         # write sets
         self._new_customers: set[str] = set()
         self._dirty_customers: set[str] = set()
@@ -85,9 +86,8 @@ class UnitOfWork:
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def prefetch(self, *, app_records: list[tuple[str, str]], identities: list[tuple[str, str]]) -> None:
-        """Load links for the batch's records, the customers matching its identities, and
-        everything those customers have (links, bases, pending writes)."""
+    def prefetch_links(self, app_records: list[tuple[str, str]]) -> None:
+        """Load the links of these records, and nothing else."""
         want = [k for k in app_records if k not in self.links]
         for chunk in _chunks(want):
             rows = self.conn.execute(
@@ -95,18 +95,25 @@ class UnitOfWork:
             ).mappings()
             for row in rows:
                 self._remember_link(dict(row))
+
+    def prefetch(self, *, app_records: list[tuple[str, str]], identities: list[tuple[str, str]]) -> None:
+        """Load links for the batch's records, the customers matching its identities, and
+        everything those customers have (links, bases, pending writes)."""
+        self.prefetch_links(app_records)
         hashes = {(kind, identity_hash(self.key, kind, value)) for kind, value in identities}
         want_h = [h for h in hashes if h not in self.identities]
         for h in want_h:
             self.identities[h] = set()
-        for chunk in _chunks([h for _, h in want_h]):
+        # (kind, value_hash) is the primary key's prefix: an IN on the pair is an index search,
+        # where an IN on value_hash alone scans the whole table.
+        for chunk in _chunks(want_h):
             for row in self.conn.execute(
-                select(identities_t).where(identities_t.c.value_hash.in_(chunk))
+                select(identities_t).where(tuple_(identities_t.c.kind, identities_t.c.value_hash).in_(chunk))
             ).mappings():
                 self.identities.setdefault((row["kind"], row["value_hash"]), set()).add(row["customer_id"])
-        cids = {row["customer_id"] for row in self.links.values()}
-        for found in self.identities.values():
-            cids |= found
+        cids = {self.links[k]["customer_id"] for k in app_records if k in self.links}
+        for h in hashes:
+            cids |= self.identities.get(h, set())
         self.load_customers(cids)
 
     def load_customers(self, cids: Iterable[str]) -> None:
@@ -144,6 +151,25 @@ class UnitOfWork:
                 )
             ).mappings():
                 self.pending_outbox[(row["customer_id"], row["app"])] = dict(row)
+
+    def load_bases(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Load only what confirming writes needs: the links of these customers and the bases
+        of these (customer, app) pairs. Much cheaper than `load_customers` on the hot path;
+        `customer()` still loads a whole customer lazily when asked."""
+        pairs = [p for p in set(pairs) if p not in self.snapshots]
+        cids = sorted({cid for cid, _ in pairs} - set(self.links_by_customer))
+        for cid in cids:
+            self.links_by_customer.setdefault(cid, {})
+        for chunk in _chunks(cids):
+            for row in self.conn.execute(select(links_t).where(links_t.c.customer_id.in_(chunk))).mappings():
+                self._remember_link(dict(row))
+        for pair in pairs:
+            self.snapshots[pair] = None
+        for chunk in _chunks(pairs):
+            for row in self.conn.execute(select(snapshots_t).where(
+                tuple_(snapshots_t.c.customer_id, snapshots_t.c.app).in_(chunk))).mappings():
+                self.snapshots[(row["customer_id"], row["app"])] = dict(row)
+                self._snap_in_db.add((row["customer_id"], row["app"]))
 
     def _remember_link(self, row: dict[str, Any]) -> None:
         self.links[(row["app"], row["app_record_id"])] = row
@@ -354,7 +380,8 @@ class UnitOfWork:
 
     def _flush_snapshots(self) -> None:
         c = self.conn
-        keys = sorted(self._dirty_snapshots | self._dropped_snapshots)
+        # Only bases that exist in the database need deleting before the new ones go in.
+        keys = sorted((self._dirty_snapshots | self._dropped_snapshots) & self._snap_in_db)
         for chunk in _chunks(keys):
             c.execute(delete(snapshots_t).where(
                 tuple_(snapshots_t.c.customer_id, snapshots_t.c.app).in_(chunk)
