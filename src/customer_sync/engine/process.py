@@ -192,7 +192,10 @@ def _apply_record(
         customer["values"] = {**before, **result.changes}
         customer["provenance"] = {**customer["provenance"], **result.provenance}
         uow.touch_customer(cid)
-        if how != "new":  # for a new customer the decision is the observation itself
+        if how == "new":  # the observation holds the values; the decision just says so
+            uow.log("decided", app=app, app_record_id=rid, customer_id=cid,
+                    diff={"fields": sorted(result.changes)}, reason=f"new customer: every field from {app}")
+        else:
             uow.log("decided", app=app, app_record_id=rid, customer_id=cid,
                     diff={f: [before.get(f), v] for f, v in result.changes.items()},
                     reason=", ".join(f"{f}: {p['rule']}" for f, p in result.provenance.items()))
