@@ -1,0 +1,592 @@
+"""The `zendesk` connector: two-way sync of Zendesk Support users (end users by default).
+
+API notes (shared/specs/CONTRACTS.md section 2, and Zendesk's OAS beside it):
+
+- **Listing** is the cursor-based incremental user export: `start_time=0` on a first pass, then
+  the stored `after_cursor`, which is stored even at `end_of_stream` (it is where the next pass
+  resumes). Users sharing one `updated_at` second are never skipped: the cursor is a position,
+  not a time. Deleted users are reported when the export shows them with `active: false`
+  (UNVERIFIED: Zendesk may leave them out, in which case the `user.deleted` webhook and a
+  404 on the next write report the delete).
+- **Identities** (extra emails and phones) are not in a user's payload and no side-load for them
+  is documented in CONTRACTS.md, so they cost one `GET /users/{id}/identities` per live end
+  user listed or read, at most `identity_concurrency` at a time (`fetch_identities = false`
+  turns them off; `other_emails` / `other_phones` are then absent, which is never a change).
+- **Writes**: creates are `create_or_update` (one) and `create_or_update_many` (up to 100, a
+  background job polled to completion); both match an existing user by email or external id,
+  so a re-sent create never makes a second user (a customer without an email is created with
+  the engine's idempotency key as `external_id`, for the same reason). Updates are one `PUT`
+  per user: Zendesk's bulk update by id applies one body to every user. Zendesk never changes
+  a primary email on update (it adds a second address), so an update carrying `email` writes
+  its other fields and reports `RecordRejected` for the email.
+- **Staff**: agents and admins (the account owner is one) are never written to, and with
+  `end_users_only` (the default) never listed, read or searched either. Their ids and emails
+  are learnt from listing and, before the first create, from one search per role.
+- **Names**: see `_fields` for how Zendesk's single `name` becomes `first_name` / `last_name`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from customer_sync.sdk import (
+    ApiClient,
+    AppRecord,
+    AuthError,
+    Capability,
+    Change,
+    ChangePage,
+    Connector,
+    ConnectorError,
+    ConnectorSettings,
+    Cursor,
+    MultiLimiter,
+    RateLimiter,
+    RecordGone,
+    RecordRejected,
+    TransientError,
+    WriteOp,
+    WriteOutcome,
+    WriteReceipt,
+    fingerprint,
+    redact_text,
+    retry_policy,
+)
+from customer_sync_connectors.zendesk._fields import (
+    FieldRefused,
+    check_writable,
+    needs_current_name,
+    record_fields,
+    write_body,
+)
+from customer_sync_connectors.zendesk._webhooks import (
+    WebhookMalformed,
+    changes_of,
+    signature_problem,
+)
+from customer_sync_connectors.zendesk.client import MAX_BULK, MAX_SHOW_MANY, ZendeskClient
+
+from customer_sync_connectors.zendesk.models import Identity, JobStatus, User
+
+__all__ = ["ZendeskConnector", "ZendeskSettings"]
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ZendeskSettings(ConnectorSettings):
+    """One `[apps.NAME.settings]` block of the `zendesk` connector.
+
+    Attributes:
+        base_url: the account's API root, `https://SUBDOMAIN.zendesk.com`.
+        email: the agent (admin) email that API-token auth is sent as.
+        api_token: an API token (`{email}/token:{api_token}` Basic auth); or
+        oauth_token: an OAuth access token (Bearer). Exactly one of the two.
+        webhook_secret: the webhook's signing secret; without it no delivery verifies.
+        page_size: users per export page (1000 is the commonly quoted maximum, UNVERIFIED).
+        rate_limit, rate_limit_window_s: the account's request limit. Zendesk reports it in
+            `X-Rate-Limit`; 200/min is the lowest plan's (UNVERIFIED, third-party), a safe
+            default that leaves room for the account's other integrations.
+        export_rate_limit, export_rate_limit_window_s: the incremental export's own limit, "up
+            to 10 requests per minute", on top of the account's; set one under it, since
+            Zendesk counts arrivals and we count departures.
+        job_poll_interval_s, job_timeout_s: how often, and how long, a bulk job is polled.
+        end_users_only: list, read and search end users only.
+        webhook_max_age_s: deliveries signed longer ago (or further ahead) are refused.
+        fetch_identities: read extra emails and phones (one request per user, see above).
+        identity_concurrency: identity and update requests in flight at once.
+        timeout_s: timeout of each HTTP attempt.
+    """
+
+    base_url: str
+    email: str | None = None
+    api_token: SecretStr | None = None
+    oauth_token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    page_size: int = Field(1000, ge=1, le=1000)
+    rate_limit: int = Field(200, ge=1)
+    rate_limit_window_s: float = Field(60.0, gt=0)
+    export_rate_limit: int = Field(9, ge=1)
+    export_rate_limit_window_s: float = Field(60.0, gt=0)
+    job_poll_interval_s: float = Field(2.0, ge=0)
+    job_timeout_s: float = Field(300.0, gt=0)
+    end_users_only: bool = True
+    webhook_max_age_s: float = Field(300.0, gt=0)
+    fetch_identities: bool = True
+    identity_concurrency: int = Field(8, ge=1, le=64)
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _is_https_root(cls, value: str) -> str:
+        url = httpx.URL(value.strip())
+        if url.scheme not in ("https", "http") or not url.host:
+            raise ValueError("must be the account URL, e.g. https://SUBDOMAIN.zendesk.com")
+        if url.path not in ("", "/") or url.query:
+            raise ValueError("must be the account root, without a path or query")
+        return str(url).rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ZendeskSettings:
+        if (self.api_token is None) == (self.oauth_token is None):
+            raise ValueError("set exactly one of api_token and oauth_token")
+        if self.api_token is not None and not self.email:
+            raise ValueError("api_token needs the agent email it belongs to (email)")
+        return self
+
+    def auth_headers(self) -> dict[str, str]:
+        if self.oauth_token is not None:
+            return {"Authorization": f"Bearer {self.oauth_token.get_secret_value()}"}
+        assert self.api_token is not None
+        pair = f"{self.email}/token:{self.api_token.get_secret_value()}"
+        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
+
+
+class ZendeskConnector(Connector[ZendeskSettings]):
+    """Users of one Zendesk Support account. See the module docstring for the API notes.
+
+    Args:
+        settings: the validated settings block.
+        app: the configured app name.
+        transport: the HTTP test seam (`httpx.ASGITransport` over the simulator).
+        clock: wall clock (aware UTC) for webhook freshness, job timeouts and rate limits.
+        sleep: async sleep for rate limits, retries and job polling; tests inject both.
+    """
+
+    name = "zendesk"
+    settings_model = ZendeskSettings
+    capabilities = (
+        Capability.INCREMENTAL | Capability.WEBHOOKS | Capability.BATCH_WRITE
+        | Capability.DELETE | Capability.DELETES_VISIBLE | Capability.SEARCH_BY_EMAIL
+        | Capability.UPSERT
+    )
+    object_types = ("user",)
+    batch_size = MAX_BULK
+
+    def __init__(self, settings: ZendeskSettings, *, app: str,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], datetime] | None = None, sleep: Sleep | None = None) -> None:
+        super().__init__(settings, app=app)
+        self._transport = transport
+        self._clock = clock
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._api: ZendeskClient | None = None
+        self.http: ApiClient | None = None
+        self._staff_ids: set[int] = set()
+        self._staff_emails: set[str] = set()
+        self._staff_loaded = False
+        self._staff_lock = asyncio.Lock()
+        self._bulk_disabled = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self._clock() if self._clock is not None else datetime.now(UTC)
+
+    def _monotonic(self) -> float:
+        return self._clock().timestamp() if self._clock is not None else time.monotonic()
+
+    async def open(self) -> None:
+        s = self.settings
+        account = RateLimiter(s.rate_limit, s.rate_limit_window_s, clock=self._monotonic,
+                              sleep=self._sleep)
+        export = RateLimiter(s.export_rate_limit, s.export_rate_limit_window_s,
+                             clock=self._monotonic, sleep=self._sleep)
+        self.http = ApiClient(
+            app=self.app, connector=self.name, base_url=s.base_url,
+            auth_headers=s.auth_headers(), timeout_s=s.timeout_s, limiter=account,
+            retry=retry_policy(sleep=self._sleep), transport=self._transport,
+        )
+        self._api = ZendeskClient(self.http, export_limiter=MultiLimiter(account, export))
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+        self.http = self._api = None
+
+    @property
+    def api(self) -> ZendeskClient:
+        if self._api is None:
+            raise self.error(ConnectorError, "the connector is not open", operation="open")
+        return self._api
+
+    # -- check and listing ----------------------------------------------------------------------
+
+    async def check(self) -> None:
+        me = await self.api.me()
+        if me is None:
+            raise self.error(AuthError, "Zendesk answered as for an anonymous caller: the "
+                             "credentials were not accepted", operation="users.me")
+        if me.role != "admin":
+            raise self.error(AuthError, "the incremental user export needs an admin's "
+                             "credentials", operation="users.me")
+
+    async def list_changes(  # type: ignore[override]
+        self, since: Cursor | None
+    ) -> AsyncIterator[ChangePage]:
+        per_page = self.settings.page_size
+        params: dict[str, Any] = {"per_page": per_page}
+        if since is None:
+            params["start_time"] = 0
+        else:
+            params["cursor"] = since.value
+        seen = {since.value} if since is not None else set()
+        while True:
+            page = await self.api.export_page(params)
+            cursor = page.after_cursor or (since.value if since is not None else None)
+            if not cursor:
+                raise self.error(ConnectorError, "an export page carries no cursor",
+                                 operation="users.export")
+            records = await self._records(page.users)
+            self.log.info("app.page_fetched", count=len(records),
+                          deleted=sum(r.deleted for r in records),
+                          skipped=len(page.users) - len(records), end=page.end_of_stream)
+            yield ChangePage(records=records, cursor=Cursor(value=cursor))
+            if page.end_of_stream or not page.after_cursor:
+                return
+            if page.after_cursor in seen:
+                raise self.error(ConnectorError, "pagination repeated a cursor token",
+                                 operation="users.export")
+            seen.add(page.after_cursor)
+            since = Cursor(value=page.after_cursor)
+            # Follow-up pages carry the cursor only, as Zendesk's own after_url does.
+            params = {"cursor": page.after_cursor, "per_page": per_page}
+
+    async def read(self, app_record_ids: Sequence[str]) -> list[AppRecord]:
+        ids = [int(i) for i in dict.fromkeys(app_record_ids) if _is_user_id(i)]
+        records: list[AppRecord] = []
+        for chunk in _chunks(ids, MAX_SHOW_MANY):
+            users = await self.api.show_many(chunk)
+            records += [r for r in await self._records(users) if not r.deleted]
+        return records
+
+    async def search_by_email(self, email: str) -> list[AppRecord]:
+        # The `email:` qualifier form is UNVERIFIED (CONTRACTS.md); matches are re-checked here.
+        wanted = email.strip().lower()
+        users = await self.api.search(f"email:{wanted}", max_pages=1)
+        found = []
+        for record in await self._records(users):
+            if record.deleted:
+                continue
+            emails = [record.fields.get("email"), *record.fields.get("other_emails", ())]
+            if wanted in {str(e).lower() for e in emails if e} or (
+                "other_emails" not in record.fields
+            ):
+                found.append(record)
+        return found
+
+    async def _records(self, users: Iterable[User]) -> list[AppRecord]:
+        """App records for users in the order given; staff are left out with end_users_only."""
+        kept: list[User] = []
+        for user in users:
+            self._note_role(user)
+            if self.settings.end_users_only and not user.is_end_user:
+                continue
+            kept.append(user)
+        identities = await self._identities_of([u for u in kept if u.active])
+        return [
+            AppRecord(app_record_id=str(u.id), modified_at=u.updated_at, deleted=True)
+            if not u.active else
+            AppRecord(app_record_id=str(u.id), modified_at=u.updated_at,
+                      fields=record_fields(u, identities.get(u.id)))
+            for u in kept
+        ]
+
+    async def _identities_of(self, users: Sequence[User]) -> dict[int, list[Identity] | None]:
+        if not self.settings.fetch_identities or not users:
+            return {}
+
+        async def one(user: User) -> list[Identity] | None:
+            try:
+                return await self.api.identities(user.id)
+            except RecordGone:
+                return None  # deleted since it was listed: the next page or pass says so
+
+        found = await self._bounded([one(u) for u in users])
+        return {u.id: ids for u, ids in zip(users, found, strict=True)}
+
+    async def _bounded(self, calls: Sequence[Awaitable[T]]) -> list[T]:
+        """Run calls with at most `identity_concurrency` in flight; the first error is raised
+        once all have settled, so nothing is left running."""
+        gate = asyncio.Semaphore(self.settings.identity_concurrency)
+
+        async def gated(call: Awaitable[T]) -> T:
+            async with gate:
+                return await call
+
+        results = await asyncio.gather(*(gated(c) for c in calls), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
+
+    # -- staff ----------------------------------------------------------------------------------
+
+    def _note_role(self, user: User) -> None:
+        if user.is_end_user or user.role is None:
+            self._staff_ids.discard(user.id)
+            return
+        self._staff_ids.add(user.id)
+        if user.email and user.active:
+            self._staff_emails.add(user.email.lower())
+
+    async def _load_staff(self) -> None:
+        """Learn every agent and admin before the first create, so an upsert by email never
+        lands on one. `role:` search is UNVERIFIED; results are checked by their role."""
+        async with self._staff_lock:
+            if self._staff_loaded:
+                return
+            try:
+                for role in ("admin", "agent"):
+                    for user in await self.api.search(f"role:{role}"):
+                        self._note_role(user)
+            except (RecordRejected, RecordGone) as exc:
+                # Not the fault of the record being written: never let it read as one.
+                raise self.error(ConnectorError, "could not list the account's agents and "
+                                 f"admins: {exc}", operation="users.search") from exc
+            self._staff_loaded = True
+
+    def _staff_refusal(self, *, email: Any = None, app_record_id: str | None = None,
+                       operation: str) -> ConnectorError | None:
+        is_staff = (isinstance(email, str) and email.strip().lower() in self._staff_emails) or (
+            app_record_id is not None and _is_user_id(app_record_id)
+            and int(app_record_id) in self._staff_ids)
+        if not is_staff:
+            return None
+        return self._not_staff_error(operation=operation, app_record_id=app_record_id)
+
+    def _not_staff_error(self, *, operation: str, app_record_id: str | None) -> ConnectorError:
+        return self.error(RecordRejected, "the user is a Zendesk agent or admin; customer-sync "
+                          "never writes to staff", operation=operation,
+                          app_record_id=app_record_id)
+
+    # -- creates --------------------------------------------------------------------------------
+
+    def _create_body(self, fields: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        try:
+            body = write_body(fields, on_create=True)
+        except FieldRefused as exc:
+            raise self.error(RecordRejected, str(exc), operation="users.create") from None
+        if not body.get("email") and not body.get("external_id"):
+            # Nothing else to match a re-sent create by (CreateOrUpdateUser matches "by e-mail
+            # address or external ID").
+            body["external_id"] = idempotency_key
+        return body
+
+    async def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> WriteReceipt:
+        body = self._create_body(fields, idempotency_key)
+        await self._load_staff()
+        refusal = self._staff_refusal(email=body.get("email"), operation="users.create")
+        if refusal is not None:
+            raise refusal
+        user = await self.api.create_or_update(body)
+        self._note_role(user)
+        return WriteReceipt(app_record_id=str(user.id), modified_at=user.updated_at,
+                            fingerprint=fingerprint(fields))
+
+    async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        outcomes: dict[str, WriteOutcome] = {}
+        ready: list[tuple[WriteOp, dict[str, Any]]] = []
+        await self._load_staff()
+        for op in ops:
+            try:
+                body = self._create_body(op.fields, op.idempotency_key or op.key)
+            except RecordRejected as exc:
+                outcomes[op.key] = WriteOutcome(key=op.key, error=exc)
+                continue
+            refusal = self._staff_refusal(email=body.get("email"), operation="users.create")
+            if refusal is not None:
+                outcomes[op.key] = WriteOutcome(key=op.key, error=refusal)
+                continue
+            ready.append((op, body))
+        for chunk in _chunks(ready, MAX_BULK):
+            for outcome in await self._create_chunk(chunk):
+                outcomes[outcome.key] = outcome
+        return [outcomes[op.key] for op in ops]
+
+    async def _create_chunk(self, chunk: Sequence[tuple[WriteOp, dict[str, Any]]]
+                            ) -> list[WriteOutcome]:
+        job = None
+        if len(chunk) > 1 and not self._bulk_disabled:
+            job = await self.api.create_or_update_many([body for _, body in chunk])
+            if job is None:
+                # 403: bulk imports are switched off on this account (CONTRACTS.md).
+                self._bulk_disabled = True
+                self.log.warning("write.batch_unavailable", reason="bulk_import_disabled",
+                                 count=len(chunk))
+        if job is None:
+            return [await self._create_one(op, body) for op, body in chunk]
+        job = await self._wait_for(job)
+        return self._outcomes_of(job, chunk)
+
+    async def _create_one(self, op: WriteOp, body: Mapping[str, Any]) -> WriteOutcome:
+        try:
+            user = await self.api.create_or_update(body)
+        except (RecordRejected, RecordGone) as exc:
+            return WriteOutcome(key=op.key, error=exc)
+        self._note_role(user)
+        receipt = WriteReceipt(app_record_id=str(user.id), modified_at=user.updated_at,
+                               fingerprint=fingerprint(op.fields))
+        return WriteOutcome(key=op.key, receipt=receipt)
+
+    async def _wait_for(self, job: JobStatus) -> JobStatus:
+        """Poll a bulk job until it finishes, at most `job_timeout_s`; a job that does not
+        finish is a TransientError (the batch is re-sent, and upserts make that harmless)."""
+        s = self.settings
+        deadline = self._monotonic() + s.job_timeout_s
+        polls = 0
+        while not job.is_finished:
+            if self._monotonic() >= deadline:
+                raise self.error(TransientError, f"bulk job unfinished after {s.job_timeout_s}s "
+                                 f"({polls} polls)", operation="job_statuses.show")
+            await self._sleep(s.job_poll_interval_s)
+            job = await self.api.job_status(job.id)
+            polls += 1
+        if job.status != "completed":
+            raise self.error(TransientError, f"bulk job ended {job.status}",
+                             operation="job_statuses.show")
+        self.log.debug("write.job_finished", count=job.total, attempt=polls)
+        return job
+
+    def _outcomes_of(self, job: JobStatus, chunk: Sequence[tuple[WriteOp, Mapping[str, Any]]]
+                     ) -> list[WriteOutcome]:
+        by_position: dict[int, WriteOutcome] = {}
+        for position, row in enumerate(job.results or []):
+            index = row.index if row.index is not None else position
+            if not 0 <= index < len(chunk) or index in by_position:
+                continue
+            op = chunk[index][0]
+            if row.failed or row.id is None:
+                # `details` quotes the refused value ("Email: ... is not properly formatted"),
+                # which need not look like an email: mask what was sent, then anything PII-shaped.
+                sent = [str(v) for v in op.fields.values() if isinstance(v, str | int) and str(v)]
+                detail = " ".join(p for p in (row.error, row.details) if p)
+                reason = redact_text(detail, secrets=sorted(sent, key=len, reverse=True))[:200]
+                error = self.error(RecordRejected, f"Zendesk refused the user: {reason}",
+                                   operation="users.create_or_update_many",
+                                   app_record_id=None if row.id is None else str(row.id))
+                by_position[index] = WriteOutcome(key=op.key, error=error)
+            else:
+                receipt = WriteReceipt(app_record_id=str(row.id),
+                                       fingerprint=fingerprint(op.fields))
+                by_position[index] = WriteOutcome(key=op.key, receipt=receipt)
+        if len(by_position) != len(chunk):
+            raise self.error(TransientError, f"bulk job reported {len(by_position)} of "
+                             f"{len(chunk)} results", operation="job_statuses.show")
+        return [by_position[i] for i in range(len(chunk))]
+
+    # -- updates and deletes --------------------------------------------------------------------
+
+    async def update(self, app_record_id: str, changed: Mapping[str, Any]) -> WriteReceipt:
+        (outcome,) = await self.update_many(
+            [WriteOp(key="update", op="update", app_record_id=app_record_id, fields=changed)])
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.receipt is not None
+        return outcome.receipt
+
+    async def update_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        outcomes: dict[str, WriteOutcome] = {}
+        todo: list[tuple[WriteOp, dict[str, Any]]] = []
+        for op in ops:
+            rid = op.app_record_id or ""
+            fields = {k: v for k, v in op.fields.items() if k != "email"}
+            error: ConnectorError | None = None
+            if not _is_user_id(rid):
+                error = self.error(RecordGone, "not a Zendesk user id", operation="users.update",
+                                   app_record_id=rid)
+            else:
+                error = self._staff_refusal(app_record_id=rid, operation="users.update")
+            if error is None:
+                try:
+                    check_writable(fields)
+                except FieldRefused as exc:
+                    error = self.error(RecordRejected, str(exc), operation="users.update",
+                                       app_record_id=rid)
+            if error is not None:
+                outcomes[op.key] = WriteOutcome(key=op.key, error=error)
+            else:
+                todo.append((op, fields))
+        need = [int(op.app_record_id or 0) for op, fields in todo if needs_current_name(fields)]
+        current: dict[int, User] = {}
+        for chunk in _chunks(need, MAX_SHOW_MANY):
+            current.update({u.id: u for u in await self.api.show_many(chunk)})
+        results = await self._bounded([self._update_one(op, f, current) for op, f in todo])
+        outcomes.update({o.key: o for o in results})
+        return [outcomes[op.key] for op in ops]
+
+    async def _update_one(self, op: WriteOp, fields: Mapping[str, Any],
+                          current: Mapping[int, User]) -> WriteOutcome:
+        rid = op.app_record_id or ""
+        user_id = int(rid)
+        now = current.get(user_id)
+        try:
+            if needs_current_name(fields) and (now is None or not now.active):
+                raise self.error(RecordGone, "user not found", operation="users.update",
+                                 app_record_id=rid)
+            if now is not None and not now.is_end_user:
+                self._note_role(now)
+                raise self._not_staff_error(operation="users.update", app_record_id=rid)
+            try:
+                body = write_body(fields, current=now)
+            except FieldRefused as exc:
+                raise self.error(RecordRejected, str(exc), operation="users.update",
+                                 app_record_id=rid) from None
+            user = await self.api.update(user_id, body) if body else None
+        except (RecordGone, RecordRejected) as exc:
+            return WriteOutcome(key=op.key, error=exc)
+        if "email" in op.fields:
+            return WriteOutcome(key=op.key, error=self.error(
+                RecordRejected, "Zendesk's primary email is writeable on create only (an update "
+                "adds a second address); the other fields were written",
+                operation="users.update", app_record_id=rid))
+        receipt = WriteReceipt(app_record_id=rid, modified_at=user.updated_at if user else None,
+                               fingerprint=fingerprint(op.fields))
+        return WriteOutcome(key=op.key, receipt=receipt)
+
+    async def delete(self, app_record_id: str) -> None:
+        if not _is_user_id(app_record_id):
+            raise self.error(RecordGone, "not a Zendesk user id", operation="users.delete",
+                             app_record_id=app_record_id)
+        refusal = self._staff_refusal(app_record_id=app_record_id, operation="users.delete")
+        if refusal is not None:
+            raise refusal
+        await self.api.delete(int(app_record_id))
+
+    # -- webhooks -------------------------------------------------------------------------------
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, url: str = "",
+                       method: str = "POST") -> bool:
+        secret = self.settings.webhook_secret
+        if secret is None:
+            self.log.info("webhook.rejected", reason="no_webhook_secret")
+            return False
+        problem = signature_problem(headers, body, secret=secret.get_secret_value(),
+                                    now=self._now(), max_age_s=self.settings.webhook_max_age_s)
+        if problem is not None:
+            self.log.info("webhook.rejected", reason=problem)
+            return False
+        return True
+
+    def parse_webhook(self, body: bytes) -> list[Change]:
+        try:
+            return changes_of(body, end_users_only=self.settings.end_users_only)
+        except WebhookMalformed as exc:
+            raise self.error(ConnectorError, f"malformed webhook: {exc}",
+                             operation="webhook.parse") from None
+
+
+def _is_user_id(value: str) -> bool:
+    return value.isascii() and value.isdigit() and value != "0"
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
