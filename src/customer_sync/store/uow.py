@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from customer_sync.store.tables import (
     ChangeLogEntry,
@@ -49,6 +49,21 @@ def identity_hash(key: bytes, kind: str, value: str) -> str:
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
+
+
+def _pair_filters(group_col: Any, in_col: Any, pairs: Iterable[tuple[Any, Any]], *, group_first: bool) -> Iterable[Any]:
+    """WHERE clauses matching (a, b) pairs as `group = x AND other IN (...)`, chunked.
+
+    SQLite (3.40 here) answers a row-value `(a, b) IN (VALUES ...)` with a full table scan;
+    one equality and a plain IN use the primary-key index.
+    """
+    groups: dict[Any, list[Any]] = {}
+    for a, b in pairs:
+        key, value = (a, b) if group_first else (b, a)
+        groups.setdefault(key, []).append(value)
+    for key, values in groups.items():
+        for chunk in _chunks(sorted(set(values))):
+            yield and_(group_col == key, in_col.in_(chunk))
 
 
 class UnitOfWork:
@@ -89,11 +104,8 @@ class UnitOfWork:
     def prefetch_links(self, app_records: list[tuple[str, str]]) -> None:
         """Load the links of these records, and nothing else."""
         want = [k for k in app_records if k not in self.links]
-        for chunk in _chunks(want):
-            rows = self.conn.execute(
-                select(links_t).where(tuple_(links_t.c.app, links_t.c.app_record_id).in_(chunk))
-            ).mappings()
-            for row in rows:
+        for where in _pair_filters(links_t.c.app, links_t.c.app_record_id, want, group_first=True):
+            for row in self.conn.execute(select(links_t).where(where)).mappings():
                 self._remember_link(dict(row))
 
     def prefetch(self, *, app_records: list[tuple[str, str]], identities: list[tuple[str, str]]) -> None:
@@ -106,10 +118,8 @@ class UnitOfWork:
             self.identities[h] = set()
         # (kind, value_hash) is the primary key's prefix: an IN on the pair is an index search,
         # where an IN on value_hash alone scans the whole table.
-        for chunk in _chunks(want_h):
-            for row in self.conn.execute(
-                select(identities_t).where(tuple_(identities_t.c.kind, identities_t.c.value_hash).in_(chunk))
-            ).mappings():
+        for where in _pair_filters(identities_t.c.kind, identities_t.c.value_hash, want_h, group_first=True):
+            for row in self.conn.execute(select(identities_t).where(where)).mappings():
                 self.identities.setdefault((row["kind"], row["value_hash"]), set()).add(row["customer_id"])
         cids = {self.links[k]["customer_id"] for k in app_records if k in self.links}
         for h in hashes:
@@ -165,9 +175,8 @@ class UnitOfWork:
                 self._remember_link(dict(row))
         for pair in pairs:
             self.snapshots[pair] = None
-        for chunk in _chunks(pairs):
-            for row in self.conn.execute(select(snapshots_t).where(
-                tuple_(snapshots_t.c.customer_id, snapshots_t.c.app).in_(chunk))).mappings():
+        for where in _pair_filters(snapshots_t.c.app, snapshots_t.c.customer_id, pairs, group_first=False):
+            for row in self.conn.execute(select(snapshots_t).where(where)).mappings():
                 self.snapshots[(row["customer_id"], row["app"])] = dict(row)
                 self._snap_in_db.add((row["customer_id"], row["app"]))
 
@@ -382,10 +391,8 @@ class UnitOfWork:
         c = self.conn
         # Only bases that exist in the database need deleting before the new ones go in.
         keys = sorted((self._dirty_snapshots | self._dropped_snapshots) & self._snap_in_db)
-        for chunk in _chunks(keys):
-            c.execute(delete(snapshots_t).where(
-                tuple_(snapshots_t.c.customer_id, snapshots_t.c.app).in_(chunk)
-            ))
+        for where in _pair_filters(snapshots_t.c.app, snapshots_t.c.customer_id, keys, group_first=False):
+            c.execute(delete(snapshots_t).where(where))
         rows = [self.snapshots[k] for k in self._dirty_snapshots if self.snapshots.get(k) is not None]
         if rows:
             c.execute(insert(snapshots_t), rows)
