@@ -10,19 +10,46 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from customer_sync.sdk import ConnectorError, LinkPaginator
+from customer_sync.sdk import ApiClient, ConnectorError, LinkPaginator, RecordRejected
 from customer_sync_connectors.zendesk.models import ExportPage, Identity, JobStatus, User
 
 if TYPE_CHECKING:
     import httpx
 
-    from customer_sync.sdk import ApiClient, Limiter
+    from customer_sync.sdk import Limiter
 
-__all__ = ["MAX_BULK", "MAX_SHOW_MANY", "ZendeskClient"]
+__all__ = ["MAX_BULK", "MAX_SHOW_MANY", "ZendeskApiClient", "ZendeskClient"]
 
 MAX_SHOW_MANY = 100  # show_many: "up to 100" ids
 MAX_BULK = 100  # create_or_update_many: "up to 100 user objects"
 _SEARCH_PAGE = 100  # search: 100 per page
+
+
+class ZendeskApiClient(ApiClient):
+    """`ApiClient` that names the refused fields of a 422.
+
+    Zendesk's validation error says only "Record validation errors"; its `details` object is
+    keyed by field name (`{"email": [{"description": "Email: ... is not properly formatted"}]}`,
+    shape UNVERIFIED beyond the `error` name). The field names are added to the message; the
+    descriptions, which quote the refused values, are not.
+    """
+
+    def validate_response(self, response: httpx.Response, *, operation: str,
+                          app_record_id: str | None = None) -> ConnectorError | None:
+        error = super().validate_response(response, operation=operation,
+                                          app_record_id=app_record_id)
+        if not isinstance(error, RecordRejected):
+            return error
+        try:
+            details = response.json().get("details")
+        except (ValueError, AttributeError):
+            return error
+        if not isinstance(details, Mapping) or not details:
+            return error
+        names = ", ".join(sorted(str(k) for k in details)[:10])
+        return RecordRejected(f"{error.args[0]} (fields: {names})", app=error.app,
+                              connector=error.connector, operation=error.operation,
+                              status_code=error.status_code, app_record_id=error.app_record_id)
 
 
 class ZendeskClient:

@@ -72,7 +72,12 @@ from customer_sync_connectors.zendesk._webhooks import (
     changes_of,
     signature_problem,
 )
-from customer_sync_connectors.zendesk.client import MAX_BULK, MAX_SHOW_MANY, ZendeskClient
+from customer_sync_connectors.zendesk.client import (
+    MAX_BULK,
+    MAX_SHOW_MANY,
+    ZendeskApiClient,
+    ZendeskClient,
+)
 
 from customer_sync_connectors.zendesk.models import Identity, JobStatus, User
 
@@ -200,7 +205,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                               sleep=self._sleep)
         export = RateLimiter(s.export_rate_limit, s.export_rate_limit_window_s,
                              clock=self._monotonic, sleep=self._sleep)
-        self.http = ApiClient(
+        self.http = ZendeskApiClient(
             app=self.app, connector=self.name, base_url=s.base_url,
             auth_headers=s.auth_headers(), timeout_s=s.timeout_s, limiter=account,
             retry=retry_policy(sleep=self._sleep), transport=self._transport,
