@@ -6,6 +6,7 @@ module is its default field map.
 
 from __future__ import annotations
 
-from customer_sync_connectors.zendesk.connector import ZendeskConnector, ZendeskSettings
+from customer_sync_connectors.zendesk.connector import ZendeskConnector
+from customer_sync_connectors.zendesk.settings import ZendeskSettings
 
 __all__ = ["ZendeskConnector", "ZendeskSettings"]

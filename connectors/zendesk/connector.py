@@ -28,14 +28,12 @@ API notes (shared/specs/CONTRACTS.md section 2, and Zendesk's OAS beside it):
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import Field, SecretStr, field_validator, model_validator
 
 from customer_sync.sdk import (
     ApiClient,
@@ -46,7 +44,6 @@ from customer_sync.sdk import (
     ChangePage,
     Connector,
     ConnectorError,
-    ConnectorSettings,
     Cursor,
     MultiLimiter,
     RateLimiter,
@@ -67,6 +64,7 @@ from customer_sync_connectors.zendesk._fields import (
     record_fields,
     write_body,
 )
+from customer_sync_connectors.zendesk._staff import Staff
 from customer_sync_connectors.zendesk._webhooks import (
     WebhookMalformed,
     changes_of,
@@ -80,79 +78,12 @@ from customer_sync_connectors.zendesk.client import (
 )
 
 from customer_sync_connectors.zendesk.models import Identity, JobStatus, User
+from customer_sync_connectors.zendesk.settings import ZendeskSettings
 
-__all__ = ["ZendeskConnector", "ZendeskSettings"]
+__all__ = ["ZendeskConnector"]
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class ZendeskSettings(ConnectorSettings):
-    """One `[apps.NAME.settings]` block of the `zendesk` connector.
-
-    Attributes:
-        base_url: the account's API root, `https://SUBDOMAIN.zendesk.com`.
-        email: the agent (admin) email that API-token auth is sent as.
-        api_token: an API token (`{email}/token:{api_token}` Basic auth); or
-        oauth_token: an OAuth access token (Bearer). Exactly one of the two.
-        webhook_secret: the webhook's signing secret; without it no delivery verifies.
-        page_size: users per export page (1000 is the commonly quoted maximum, UNVERIFIED).
-        rate_limit, rate_limit_window_s: the account's request limit. Zendesk reports it in
-            `X-Rate-Limit`; 200/min is the lowest plan's (UNVERIFIED, third-party), a safe
-            default that leaves room for the account's other integrations.
-        export_rate_limit, export_rate_limit_window_s: the incremental export's own limit, "up
-            to 10 requests per minute", on top of the account's; set one under it, since
-            Zendesk counts arrivals and we count departures.
-        job_poll_interval_s, job_timeout_s: how often, and how long, a bulk job is polled.
-        end_users_only: list, read and search end users only.
-        webhook_max_age_s: deliveries signed longer ago (or further ahead) are refused.
-        fetch_identities: read extra emails and phones (one request per user, see above).
-        identity_concurrency: identity and update requests in flight at once.
-        timeout_s: timeout of each HTTP attempt.
-    """
-
-    base_url: str
-    email: str | None = None
-    api_token: SecretStr | None = None
-    oauth_token: SecretStr | None = None
-    webhook_secret: SecretStr | None = None
-    page_size: int = Field(1000, ge=1, le=1000)
-    rate_limit: int = Field(200, ge=1)
-    rate_limit_window_s: float = Field(60.0, gt=0)
-    export_rate_limit: int = Field(9, ge=1)
-    export_rate_limit_window_s: float = Field(60.0, gt=0)
-    job_poll_interval_s: float = Field(2.0, ge=0)
-    job_timeout_s: float = Field(300.0, gt=0)
-    end_users_only: bool = True
-    webhook_max_age_s: float = Field(300.0, gt=0)
-    fetch_identities: bool = True
-    identity_concurrency: int = Field(8, ge=1, le=64)
-    timeout_s: float = Field(30.0, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _is_https_root(cls, value: str) -> str:
-        url = httpx.URL(value.strip())
-        if url.scheme not in ("https", "http") or not url.host:
-            raise ValueError("must be the account URL, e.g. https://SUBDOMAIN.zendesk.com")
-        if url.path not in ("", "/") or url.query:
-            raise ValueError("must be the account root, without a path or query")
-        return str(url).rstrip("/")
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> ZendeskSettings:
-        if (self.api_token is None) == (self.oauth_token is None):
-            raise ValueError("set exactly one of api_token and oauth_token")
-        if self.api_token is not None and not self.email:
-            raise ValueError("api_token needs the agent email it belongs to (email)")
-        return self
-
-    def auth_headers(self) -> dict[str, str]:
-        if self.oauth_token is not None:
-            return {"Authorization": f"Bearer {self.oauth_token.get_secret_value()}"}
-        assert self.api_token is not None
-        pair = f"{self.email}/token:{self.api_token.get_secret_value()}"
-        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
 
 
 class ZendeskConnector(Connector[ZendeskSettings]):
@@ -185,10 +116,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         self._sleep: Sleep = sleep or asyncio.sleep
         self._api: ZendeskClient | None = None
         self.http: ApiClient | None = None
-        self._staff_ids: set[int] = set()
-        self._staff_emails: set[str] = set()
-        self._staff_loaded = False
-        self._staff_lock = asyncio.Lock()
+        self._staff = Staff()
         self._bulk_disabled = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -292,7 +220,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         """App records for users in the order given; staff are left out with end_users_only."""
         kept: list[User] = []
         for user in users:
-            self._note_role(user)
+            self._staff.note(user)
             if self.settings.end_users_only and not user.is_end_user:
                 continue
             kept.append(user)
@@ -335,36 +263,18 @@ class ZendeskConnector(Connector[ZendeskSettings]):
 
     # -- staff ----------------------------------------------------------------------------------
 
-    def _note_role(self, user: User) -> None:
-        if user.is_end_user or user.role is None:
-            self._staff_ids.discard(user.id)
-            return
-        self._staff_ids.add(user.id)
-        if user.email and user.active:
-            self._staff_emails.add(user.email.lower())
-
     async def _load_staff(self) -> None:
-        """Learn every agent and admin before the first create, so an upsert by email never
-        lands on one. `role:` search is UNVERIFIED; results are checked by their role."""
-        async with self._staff_lock:
-            if self._staff_loaded:
-                return
-            try:
-                for role in ("admin", "agent"):
-                    for user in await self.api.search(f"role:{role}"):
-                        self._note_role(user)
-            except (RecordRejected, RecordGone) as exc:
-                # Not the fault of the record being written: never let it read as one.
-                raise self.error(ConnectorError, "could not list the account's agents and "
-                                 f"admins: {exc}", operation="users.search") from exc
-            self._staff_loaded = True
+        try:
+            await self._staff.load(self.api.search)
+        except (RecordRejected, RecordGone) as exc:
+            # Not the fault of the record being written: never let it read as one.
+            raise self.error(ConnectorError, "could not list the account's agents and admins: "
+                             f"{exc}", operation="users.search") from exc
 
     def _staff_refusal(self, *, email: Any = None, app_record_id: str | None = None,
                        operation: str) -> ConnectorError | None:
-        is_staff = (isinstance(email, str) and email.strip().lower() in self._staff_emails) or (
-            app_record_id is not None and _is_user_id(app_record_id)
-            and int(app_record_id) in self._staff_ids)
-        if not is_staff:
+        user_id = int(app_record_id) if app_record_id and _is_user_id(app_record_id) else None
+        if not self._staff.holds(email=email, user_id=user_id):
             return None
         return self._not_staff_error(operation=operation, app_record_id=app_record_id)
 
@@ -393,7 +303,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         if refusal is not None:
             raise refusal
         user = await self.api.create_or_update(body)
-        self._note_role(user)
+        self._staff.note(user)
         return WriteReceipt(app_record_id=str(user.id), modified_at=user.updated_at,
                             fingerprint=fingerprint(fields))
 
@@ -437,7 +347,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             user = await self.api.create_or_update(body)
         except (RecordRejected, RecordGone) as exc:
             return WriteOutcome(key=op.key, error=exc)
-        self._note_role(user)
+        self._staff.note(user)
         receipt = WriteReceipt(app_record_id=str(user.id), modified_at=user.updated_at,
                                fingerprint=fingerprint(op.fields))
         return WriteOutcome(key=op.key, receipt=receipt)
@@ -538,7 +448,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                 raise self.error(RecordGone, "user not found", operation="users.update",
                                  app_record_id=rid)
             if now is not None and not now.is_end_user:
-                self._note_role(now)
+                self._staff.note(now)
                 raise self._not_staff_error(operation="users.update", app_record_id=rid)
             try:
                 body = write_body(fields, current=now)

@@ -486,6 +486,35 @@ async def test_staff_are_never_written_to(
     assert not [p for p in transport.paths() if p.split()[0] in ("POST", "PUT", "DELETE")]
 
 
+async def test_a_customer_promoted_to_agent_leaves_the_sync(
+    sim: ZendeskSimulator, connector: ZendeskConnector, transport: RecordingTransport,
+) -> None:
+    """Once listed as an agent, a former end user is neither listed, read nor written."""
+    (rid,) = seed_users(sim, 1)
+    pages = await collect(connector)
+    sim.edit_user(int(rid), role="agent")
+
+    listed = [r for p in await collect(connector, pages[-1].cursor) for r in p.records]
+    with pytest.raises(RecordRejected, match="agent or admin"):
+        await connector.update(rid, {"tags": ["x"]})
+
+    assert ([], []) == (listed, await connector.read([rid]))
+    assert "PUT /api/v2/users/{id}" not in transport.paths()
+
+
+async def test_a_failed_staff_lookup_is_not_blamed_on_the_record(
+    sim: ZendeskSimulator, connector: ZendeskConnector,
+) -> None:
+    """A refused staff search stops the create as a ConnectorError, never as RecordRejected
+    (which would dead-letter a record that did nothing wrong)."""
+    sim.fail_next(1, 400, route="GET /api/v2/users/search")
+
+    with pytest.raises(ConnectorError, match="agents and admins") as raised:
+        await connector.create({"email": "fine@example.org"}, idempotency_key="k")
+
+    assert not isinstance(raised.value, RecordRejected)
+
+
 async def test_with_end_users_only_off_staff_are_listed_but_still_not_written(
     sim: ZendeskSimulator, make_connector: MakeConnector,
 ) -> None:
