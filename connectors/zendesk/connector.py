@@ -20,8 +20,9 @@ API notes (shared/specs/CONTRACTS.md section 2, and Zendesk's OAS beside it):
   a primary email on update (it adds a second address), so an update carrying `email` writes
   its other fields and reports `RecordRejected` for the email.
 - **Staff**: agents and admins (the account owner is one) are never written to, and with
-  `end_users_only` (the default) never listed, read or searched either. Their ids and emails
-  are learnt from listing and, before the first create, from one search per role.
+  `end_users_only` (the default) never listed, read or searched either (`_staff`). Only their
+  primary emails are known, so an upsert by an agent's second address still reaches the agent;
+  its outcome is then refused, so that no customer is linked to an agent.
 - **Names**: see `_fields` for how Zendesk's single `name` becomes `first_name` / `last_name`.
 """
 
@@ -302,10 +303,12 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         refusal = self._staff_refusal(email=body.get("email"), operation="users.create")
         if refusal is not None:
             raise refusal
-        user = await self.api.create_or_update(body)
-        self._staff.note(user)
-        return WriteReceipt(app_record_id=str(user.id), modified_at=user.updated_at,
-                            fingerprint=fingerprint(fields))
+        op = WriteOp(key="create", op="create", fields=fields, idempotency_key=idempotency_key)
+        outcome = await self._create_one(op, body)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.receipt is not None
+        return outcome.receipt
 
     async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         outcomes: dict[str, WriteOutcome] = {}
@@ -348,7 +351,23 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         except (RecordRejected, RecordGone) as exc:
             return WriteOutcome(key=op.key, error=exc)
         self._staff.note(user)
-        receipt = WriteReceipt(app_record_id=str(user.id), modified_at=user.updated_at,
+        return self._created(op, user.id, modified_at=user.updated_at)
+
+    def _created(self, op: WriteOp, user_id: int, *, modified_at: datetime | None = None
+                 ) -> WriteOutcome:
+        """The outcome of an upsert that Zendesk applied to user `user_id`.
+
+        An upsert can still land on an agent through an address the staff check does not know
+        (an agent's secondary email). Zendesk has applied it by then; refusing the outcome at
+        least keeps the customer from being linked to the agent.
+        """
+        if self._staff.holds(user_id=user_id):
+            self.log.warning("record.written_to_staff", app_record_id=str(user_id))
+            return WriteOutcome(key=op.key, error=self.error(
+                RecordRejected, "the upsert matched a Zendesk agent or admin by one of their "
+                "addresses; the customer is not linked to them", operation="users.create",
+                app_record_id=str(user_id)))
+        receipt = WriteReceipt(app_record_id=str(user_id), modified_at=modified_at,
                                fingerprint=fingerprint(op.fields))
         return WriteOutcome(key=op.key, receipt=receipt)
 
@@ -390,9 +409,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                                    app_record_id=None if row.id is None else str(row.id))
                 by_position[index] = WriteOutcome(key=op.key, error=error)
             else:
-                receipt = WriteReceipt(app_record_id=str(row.id),
-                                       fingerprint=fingerprint(op.fields))
-                by_position[index] = WriteOutcome(key=op.key, receipt=receipt)
+                by_position[index] = self._created(op, row.id)
         if len(by_position) != len(chunk):
             raise self.error(TransientError, f"bulk job reported {len(by_position)} of "
                              f"{len(chunk)} results", operation="job_statuses.show")

@@ -486,6 +486,24 @@ async def test_staff_are_never_written_to(
     assert not [p for p in transport.paths() if p.split()[0] in ("POST", "PUT", "DELETE")]
 
 
+async def test_an_upsert_landing_on_an_agents_second_address_is_not_linked(
+    sim: ZendeskSimulator, connector: ZendeskConnector,
+) -> None:
+    """Known residual risk: only staff primary emails are checked, so an upsert by an agent's
+    second address reaches the agent; the outcome is refused so no customer links to them."""
+    agent = sim.add_user(name="Ag Ent", email="agent@example.com", role="agent")
+    sim.add_identity(agent, "email", "agent.home@example.com")
+
+    with pytest.raises(RecordRejected, match="not linked"):
+        await connector.create({"email": "agent.home@example.com"}, idempotency_key="k1")
+    outcomes = await connector.create_many([
+        WriteOp(key=k, op="create", fields={"email": e}, idempotency_key=k)
+        for k, e in (("a", "agent.home@example.com"), ("b", "fresh@example.com"))])
+
+    assert isinstance(outcomes[0].error, RecordRejected)
+    assert outcomes[1].receipt is not None
+
+
 async def test_a_customer_promoted_to_agent_leaves_the_sync(
     sim: ZendeskSimulator, connector: ZendeskConnector, transport: RecordingTransport,
 ) -> None:
