@@ -6,6 +6,7 @@ module is its default field map.
 
 from __future__ import annotations
 
-from customer_sync_connectors.hubspot.connector import HubSpotConnector, HubSpotSettings
+from customer_sync_connectors.hubspot.connector import HubSpotConnector
+from customer_sync_connectors.hubspot.settings import HubSpotSettings
 
 __all__ = ["HubSpotConnector", "HubSpotSettings"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from customer_sync.sdk import Cursor
 
-__all__ = ["CursorError", "Watermark", "ListingState"]
+__all__ = ["CursorError", "ListingState", "Watermark"]
 
 _VERSION = 1
 

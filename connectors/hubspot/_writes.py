@@ -3,14 +3,14 @@ answer's results and `errors[]` back to the writes that were sent.
 
 HubSpot answers a batch with results in any order and, on partial success, a 207 whose
 `errors[]` name the failed inputs in their `context` (by id, or by the email used as id for an
-upsert). Nothing here sends a request; `connector.py` does.
+upsert). Nothing here sends a request; `_writer` does.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from customer_sync.sdk import WriteOp, redact_text
@@ -51,7 +51,8 @@ def to_property_value(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, datetime):
-        return str(ms_of(value))  # HubSpot datetime properties take epoch milliseconds
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return str(ms_of(aware))  # HubSpot datetime properties take epoch milliseconds
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, list | tuple | set | frozenset):
@@ -184,7 +185,10 @@ def fold(value: str | None) -> str | None:
 
 
 def group_errors(
-    errors: Sequence[BatchError], ops: Sequence[WriteOp], *, key_of_op: Callable[[WriteOp], str | None]
+    errors: Sequence[BatchError],
+    ops: Sequence[WriteOp],
+    *,
+    key_of_op: Callable[[WriteOp], str | None],
 ) -> tuple[dict[str, BatchError], list[BatchError]]:
     """Errors by the op key they name, and the errors that name no op of this batch."""
     by_natural: dict[str, str] = {}

@@ -21,53 +21,34 @@ Per-field modified times (`field_history`): the full pass asks the list endpoint
 
 from __future__ import annotations
 
-import asyncio
-import time
-import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import resources
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
 
 from customer_sync.sdk import (
-    ApiClient,
     AppRecord,
     Capability,
     Change,
     ChangePage,
     Connector,
     ConnectorError,
-    ConnectorSettings,
     Cursor,
-    MultiLimiter,
-    RateLimiter,
     RecordGone,
-    RecordRejected,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
-    fingerprint,
-    retry_policy,
 )
 from customer_sync_connectors.hubspot import _writes as w
 from customer_sync_connectors.hubspot._cursor import CursorError, ListingState, Watermark
 from customer_sync_connectors.hubspot._webhooks import is_authentic, parse_events
-from customer_sync_connectors.hubspot.models import (
-    BatchResponse,
-    Contact,
-    ContactPage,
-    SearchPage,
-    ms_of,
-    parse,
-)
+from customer_sync_connectors.hubspot._writer import ContactWriter
+from customer_sync_connectors.hubspot.client import HubSpotClient
+from customer_sync_connectors.hubspot.models import Contact, ms_of
+from customer_sync_connectors.hubspot.settings import HubSpotSettings
 
-__all__ = ["HubSpotConnector", "HubSpotSettings"]
-
-CONTACTS = "/crm/v3/objects/contacts"
-M = TypeVar("M", bound=ContactPage | BatchResponse)
+__all__ = ["HubSpotConnector"]
 
 # Read with every contact besides the configured properties: the modified time listing runs on,
 # and the ids merged into a contact, so that merges show up when the survivor is listed. The
@@ -75,70 +56,8 @@ M = TypeVar("M", bound=ContactPage | BatchResponse)
 _ALWAYS_READ = ("lastmodifieddate", "hs_merged_object_ids")
 
 
-def _default_properties() -> list[str]:
-    """The HubSpot properties named by the default field map beside this module."""
-    text = (resources.files(__package__) / "mapping.toml").read_text(encoding="utf-8")
-    entries = tomllib.loads(text).get("fields", {})
-    names = [e if isinstance(e, str) else e["field"] for e in entries.values()]
-    return list(dict.fromkeys(names))
-
-
-DEFAULT_PROPERTIES = tuple(_default_properties())
-
-
-class HubSpotSettings(ConnectorSettings):
-    """One `[apps.NAME.settings]` block of the `hubspot` connector.
-
-    Attributes:
-        base_url: HubSpot's API root (the spec's `servers` URL).
-        access_token: a private app's access token (`${HUBSPOT_TOKEN}`), sent as a Bearer token.
-        app_secret: the app's client secret, which signs webhooks (v3); without it every
-            webhook delivery is refused.
-        properties: the contact properties read and written (default: those in mapping.toml).
-        page_size: contacts per list or search page (the list endpoint takes at most 100;
-            UNVERIFIED in CONTRACTS.md).
-        history_page_size: contacts per request when property history is asked for. The spec
-            says history "will reduce the maximum number of contacts that can be read by a
-            single request" without saying to what; 50 is the figure third parties report.
-        rate_limit_calls, rate_limit_window_s: the app's documented limit (Free/Starter: 100
-            per 10 s). The connector stays a little under it.
-        search_per_s: the search endpoint's own limit, on top (4/s in HubSpot's changelog;
-            the current value is UNVERIFIED).
-        field_history: read per-property modified times (`propertiesWithHistory`).
-        lookback_s: every incremental listing re-reads this many seconds before its cursor,
-            for contacts that reach the search index late with an older modified time.
-        webhook_max_age_s: deliveries signed longer ago than this are refused (HubSpot's SDK
-            uses 300 s).
-    """
-
-    base_url: str = "https://api.hubapi.com"
-    access_token: SecretStr
-    app_secret: SecretStr | None = None
-    properties: list[str] = Field(default_factory=lambda: list(DEFAULT_PROPERTIES), min_length=1)
-    page_size: int = Field(100, ge=1, le=100)
-    history_page_size: int = Field(50, ge=1, le=100)
-    rate_limit_calls: int = Field(100, ge=1)
-    rate_limit_window_s: float = Field(10.0, gt=0)
-    search_per_s: float = Field(4, gt=0)
-    field_history: bool = True
-    lookback_s: float = Field(2, ge=0)
-    webhook_max_age_s: float = Field(300, gt=0)
-
-    @field_validator("properties")
-    @classmethod
-    def _unique_properties(cls, value: list[str]) -> list[str]:
-        if any(not name.strip() for name in value):
-            raise ValueError("property names must not be empty")
-        return list(dict.fromkeys(value))
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _under(calls: int) -> int:
-    """A limit a little under the vendor's: it counts arrivals, we count departures."""
-    return max(1, calls - max(1, calls // 20))
 
 
 class HubSpotConnector(Connector[HubSpotSettings]):
@@ -158,8 +77,13 @@ class HubSpotConnector(Connector[HubSpotSettings]):
     name = "hubspot"
     settings_model = HubSpotSettings
     capabilities = (
-        Capability.INCREMENTAL | Capability.WEBHOOKS | Capability.BATCH_WRITE | Capability.DELETE
-        | Capability.DELETES_VISIBLE | Capability.FIELD_MODIFIED_AT | Capability.SEARCH_BY_EMAIL
+        Capability.INCREMENTAL
+        | Capability.WEBHOOKS
+        | Capability.BATCH_WRITE
+        | Capability.DELETE
+        | Capability.DELETES_VISIBLE
+        | Capability.FIELD_MODIFIED_AT
+        | Capability.SEARCH_BY_EMAIL
         | Capability.UPSERT
     )
     object_types = ("contact",)
@@ -180,10 +104,18 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         self._transport = transport
         self._clock = clock or _utcnow
         self._sleep = sleep
-        self._api: ApiClient | None = None
-        self._search_limiter: MultiLimiter | None = None
+        self._client: HubSpotClient | None = None
         self._props = list(settings.properties)
         self._read_props = list(dict.fromkeys([*settings.properties, *_ALWAYS_READ]))
+        self._writer = ContactWriter(
+            post=lambda action, body, *, idempotent: self.client.batch(
+                action, body, idempotent=idempotent
+            ),
+            archive=lambda ids: self.client.archive(ids),
+            error=self.error,
+            log=self.log,
+            batch_size=self.batch_size,
+        )
         if not settings.field_history:
             # Capabilities are declared per class; this one depends on a setting.
             self.capabilities = type(self).capabilities & ~Capability.FIELD_MODIFIED_AT  # type: ignore[misc]
@@ -193,40 +125,31 @@ class HubSpotConnector(Connector[HubSpotSettings]):
     async def open(self) -> None:
         """Create the app's HTTP client and its rate limiters."""
         s = self.settings
-        if self._sleep is None:
-            monotonic, sleep = time.monotonic, asyncio.sleep
-        else:
-            monotonic, sleep = (lambda: self._clock().timestamp()), self._sleep
-        app_limiter = RateLimiter(
-            _under(s.rate_limit_calls), s.rate_limit_window_s, clock=monotonic, sleep=sleep
-        )
-        per_window = max(1, int(s.search_per_s))
-        search_limiter = RateLimiter(
-            per_window, per_window / s.search_per_s, clock=monotonic, sleep=sleep
-        )
-        self._search_limiter = MultiLimiter(app_limiter, search_limiter)
-        self._api = ApiClient(
+        self._client = HubSpotClient(
             app=self.app,
             connector=self.name,
             base_url=s.base_url,
-            auth_headers={"Authorization": f"Bearer {s.access_token.get_secret_value()}"},
-            limiter=app_limiter,
-            retry=None if self._sleep is None else retry_policy(sleep=self._sleep),
+            token=s.access_token.get_secret_value(),
+            rate_limit=(s.rate_limit_calls, s.rate_limit_window_s),
+            search_per_s=s.search_per_s,
+            error=self.error,
             transport=self._transport,
+            clock=self._clock,
+            sleep=self._sleep,
         )
 
     async def close(self) -> None:
         """Close the HTTP client."""
-        api, self._api = self._api, None
-        if api is not None:
-            await api.aclose()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     @property
-    def api(self) -> ApiClient:
-        """The open client (request counts for benchmarks live on it)."""
-        if self._api is None:
+    def client(self) -> HubSpotClient:
+        """The open client; `client.api` counts requests (benchmarks read it)."""
+        if self._client is None:
             raise self.error(ConnectorError, "the connector is not open", operation="open")
-        return self._api
+        return self._client
 
     async def check(self) -> None:
         """Read one contact id: proves the token and the contacts read scope.
@@ -234,10 +157,7 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         Raises:
             AuthError: the token is refused (401/403).
         """
-        await self.api.request(
-            "GET", CONTACTS, operation="contacts.check",
-            params={"limit": 1, "properties": "hs_object_id"},
-        )
+        await self.client.check()
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -269,26 +189,28 @@ class HubSpotConnector(Connector[HubSpotSettings]):
             return ListingState.decode(cursor)
         except CursorError as exc:
             raise self.error(
-                ConnectorError, f"stored cursor is unusable ({exc}); reset the app's cursor",
+                ConnectorError,
+                f"stored cursor is unusable ({exc}); reset the app's cursor",
                 operation="contacts.list",
             ) from None
 
     async def _newest_modified_ms(self) -> int:
         """The newest `lastmodifieddate` in the portal now (0 when it has no contacts)."""
-        page = await self._search(None, after=0, limit=1, descending=True, props=["hs_object_id"])
+        page = await self.client.search_modified(
+            None, after=0, limit=1, properties=["hs_object_id"], descending=True
+        )
         newest = page.results[0].modified_at if page.results else None
         return ms_of(newest) if newest is not None else 0
 
     async def _full_pass(self, state: ListingState) -> AsyncIterator[ChangePage]:
         s = self.settings
-        params: dict[str, Any] = {"limit": s.page_size, "properties": self._read_props}
-        if s.field_history:
-            params["limit"] = min(s.page_size, s.history_page_size)
-            params["propertiesWithHistory"] = self._props
+        limit = min(s.page_size, s.history_page_size) if s.field_history else s.page_size
+        history = self._props if s.field_history else []
         after = state.full_after
         while True:
-            page_params = {**params, "after": after} if after else params
-            page = await self._get(ContactPage, CONTACTS, page_params, operation="contacts.list")
+            page = await self.client.list_page(
+                after=after, limit=limit, properties=self._read_props, history=history
+            )
             next_after = page.next_after or None
             if next_after is not None and next_after == after:
                 raise self.error(
@@ -308,23 +230,33 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         # Keyset position of this pass: the newest time received and the ids received at it.
         at_ms, at_ids, offset = max(0, listed.at_ms - lookback_ms), set[str](), 0
         while True:
-            page = await self._search(at_ms, after=offset, limit=s.page_size, props=self._read_props)
+            page = await self.client.search_modified(
+                at_ms, after=offset, limit=s.page_size, properties=self._read_props
+            )
             results = page.results
             fresh = [
-                c for c in results
-                if not (c.id in at_ids and self._ms(c) == at_ms) and not listed.is_listed(c.id, self._ms(c))
+                c
+                for c in results
+                if not (c.id in at_ids and self._ms(c) == at_ms)
+                and not listed.is_listed(c.id, self._ms(c))
             ]
             for contact in fresh:
                 listed = listed.advance(contact.id, self._ms(contact))
             if fresh:
                 state = state.with_changes(modified=listed)
-                records = await self._with_history(fresh) if s.field_history else self._records(fresh)
+                records = (
+                    await self._with_history(fresh) if s.field_history else self._records(fresh)
+                )
                 yield ChangePage(records=records, cursor=state.encode())
             if not results or page.next_after is None:
                 break
             last_ms = self._ms(results[-1])
             if last_ms > at_ms:
-                at_ms, at_ids, offset = last_ms, {c.id for c in results if self._ms(c) == last_ms}, 0
+                at_ms, at_ids, offset = (
+                    last_ms,
+                    {c.id for c in results if self._ms(c) == last_ms},
+                    0,
+                )
             else:
                 # A whole page shares one time: step through them by offset.
                 at_ids |= {c.id for c in results}
@@ -347,22 +279,25 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         before = state.archived
         floor = max(0, before.at_ms - round(s.lookback_s * 1000))
         advanced = before
-        params: dict[str, Any] = {"limit": s.page_size, "archived": "true", "properties": "hs_object_id"}
         after: str | None = None
         while True:
-            page_params = {**params, "after": after} if after else params
-            page = await self._get(ContactPage, CONTACTS, page_params, operation="contacts.list_archived")
+            page = await self.client.list_page(
+                after=after, limit=s.page_size, properties=["hs_object_id"], archived=True
+            )
             records = []
             for contact in page.results:
                 at = contact.archived_at or contact.modified_at
                 at_ms = ms_of(at) if at is not None else 0
                 if at_ms >= floor and not before.is_listed(contact.id, at_ms):
-                    records.append(AppRecord(app_record_id=contact.id, deleted=True, modified_at=at))
+                    records.append(
+                        AppRecord(app_record_id=contact.id, deleted=True, modified_at=at)
+                    )
                     advanced = advanced.advance(contact.id, at_ms)
             next_after = page.next_after or None
             if next_after is not None and next_after == after:
                 raise self.error(
-                    ConnectorError, "pagination repeated a cursor token",
+                    ConnectorError,
+                    "pagination repeated a cursor token",
                     operation="contacts.list_archived",
                 )
             last = next_after is None
@@ -449,7 +384,7 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                 "propertiesWithHistory": self._props if history else [],
             }
             try:
-                answer = await self._post(BatchResponse, "batch/read", body, idempotent=True)
+                answer = await self.client.batch("batch/read", body, idempotent=True)
             except RecordGone:
                 continue  # none of them exists
             wanted = set(chunk)
@@ -461,7 +396,8 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                     others.append(contact)
             missing = {i for e in answer.errors for i in w.error_ids(e)}
             left = [i for i in chunk if i not in found and i not in missing]
-            for survivor in others:
+            # The survivor may have been asked for too, and then it answers for both ids.
+            for survivor in answer.results:
                 for old in survivor.merged_ids():
                     if old in wanted and old not in found:
                         merged[old] = survivor.id
@@ -473,21 +409,16 @@ class HubSpotConnector(Connector[HubSpotSettings]):
 
     async def search_by_email(self, email: str) -> list[AppRecord]:
         """Contacts whose primary email is `email` (search, `email EQ`)."""
-        body = {
-            "filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]}],
-            "sorts": [],
-            "properties": self._read_props,
-            "limit": 10,
-            "after": "0",
-        }
-        page = await self._post(SearchPage, "search", body, idempotent=True, search=True)
+        page = await self.client.search_email(email, properties=self._read_props)
         return [self._record(c, history=False) for c in page.results]
 
     # -- writes ---------------------------------------------------------------------------------
 
     async def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> WriteReceipt:
         """Create one contact; with an email, an upsert by email (see `create_many`)."""
-        op = WriteOp(key=idempotency_key, op="create", fields=fields, idempotency_key=idempotency_key)
+        op = WriteOp(
+            key=idempotency_key, op="create", fields=fields, idempotency_key=idempotency_key
+        )
         return _receipt_or_raise(await self.create_many([op]))
 
     async def update(self, app_record_id: str, changed: Mapping[str, Any]) -> WriteReceipt:
@@ -501,160 +432,22 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         _receipt_or_raise(await self.delete_many([op]))
 
     async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        """Create contacts, 100 per call.
+        """Create contacts, 100 per call (see `ContactWriter.create_many`).
 
         Writes that carry an email go to batch/upsert keyed by email: sending one again
         updates the contact it made instead of making a second one, which is what makes a
         retried create safe. Writes without an email go to batch/create, which is not
-        idempotent. A conflict naming an existing contact ("Existing ID: N") is resolved by
-        writing the fields to that contact (adopting it).
+        idempotent.
         """
-        outcomes, valid = self._prepare(ops, creating=True)
-        with_email = [op for op in valid if w.email_of(op) is not None]
-        without = [op for op in valid if w.email_of(op) is None]
-        for chunk in w.chunks_without_repeats(with_email, size=self.batch_size, key=_email_key):
-            outcomes += await self._split_on_refusal(chunk, self._upsert_chunk)
-        for start in range(0, len(without), self.batch_size):
-            outcomes += await self._split_on_refusal(without[start : start + self.batch_size], self._create_chunk)
-        return outcomes
+        return await self._writer.create_many(ops)
 
     async def update_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Update contacts with batch/update, 100 per call; a missing contact is RecordGone."""
-        outcomes, valid = self._prepare(ops, creating=False)
-        for chunk in w.chunks_without_repeats(valid, size=self.batch_size, key=lambda op: op.app_record_id):
-            outcomes += await self._split_on_refusal(chunk, self._update_chunk)
-        return outcomes
+        return await self._writer.update_many(ops)
 
     async def delete_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Archive contacts with batch/archive, 100 per call; already gone counts as done."""
-        outcomes: list[WriteOutcome] = []
-        for start in range(0, len(ops), self.batch_size):
-            outcomes += await self._split_on_refusal(
-                list(ops[start : start + self.batch_size]), self._archive_chunk, gone_is_done=True
-            )
-        return outcomes
-
-    def _prepare(self, ops: Sequence[WriteOp], *, creating: bool) -> tuple[list[WriteOutcome], list[WriteOp]]:
-        """Refuse writes whose values have no HubSpot form before anything is sent."""
-        refused: list[WriteOutcome] = []
-        valid: list[WriteOp] = []
-        for op in ops:
-            try:
-                w.properties_for(op, creating=creating)
-            except TypeError as exc:
-                error = self._op_error(RecordRejected, str(exc), op, operation=f"contacts.{op.op}")
-                refused.append(WriteOutcome(key=op.key, error=error))
-            else:
-                valid.append(op)
-        return refused, valid
-
-    async def _split_on_refusal(
-        self,
-        ops: list[WriteOp],
-        send: Callable[[list[WriteOp]], Awaitable[list[WriteOutcome]]],
-        *,
-        gone_is_done: bool = False,
-    ) -> list[WriteOutcome]:
-        """Send a batch; when HubSpot refuses it whole (one bad input fails a batch with a
-        4xx), send each half again until the refused writes stand alone."""
-        try:
-            return await send(ops)
-        except (RecordRejected, RecordGone) as exc:
-            if len(ops) > 1:
-                mid = len(ops) // 2
-                first = await self._split_on_refusal(ops[:mid], send, gone_is_done=gone_is_done)
-                return first + await self._split_on_refusal(ops[mid:], send, gone_is_done=gone_is_done)
-            (op,) = ops
-            if gone_is_done and isinstance(exc, RecordGone):
-                return [_done(op)]
-            error = self._op_error(type(exc), _message_of(exc), op, operation=exc.operation, status=exc.status_code)
-            return [WriteOutcome(key=op.key, error=error)]
-
-    async def _upsert_chunk(self, ops: list[WriteOp]) -> list[WriteOutcome]:
-        inputs = [
-            {
-                "id": w.email_of(op),
-                "idProperty": "email",
-                "properties": w.properties_for(op, creating=True),
-                "objectWriteTraceId": op.key,
-            }
-            for op in ops
-        ]
-        # Idempotent by email: resending after a timeout cannot make a second contact.
-        answer = await self._post(BatchResponse, "batch/upsert", {"inputs": inputs}, idempotent=True)
-        return await self._settle(ops, answer, key_of_op=_email_key, key_of_result=_result_email, operation="contacts.create")
-
-    async def _create_chunk(self, ops: list[WriteOp]) -> list[WriteOutcome]:
-        sent = {op.key: w.properties_for(op, creating=True) for op in ops}
-        inputs = [
-            {"properties": sent[op.key], "associations": [], "objectWriteTraceId": op.key}
-            for op in ops
-        ]
-        answer = await self._post(BatchResponse, "batch/create", {"inputs": inputs})
-        return await self._settle(ops, answer, key_of_op=lambda op: None, key_of_result=lambda c: None, operation="contacts.create", sent=sent)
-
-    async def _update_chunk(self, ops: list[WriteOp]) -> list[WriteOutcome]:
-        inputs = [
-            {
-                "id": op.app_record_id,
-                "properties": w.properties_for(op, creating=False),
-                "objectWriteTraceId": op.key,
-            }
-            for op in ops
-        ]
-        # Setting the same values twice leaves the same contact: safe to resend.
-        answer = await self._post(BatchResponse, "batch/update", {"inputs": inputs}, idempotent=True)
-        return await self._settle(ops, answer, key_of_op=lambda op: op.app_record_id, key_of_result=lambda c: c.id, operation="contacts.update")
-
-    async def _archive_chunk(self, ops: list[WriteOp]) -> list[WriteOutcome]:
-        inputs = [{"id": op.app_record_id} for op in ops]
-        await self.api.request(
-            "POST", f"{CONTACTS}/batch/archive", operation="contacts.delete",
-            json={"inputs": inputs}, idempotent=True,
-        )
-        return [_done(op) for op in ops]
-
-    async def _settle(
-        self,
-        ops: list[WriteOp],
-        answer: BatchResponse,
-        *,
-        key_of_op: Callable[[WriteOp], str | None],
-        key_of_result: Callable[[Contact], str | None],
-        operation: str,
-        sent: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> list[WriteOutcome]:
-        """One outcome per op from a batch answer: receipts for results, errors for the
-        inputs `errors[]` names, adoption for conflicts that name an existing contact."""
-        updating = operation == "contacts.update"
-        matched, left, extra = w.match_results(
-            ops, answer.results, key_of_op=key_of_op, key_of_result=key_of_result,
-            sent=sent, pair_last=not updating,
-        )
-        outcomes = [WriteOutcome(key=k, receipt=_receipt(r, _op(ops, k))) for k, r in matched.items()]
-        named, unnamed = w.group_errors(answer.errors, left, key_of_op=key_of_op)
-        adopt: list[WriteOp] = []
-        for op in left:
-            error = named.get(op.key) or (unnamed[0] if unnamed and not updating else None)
-            if error is not None and (existing := w.existing_id(error)) is not None and not updating:
-                adopt.append(op.model_copy(update={"op": "update", "app_record_id": existing}))
-            elif error is not None:
-                cls = RecordGone if error.category == "OBJECT_NOT_FOUND" else RecordRejected
-                outcomes.append(WriteOutcome(key=op.key, error=self._op_error(cls, w.error_text(error), op, operation=operation)))
-            elif updating and extra:
-                # The id now answers as another contact: it was merged away.
-                outcomes.append(WriteOutcome(key=op.key, error=self._op_error(RecordGone, "contact was merged into another", op, operation=operation)))
-            else:
-                outcomes.append(WriteOutcome(key=op.key, error=self._op_error(ConnectorError, "HubSpot answered without a result for this write", op, operation=operation)))
-        if adopt:
-            self.log.info("record.adopted", count=len(adopt), reason="existing contact with this email")
-            outcomes += await self._split_on_refusal(adopt, self._update_chunk)
-        return outcomes
-
-    def _op_error(
-        self, cls: type[ConnectorError], message: str, op: WriteOp, *, operation: str | None, status: int | None = None
-    ) -> ConnectorError:
-        return self.error(cls, message, operation=operation, status_code=status, app_record_id=op.app_record_id)
+        return await self._writer.delete_many(ops)
 
     # -- webhooks -------------------------------------------------------------------------------
 
@@ -667,8 +460,13 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         if secret is None:
             return False
         return is_authentic(
-            headers, body, secret=secret.get_secret_value(), url=url, method=method,
-            now=self._clock(), max_age_s=self.settings.webhook_max_age_s,
+            headers,
+            body,
+            secret=secret.get_secret_value(),
+            url=url,
+            method=method,
+            now=self._clock(),
+            max_age_s=self.settings.webhook_max_age_s,
         )
 
     def parse_webhook(self, body: bytes) -> list[Change]:
@@ -682,78 +480,9 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         except ValueError as exc:
             raise self.error(ConnectorError, str(exc), operation="webhook.parse") from None
 
-    # -- HTTP -----------------------------------------------------------------------------------
-
-    async def _search(
-        self, floor_ms: int | None, *, after: int, limit: int, props: list[str], descending: bool = False
-    ) -> SearchPage:
-        filters = (
-            [{"filters": [{"propertyName": "lastmodifieddate", "operator": "GTE", "value": str(floor_ms)}]}]
-            if floor_ms is not None
-            else []
-        )
-        body = {
-            "filterGroups": filters,
-            # HubSpot's documented sort objects. The spec types sorts as strings, but HubSpot
-            # ignores a sort sent as a string (hubspot-api-ruby issue #257).
-            "sorts": [{"propertyName": "lastmodifieddate", "direction": "DESCENDING" if descending else "ASCENDING"}],
-            "properties": props,
-            "limit": limit,
-            "after": str(after),
-        }
-        return await self._post(SearchPage, "search", body, idempotent=True, search=True)
-
-    async def _get(self, model: type[M], path: str, params: Mapping[str, Any], *, operation: str) -> M:
-        response = await self.api.request("GET", path, operation=operation, params=params)
-        return self._parse(model, response, operation)
-
-    async def _post(
-        self, model: type[M], action: str, body: Any, *, idempotent: bool | None = None, search: bool = False
-    ) -> M:
-        operation = f"contacts.{action.replace('/', '_')}"
-        response = await self.api.request(
-            "POST", f"{CONTACTS}/{action}", operation=operation, json=body, idempotent=idempotent,
-            limiter=self._search_limiter if search else None,
-        )
-        return self._parse(model, response, operation)
-
-    def _parse(self, model: type[M], response: httpx.Response, operation: str) -> M:
-        try:
-            return parse(model, response.json())
-        except ValueError as exc:
-            raise self.error(
-                ConnectorError, f"HubSpot answered in an unexpected shape: {exc}",
-                operation=operation, status_code=response.status_code,
-            ) from None
-
 
 def _merged(old_id: str, survivor_id: str) -> AppRecord:
     return AppRecord(app_record_id=old_id, deleted=True, merged_into=survivor_id)
-
-
-def _email_key(op: WriteOp) -> str | None:
-    return w.fold(w.email_of(op))
-
-
-def _result_email(contact: Contact) -> str | None:
-    return w.fold(contact.properties.get("email"))
-
-
-def _op(ops: Sequence[WriteOp], key: str) -> WriteOp:
-    return next(op for op in ops if op.key == key)
-
-
-def _receipt(contact: Contact, op: WriteOp) -> WriteReceipt:
-    return WriteReceipt(app_record_id=contact.id, modified_at=contact.modified_at, fingerprint=fingerprint(op.fields))
-
-
-def _done(op: WriteOp) -> WriteOutcome:
-    assert op.app_record_id is not None
-    return WriteOutcome(key=op.key, receipt=WriteReceipt(app_record_id=op.app_record_id, fingerprint=""))
-
-
-def _message_of(exc: ConnectorError) -> str:
-    return exc.args[0] if exc.args else type(exc).__name__
 
 
 def _receipt_or_raise(outcomes: list[WriteOutcome]) -> WriteReceipt:

@@ -172,4 +172,3 @@ def parse(model: type[M], payload: Any) -> M:
     except ValidationError as exc:
         where = sorted({".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors()})
         raise ValueError(f"unexpected {model.__name__} shape at {', '.join(where[:5])}") from None
-

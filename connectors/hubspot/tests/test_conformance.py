@@ -103,11 +103,14 @@ class SimulatorApi:
         signed_at = datetime.now(UTC) - timedelta(seconds=MAX_AGE_S + 60)
         return self._delivery(app_record_id, "upsert", signed_at)
 
-    def _delivery(self, app_record_id: str, kind: str, signed_at: datetime) -> WebhookDelivery | None:
+    def _delivery(
+        self, app_record_id: str, kind: str, signed_at: datetime
+    ) -> WebhookDelivery | None:
         """The simulator's own recorded events about the record, signed as it signs them."""
         types = _UPSERT_EVENTS if kind == "upsert" else _DELETE_EVENTS
         events = [
-            e for e in self.sim.pending_webhooks
+            e
+            for e in self.sim.pending_webhooks
             if str(e["objectId"]) == app_record_id and e["subscriptionType"] in types
         ]
         if not events:
