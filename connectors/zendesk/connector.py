@@ -174,7 +174,14 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             params["cursor"] = since.value
         seen = {since.value} if since is not None else set()
         while True:
-            page = await self.api.export_page(params)
+            try:
+                page = await self.api.export_page(params)
+            except RecordRejected as exc:
+                # A 4xx on an export page is no record's fault; the likely cause is a stored
+                # cursor Zendesk no longer accepts (its lifetime is UNVERIFIED).
+                raise self.error(ConnectorError, f"Zendesk refused the export cursor ({exc}); "
+                                 "`customer-sync resync APP` reads the app again from the start",
+                                 operation="users.export") from exc
             cursor = page.after_cursor or (since.value if since is not None else None)
             if not cursor:
                 raise self.error(ConnectorError, "an export page carries no cursor",

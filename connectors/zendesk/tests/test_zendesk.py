@@ -103,6 +103,16 @@ async def test_users_sharing_one_updated_at_are_all_listed_when_resuming_page_by
     assert len(seen) == len(set(seen))
 
 
+async def test_a_refused_cursor_is_a_connector_error_that_says_how_to_recover(
+    connector: ZendeskConnector,
+) -> None:
+    """A cursor Zendesk refuses is not blamed on a record: the error names the resync."""
+    with pytest.raises(ConnectorError, match="resync") as raised:
+        await collect(connector, Cursor(value="bm90IGEgY3Vyc29y"))
+
+    assert not isinstance(raised.value, RecordRejected)
+
+
 async def test_deleted_users_are_listed_as_deleted_records(
     sim: ZendeskSimulator, connector: ZendeskConnector,
 ) -> None:
