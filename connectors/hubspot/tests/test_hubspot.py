@@ -155,6 +155,28 @@ async def test_full_pass_lists_every_contact_once_in_pages(
     assert START - timedelta(days=1) == first.modified_at
 
 
+async def test_null_and_empty_properties_read_as_none(portal: Portal) -> None:
+    """HubSpot may send null for an unset property (UNVERIFIED) or "" for a cleared one;
+    both read as None, like a property left out."""
+    now = "2026-03-02T09:00:00.000Z"
+    contact = {
+        "id": "7",
+        "properties": {"email": None, "firstname": "", "lastmodifieddate": now},
+        "createdAt": now,
+        "updatedAt": now,
+        "archived": False,
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "COMPLETE", "results": [contact]})
+
+    async with portal.connector(transport=httpx.MockTransport(handler)) as connector:
+        (record,) = await connector.read(["7"])
+    assert {"email": None, "firstname": None, "lastname": None} == {
+        k: record.fields[k] for k in ("email", "firstname", "lastname")
+    }
+
+
 @pytest.mark.parametrize(
     ("field_history", "expected"),
     [(False, 11), (True, 21)],
@@ -196,8 +218,9 @@ async def test_an_incremental_pass_over_1000_changes_takes_few_requests(
 async def test_incremental_listing_crosses_the_search_result_cap_without_loss(
     portal: Portal,
 ) -> None:
-    """More changes than one search can page through (HubSpot's 10,000-result ceiling is
-    UNVERIFIED in CONTRACTS.md; the simulator enforces it) are all listed, each once."""
+    """More changes than one search can page through are all listed, each once. HubSpot's
+    10,000-result ceiling and `lastmodifieddate` as the property to search on are UNVERIFIED
+    in CONTRACTS.md; the simulator enforces both."""
     async with portal.connector(field_history=False) as connector:
         cursor = await cursor_after_full_pass(connector)
         ids = portal.seed(10_050, at=START)
@@ -425,6 +448,35 @@ async def test_a_create_sent_twice_makes_one_contact(
     assert 2 == portal.transport.paths().count(f"POST {CONTACTS}/batch/upsert")
 
 
+async def test_writes_go_in_batches_of_100(portal: Portal, hubspot: HubSpotConnector) -> None:
+    """250 creates take three batch calls; the simulator refuses more than 100 inputs, as
+    HubSpot is believed to (UNVERIFIED in CONTRACTS.md: third-party sources only)."""
+    ops = [
+        WriteOp(key=f"k{i}", op="create", fields={"email": f"b{i}@example.org"}) for i in range(250)
+    ]
+    outcomes = await hubspot.create_many(ops)
+    assert (250, 250) == (
+        sum(o.receipt is not None for o in outcomes),
+        len(portal.sim.contact_ids()),
+    )
+    assert [f"POST {CONTACTS}/batch/upsert"] * 3 == portal.transport.paths()
+
+
+async def test_one_email_twice_in_a_batch_goes_in_two_calls(
+    portal: Portal, hubspot: HubSpotConnector
+) -> None:
+    """Two creates with the same email (in any case) are not sent in one batch, which would
+    name one record twice; the second updates the contact the first made."""
+    ops = [
+        WriteOp(key="a", op="create", fields={"email": "same@example.org", "firstname": "A"}),
+        WriteOp(key="b", op="create", fields={"email": "SAME@example.org", "firstname": "B"}),
+    ]
+    outcomes = {o.key: o.receipt for o in await hubspot.create_many(ops)}
+    assert outcomes["a"] is not None and outcomes["b"] is not None
+    assert outcomes["a"].app_record_id == outcomes["b"].app_record_id
+    assert 2 == portal.transport.paths().count(f"POST {CONTACTS}/batch/upsert")
+
+
 class LoseFirstAnswer(httpx.AsyncBaseTransport):
     """Delivers the first request to `path` but loses HubSpot's answer (a read timeout)."""
 
@@ -648,7 +700,8 @@ async def test_a_429_without_retry_after_is_waited_out(
 
 async def test_the_client_stays_under_the_rate_limits() -> None:
     """Listing 30 search pages and 30 reads against the simulator's own limits (100 per 10 s,
-    5 searches per second) draws no 429."""
+    and 5 searches per second: HubSpot's changelog says 4, the current value is UNVERIFIED)
+    draws no 429."""
     portal = Portal(rate_limit=(100, 10.0), search_rate_limit=(5, 1.0))
     async with portal.connector(field_history=False, page_size=10) as connector:
         cursor = await cursor_after_full_pass(connector)
@@ -770,7 +823,9 @@ async def test_simulator_deliveries_verify_and_parse(portal: Portal) -> None:
 
 def test_webhook_events_become_changes(portal: Portal) -> None:
     """Each event type maps to its change; a change to a property not read is dropped; exact
-    repeats collapse to the last one; other objects' events are ignored."""
+    repeats collapse to the last one; other objects' events are ignored. `propertyName` and
+    the merge fields are UNVERIFIED in CONTRACTS.md: without them nothing is dropped and the
+    event's own id is the survivor."""
     events = [
         {"subscriptionType": "contact.creation", "objectId": 1, "occurredAt": 1764000000000},
         {"subscriptionType": "contact.propertyChange", "objectId": 1, "propertyName": "firstname"},
@@ -817,7 +872,8 @@ def test_a_malformed_delivery_is_a_clear_error(portal: Portal, body: bytes) -> N
 
 
 def test_settings_refuse_pages_over_100_and_default_to_the_mapped_properties() -> None:
-    """The list endpoint's page limit is enforced; the default properties are the map's."""
+    """The list endpoint's page limit (100, UNVERIFIED in CONTRACTS.md; the simulator refuses
+    more) is enforced; the default properties are the map's."""
     with pytest.raises(ValidationError):
         HubSpotSettings(access_token=SecretStr(TOKEN), page_size=101)
     default = HubSpotSettings(access_token=SecretStr(TOKEN))
@@ -834,6 +890,33 @@ def test_settings_refuse_pages_over_100_and_default_to_the_mapped_properties() -
         "zip",
         "lifecyclestage",
     ] == default.properties
+
+
+def test_an_app_config_loads_with_the_default_field_map() -> None:
+    """A `[apps.crm]` block naming `hubspot`, with secrets from the environment, loads; the
+    default map turns HubSpot's internal lifecycle values into canonical ones and back."""
+    from customer_sync.config import load_config
+    from customer_sync.testing.fake_connector import FakeConnector
+
+    data = {
+        "apps": {
+            "crm": {
+                "connector": "hubspot",
+                "settings": {"access_token": "${HS_TOKEN}", "app_secret": "${HS_SECRET}"},
+            },
+            "shop": {"connector": "fake"},
+        }
+    }
+    env = {"HS_TOKEN": TOKEN, "HS_SECRET": SECRET}
+    config = load_config(data=data, env=env, connectors={"fake": FakeConnector})
+    crm = config.apps["crm"]
+    values, errors = crm.mapping.to_canonical({"lifecyclestage": "marketingqualifiedlead"})
+    assert isinstance(crm.make_connector(), HubSpotConnector)
+    assert TOKEN == crm.connector_settings.access_token.get_secret_value()  # type: ignore[attr-defined]
+    assert ({"lifecycle_stage": "marketing_qualified_lead"}, []) == (values, errors)
+    assert {"lifecyclestage": "salesqualifiedlead"} == crm.mapping.to_app(
+        {"lifecycle_stage": "sales_qualified_lead"}
+    )
 
 
 def test_the_connector_is_registered_as_hubspot() -> None:
@@ -860,6 +943,17 @@ def _is_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _spec_or_skip() -> Path:
+    """The spec file; a skip saying why when it is absent, or a failure when CI is set."""
+    path = _spec_path()
+    if not path.is_file():
+        reason = f"HubSpot's OpenAPI file not found at {path}; set {SPECS_ENV}"
+        if _is_ci():
+            pytest.fail(f"{reason} (CI is set, so this is a failure)", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
 def _string_sorts(body: Mapping[str, Any]) -> dict[str, Any]:
     """The spec types search `sorts` as strings, but HubSpot ignores a string sort
     (hubspot-api-ruby issue #257) and documents {propertyName, direction} objects, which the
@@ -877,13 +971,7 @@ def _string_sorts(body: Mapping[str, Any]) -> dict[str, Any]:
 async def test_every_request_is_an_operation_of_the_spec(portal: Portal) -> None:
     """Every request the connector sends, in every operation it has, is a valid operation of
     HubSpot's contacts v3 OpenAPI file (path, query, body and auth), search sorts aside."""
-    path = _spec_path()
-    if not path.is_file():
-        reason = f"HubSpot's OpenAPI file not found at {path}; set {SPECS_ENV}"
-        if _is_ci():
-            pytest.fail(f"{reason} (CI is set, so this is a failure)", pytrace=False)
-        pytest.skip(reason)
-    openapi = _openapi(path)
+    openapi = _openapi(_spec_or_skip())
 
     ids = portal.seed(3)
     portal.sim.archive(ids[2])
@@ -965,9 +1053,7 @@ class _SpecRequest:
 def test_the_spec_check_is_not_vacuous() -> None:
     """The same check reports a request that breaks the spec (a batch read without its
     required `properties`)."""
-    path = _spec_path()
-    if not path.is_file():
-        pytest.skip(f"HubSpot's OpenAPI file not found at {path}; set {SPECS_ENV}")
+    path = _spec_or_skip()
     request = httpx.Request(
         "POST",
         f"https://api.hubapi.com{CONTACTS}/batch/read",
