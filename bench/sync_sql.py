@@ -41,6 +41,9 @@ def seed(path: Path, n: int) -> None:
         for i in range(n)
     )
     db.executemany("insert into people values (?,?,?,?,?,?,?,?)", rows)
+    # a table synced by modified time has this index (the sql connector creates it for tables
+    # it creates); without it every page is a full scan and sort of the table
+    db.execute("create index ix_people_updated_at_id on people (updated_at, id)")
     db.commit()
     db.close()
 

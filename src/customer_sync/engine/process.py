@@ -13,6 +13,7 @@ Deletes follow the app's delete policy. Everything is recorded in the change log
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from customer_sync.config import AppRuntime, ConflictsConfig
     from customer_sync.store.uow import UnitOfWork
 
-__all__ = ["ProcessStats", "app_fingerprint", "merge_customers", "process_items", "propagate_delete"]
+__all__ = [
+    "ProcessStats", "app_fingerprint", "merge_customers", "process_items", "process_records",
+    "propagate_delete",
+]
 
 
 @dataclass
@@ -57,11 +61,18 @@ class ProcessStats:
 
 
 def app_fingerprint(rt: AppRuntime, app_fields: Mapping[str, Any]) -> str:
-    """Fingerprint of the app fields this app's map covers ("" and None alike)."""
-    return fingerprint({
-        fm.app_field: (None if app_fields.get(fm.app_field) in ("", []) else app_fields.get(fm.app_field))
-        for fm in rt.mapping.fields
-    })
+    """Fingerprint of the app fields this app's map covers ("" and None alike).
+
+    Hot path: computed for every record read and every write confirmed. The map's field order
+    is fixed, so the repr of the values in that order is stable for the JSON-like scalars and
+    lists apps send; anything holding a dict falls back to the canonical JSON fingerprint.
+    """
+    values = tuple(
+        None if (v := app_fields.get(fm.app_field)) in ("", []) else v for fm in rt.mapping.fields
+    )
+    if any(isinstance(v, dict) for v in values):
+        return fingerprint(dict(zip((fm.app_field for fm in rt.mapping.fields), values, strict=True)))
+    return hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()
 
 
 def process_items(
@@ -73,16 +84,31 @@ def process_items(
     now: datetime,
 ) -> ProcessStats:
     """Process inbox rows (with payloads) into the unit of work; the caller commits."""
-    stats = ProcessStats()
-    records: list[tuple[Mapping[str, Any], AppRecord, AppRuntime]] = []
+    records: list[tuple[str, AppRecord]] = []
+    skipped = 0
     for item in items:
-        rt = apps.get(item["app"])
-        if rt is None or item["payload"] is None:
-            stats.skipped += 1
+        if item["app"] not in apps or item["payload"] is None:
+            skipped += 1
             continue
-        records.append((item, AppRecord.model_validate(item["payload"]), rt))
+        records.append((item["app"], AppRecord.model_validate(item["payload"])))
+    stats = process_records(uow, records, apps, rules, now=now)
+    stats.skipped += skipped
+    return stats
+
+
+def process_records(
+    uow: UnitOfWork,
+    received: list[tuple[str, AppRecord]],
+    apps: Mapping[str, AppRuntime],
+    rules: ConflictsConfig,
+    *,
+    now: datetime,
+) -> ProcessStats:
+    """Process (app, record) pairs into the unit of work, in order; the caller commits."""
+    stats = ProcessStats()
+    records = [(app, rec, apps[app]) for app, rec in received]
     stats.read = len(records)
-    keys = [(it["app"], rec.app_record_id) for it, rec, _ in records]
+    keys = [(app, rec.app_record_id) for app, rec, _ in records]
     uow.prefetch_links(keys)
     # The echo check needs only the bases of linked records; whole customers are loaded below
     # for the records that really changed.

@@ -16,8 +16,9 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +26,9 @@ import structlog
 from sqlalchemy import delete, func, insert, select, update
 
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
-from customer_sync.engine.process import ProcessStats, process_items
+from customer_sync.engine.process import ProcessStats, app_fingerprint, process_items, process_records
 from customer_sync.errors import AuthError, ConnectorError
-from customer_sync.sdk.connector import AppRecord, Capability, Connector
+from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector
 from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, OutboxItem
 from customer_sync.store.uow import UnitOfWork
 
@@ -107,6 +108,7 @@ class Engine:
         self.run_id = str(uuid.uuid4())
         self._offload = True  # process batches in a worker thread (not in dry-run)
         self._inbox_lock = asyncio.Lock()  # one inbox processor per process
+        self.intake = ProcessStats()  # what polled pages did (processed as they were read)
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -142,16 +144,77 @@ class Engine:
         cursor = Cursor(value=raw) if raw is not None else None
         count = 0
         async for page in connector.list_changes(cursor):
-            now = self.clock()
-            rows = [_inbox_row(app, rec, "poll", now) for rec in page.records]
-            with self.store.transaction() as conn:
-                if rows:
-                    conn.execute(insert(inbox_t), rows)
-                _upsert(conn, cursors_t, {"app": app}, {"value": page.cursor.value, "updated_at": now})
-            count += len(rows)
-            self.faults("after_inbox")
-            log.debug("app.page_fetched", app=app, count=len(rows))
+            async with self._inbox_lock:  # one processor of changes per process
+                if self._offload:
+                    fresh = await asyncio.to_thread(self._take_page, app, page)
+                else:
+                    fresh = self._take_page(app, page)
+            count += fresh
+            self.faults("after_inbox")  # the page is durable...
+            self.faults("after_merge")  # ...and so is what was decided from it
+            log.debug("app.page_fetched", app=app, count=len(page.records), fresh=fresh)
         return count
+
+    def _take_page(self, app: str, page: ChangePage) -> int:
+        """Commit one polled page with the cursor after it, in one transaction.
+
+        Echoes are dropped; records with older changes still waiting in the inbox queue up
+        behind them there; everything else is processed right here, so a page's effects and
+        its cursor commit together (a crash before the commit re-reads the page).
+        """
+        now = self.clock()
+        with self.store.transaction() as conn:
+            fresh, waiting = self._drop_echoes(conn, app, page.records, now)
+            queued = [rec for rec in fresh if rec.app_record_id in waiting]
+            direct = [rec for rec in fresh if rec.app_record_id not in waiting]
+            if queued:
+                conn.execute(insert(inbox_t), [_inbox_row(app, rec, "poll", now) for rec in queued])
+            if direct:
+                uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
+                self.intake.add(process_records(uow, [(app, rec) for rec in direct], self.apps,
+                                                self.config.conflicts, now=now))
+                uow.flush()
+            _upsert(conn, cursors_t, {"app": app}, {"value": page.cursor.value, "updated_at": now})
+        return len(fresh)
+
+    def _drop_echoes(
+        self, conn: Any, app: str, records: Sequence[AppRecord], now: datetime
+    ) -> tuple[list[AppRecord], set[str]]:
+        """Records that are not our own writes coming back (nor unchanged re-reads), and the
+        ids among them with older changes still waiting in the inbox.
+
+        An echo matches its base's fingerprint and needs no processing. A record with an older
+        change waiting in the inbox is kept, and goes behind it: that change must not be
+        applied after the record's current state.
+        """
+        if not records:
+            return [], set()
+        rt = self.apps[app]
+        uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
+        keys = [(app, rec.app_record_id) for rec in records]
+        uow.prefetch_links(keys)
+        linked = {k: lk for k in keys if (lk := uow.link(*k)) is not None and lk["state"] == "active"}
+        if not linked:
+            return list(records), set()
+        uow.load_bases([(lk["customer_id"], app) for lk in linked.values()])
+        waiting: set[str] = set()
+        ids = [rid for _, rid in linked]
+        for i in range(0, len(ids), 400):
+            waiting.update(conn.execute(select(inbox_t.c.app_record_id).where(
+                inbox_t.c.app == app, inbox_t.c.app_record_id.in_(ids[i:i + 400]),
+                inbox_t.c.state == "pending")).scalars())
+        fresh = []
+        for rec in records:
+            link = linked.get((app, rec.app_record_id))
+            snap = uow.snapshot(link["customer_id"], app) if link is not None else None
+            if (snap is not None and not rec.deleted and rec.merged_into is None
+                    and rec.app_record_id not in waiting
+                    and snap["app_fingerprint"] == app_fingerprint(rt, rec.fields)):
+                self.intake.echoes += 1
+                self.intake.read += 1
+                continue
+            fresh.append(rec)
+        return fresh, waiting
 
     async def scan_deletes(self, app: str) -> int:
         """Compare an app's live ids with its links; a linked record that is gone is a delete."""
@@ -301,6 +364,8 @@ class Engine:
         summary = RunSummary()
         summary.failed_apps.update(self.unopened)
         started = time.perf_counter()
+        intake_before = ProcessStats()
+        intake_before.add(self.intake)
         if scan_deletes:
             for app in self._live_apps():
                 await self._guarded(app, summary, self.scan_deletes(app))
@@ -310,6 +375,9 @@ class Engine:
                 polled = await self._guarded(app, summary, self.poll(app))
                 summary.polled += polled or 0
             stats = await self.process_inbox()
+            stats.add(self._intake_since(intake_before))
+            intake_before = ProcessStats()
+            intake_before.add(self.intake)
             summary.process.add(stats)
             wrote = DispatchStats()
             for app in self._live_apps():
@@ -328,6 +396,13 @@ class Engine:
         line["failed_apps"] = sorted(summary.failed_apps)
         log.info("sync.pass_finished", run_id=self.run_id, **line)
         return summary
+
+    def _intake_since(self, before: ProcessStats) -> ProcessStats:
+        delta = ProcessStats()
+        delta.add(self.intake)
+        for f in dataclass_fields(ProcessStats):
+            setattr(delta, f.name, getattr(delta, f.name) - getattr(before, f.name))
+        return delta
 
     async def _guarded(self, app: str, summary: RunSummary, work: Any, *, record: bool = True) -> Any:
         """The one place a per-app failure is caught: logged, recorded, and the others go on."""
@@ -392,11 +467,16 @@ class Engine:
         summary = RunSummary()
 
         async def poll_job(app: str) -> None:
+            started = time.perf_counter()
+            before = ProcessStats()
+            before.add(self.intake)
             await self._guarded(app, summary, self.poll(app))
             summary.failed_apps.pop(app, None)
             stats = await self.process_inbox()
-            if stats.read:
-                log.info("sync.pass_finished", app=app, **stats.as_dict())
+            stats.add(self._intake_since(before))
+            if stats.read or stats.echoes:  # the canonical log line of one app's pass
+                log.info("sync.pass_finished", app=app, run_id=self.run_id, **stats.as_dict(),
+                         duration_ms=round((time.perf_counter() - started) * 1000))
 
         async def dispatch_job() -> None:
             for app in self._live_apps():

@@ -120,7 +120,10 @@ class InboxItem(SQLModel, table=True):
     """A record (or a bare change notification) received from an app, not yet processed."""
 
     __tablename__ = "inbox"
-    __table_args__ = (Index("ix_inbox_state", "state", "seq"),)
+    __table_args__ = (
+        Index("ix_inbox_state", "state", "seq"),
+        Index("ix_inbox_app_record", "app", "app_record_id"),
+    )
     seq: int | None = Field(default=None, sa_column=Column(_SEQ, primary_key=True, autoincrement=True))
     app: str = Field(sa_column=Column(String(64), nullable=False))
     app_record_id: str = Field(sa_column=Column(String(255), nullable=False))

@@ -93,6 +93,7 @@ def upgrade() -> None:
         sa.Column("error", sa.String(1000), nullable=True),
     )
     op.create_index("ix_inbox_state", "inbox", ["state", "seq"])
+    op.create_index("ix_inbox_app_record", "inbox", ["app", "app_record_id"])
     op.create_table(
         "outbox",
         _seq("seq"),
