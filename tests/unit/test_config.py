@@ -110,11 +110,11 @@ def test_unknown_connector_lists_installed_connectors() -> None:
     """A connector name nobody registered is an error that lists the installed connectors."""
     installed = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
     expected = (
-        f"{FILE}: apps.crm.connector: unknown connector 'hubspot' "
+        f"{FILE}: apps.crm.connector: unknown connector 'acmecrm' "
         f"(installed: {', '.join(installed) or 'none'})"
     )
 
-    assert [expected] == _problems(_with_crm(connector="hubspot"))
+    assert [expected] == _problems(_with_crm(connector="acmecrm"))
 
 
 @pytest.mark.parametrize(
