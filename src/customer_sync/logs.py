@@ -175,6 +175,7 @@ _HANDLER_NAME = "customer_sync"
 _QUIET_LOGGERS = (
     "httpx", "httpcore",  # they log full request URLs at INFO and DEBUG
     "alembic",  # a dozen setup lines on every start say nothing an operator needs
+    "apscheduler",  # a line per job run, every few seconds; sync.pass_finished says what happened
 )
 
 
