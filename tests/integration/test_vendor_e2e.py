@@ -1,0 +1,414 @@
+"""The engine end to end with the real `hubspot` and `zendesk` connectors against their simulators.
+
+Both simulators run in-process behind `httpx.ASGITransport`, on one `ManualClock` that the
+engine shares too; the connectors' rate limiters, retries and job polls sleep through a fake
+`sleep` that advances that clock, so nothing really waits and the vendors' documented limits
+(HubSpot: 100 requests per 10 s) can be used as they are. Webhooks go through the daemon's own
+HTTP intake (`create_app`), signed by the simulator for the URL they are posted to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from customer_sync.api.app import create_app
+from customer_sync.config import Config, load_config
+from customer_sync.engine.runner import Engine
+from customer_sync.sandbox._common import ManualClock
+from customer_sync.sandbox.hubspot import HubSpotSimulator
+from customer_sync.sandbox.zendesk import ZendeskSimulator
+from customer_sync.store.db import Store
+from customer_sync.store.tables import ConflictRow, CustomerRow, LinkRow
+from customer_sync_connectors.hubspot import HubSpotConnector
+from customer_sync_connectors.zendesk import ZendeskConnector
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+HUBSPOT_TOKEN = "e2e-hubspot-token"
+HUBSPOT_SECRET = "e2e-hubspot-secret"
+CRM_HOOK = "http://sync.test/webhooks/crm"
+DESK_HOOK = "http://sync.test/webhooks/desk"
+
+HUBSPOT_WRITES = frozenset({
+    "POST /crm/v3/objects/contacts", "PATCH /crm/v3/objects/contacts/{contactId}",
+    "DELETE /crm/v3/objects/contacts/{contactId}", "POST /crm/v3/objects/contacts/batch/create",
+    "POST /crm/v3/objects/contacts/batch/update", "POST /crm/v3/objects/contacts/batch/upsert",
+    "POST /crm/v3/objects/contacts/batch/archive", "POST /crm/v3/objects/contacts/merge",
+})
+ZENDESK_WRITES = frozenset({
+    "POST /api/v2/users/create_or_update", "POST /api/v2/users/create_or_update_many",
+    "POST /api/v2/users", "PUT /api/v2/users/{user_id}", "DELETE /api/v2/users/{user_id}",
+    "POST /api/v2/users/{user_id}/identities",
+})
+
+
+class StatusCounter(httpx.AsyncBaseTransport):
+    """Passes requests to a simulator and counts the statuses it answered with."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.statuses: Counter[int] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        self.statuses[response.status_code] += 1
+        return response
+
+
+class Vendors:
+    """A HubSpot portal and a Zendesk account on one manual clock, synced by one engine config."""
+
+    def __init__(
+        self, store: Store, *, hubspot_limit: tuple[int, float] | None = (100, 10.0), **crm_settings: Any
+    ) -> None:
+        self.store = store
+        self.clock = ManualClock(START)
+        self.hubspot = HubSpotSimulator(
+            clock=self.clock, rate_limit=hubspot_limit, app_secret=HUBSPOT_SECRET,
+            access_token=HUBSPOT_TOKEN, webhook_url=CRM_HOOK)
+        self.zendesk = ZendeskSimulator(clock=self.clock, webhook_url=DESK_HOOK)
+        self.hubspot_http = StatusCounter(self.hubspot.app)
+        self.zendesk_http = StatusCounter(self.zendesk.app)
+        self.slept: list[float] = []
+        data = {
+            "daemon": {"store_url": "sqlite://", "default_region": "US"},
+            "conflicts": {"default": "last_writer",
+                          "fields": {"phone": {"rule": "priority", "apps": ["desk", "crm"]}}},
+            "apps": {
+                "crm": {"connector": "hubspot", "settings": {
+                    "access_token": "${HUBSPOT_TOKEN}", "app_secret": "${HUBSPOT_APP_SECRET}",
+                    **crm_settings}},
+                "desk": {"connector": "zendesk", "settings": {
+                    "base_url": self.zendesk.base_url, "email": self.zendesk.agent_email,
+                    "api_token": "${ZENDESK_API_TOKEN}", "webhook_secret": "${ZENDESK_WEBHOOK_SECRET}",
+                    "job_poll_interval_s": 1.0}},
+            },
+        }
+        env = {"HUBSPOT_TOKEN": HUBSPOT_TOKEN, "HUBSPOT_APP_SECRET": HUBSPOT_SECRET,
+               "ZENDESK_API_TOKEN": self.zendesk.api_token,
+               "ZENDESK_WEBHOOK_SECRET": self.zendesk.webhook_secret}
+        self.config: Config = load_config(data=data, env=env)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
+
+    def engine(self) -> Engine:
+        crm = self.config.apps["crm"].connector_settings
+        desk = self.config.apps["desk"].connector_settings
+        connectors = {
+            "crm": HubSpotConnector(crm, app="crm", transport=self.hubspot_http,  # type: ignore[arg-type]
+                                    clock=self.clock, sleep=self.sleep),
+            "desk": ZendeskConnector(desk, app="desk", transport=self.zendesk_http,  # type: ignore[arg-type]
+                                     clock=self.clock, sleep=self.sleep),
+        }
+        return Engine(self.config, self.store, connectors=connectors, clock=self.clock)  # type: ignore[arg-type]
+
+    def later(self, seconds: float = 5) -> None:
+        """Let time pass between what people do, so every change has its own modified time."""
+        self.clock.advance(seconds)
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def hubspot_by_email(self) -> dict[str, list[dict[str, Any]]]:
+        """Active contacts' properties by lower-cased email (a list, to see duplicates)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for cid in self.hubspot.contact_ids():
+            contact = self.hubspot.get_contact(cid)
+            assert contact is not None
+            props = contact["properties"]
+            out.setdefault(str(props.get("email") or "").lower(), []).append(props)
+        return out
+
+    def zendesk_user(self, email: str) -> dict[str, Any] | None:
+        uid = self.zendesk.find_user_id(email=email)
+        return None if uid is None else self.zendesk.get_user(uid)
+
+    def end_users(self) -> int:
+        """Users in the Zendesk account besides its owner (soft-deleted ones count too)."""
+        return self.zendesk.user_count - 1
+
+    def writes(self) -> dict[str, int]:
+        return {
+            "crm": sum(n for r, n in self.hubspot.count_by_route.items() if r in HUBSPOT_WRITES),
+            "desk": sum(n for r, n in self.zendesk.count_by_route.items() if r in ZENDESK_WRITES),
+        }
+
+    def rows(self, table: Any, *where: Any) -> list[dict[str, Any]]:
+        with self.store.transaction() as conn:
+            return [dict(r) for r in conn.execute(select(table.__table__).where(*where)).mappings()]
+
+    def customers(self) -> list[dict[str, Any]]:
+        return self.rows(CustomerRow, CustomerRow.__table__.c.deleted_at.is_(None))
+
+    def active_links(self) -> list[dict[str, Any]]:
+        return self.rows(LinkRow, LinkRow.__table__.c.state == "active")
+
+
+# The people of part (a): (hubspot email, zendesk email, first, last, hubspot phone, zendesk phone)
+PEOPLE = [
+    ("Ann.Lee@Example.com", "ann.lee@example.com", "Ann", "Lee", "+14155550101", "+14155550101"),
+    ("bob@example.com", "BOB@EXAMPLE.COM", "Bob", "Stone", "+14155550102", "+14155550199"),
+    ("eve@example.com", "eve@example.com", "Eve", "Park", None, "+14155550105"),
+    ("Cat@Example.com", None, "Cat", "Ng", "+14155550103", None),
+    (None, "Dan@Example.org", "Dan", "Fox", None, "+14155550104"),
+]
+EMAILS = {(h or z).lower() for h, z, *_ in PEOPLE}  # type: ignore[union-attr]
+
+
+def seed_people(v: Vendors) -> None:
+    earlier = START - timedelta(days=1)
+    for hs_email, zd_email, first, last, hs_phone, zd_phone in PEOPLE:
+        if hs_email:
+            props = {"email": hs_email, "firstname": first, "lastname": last}
+            if hs_phone:
+                props["phone"] = hs_phone
+            v.hubspot.add_contact(props, updated_at=earlier)
+        if zd_email:
+            fields: dict[str, Any] = {"name": f"{first} {last}", "email": zd_email}
+            if zd_phone:
+                fields["phone"] = zd_phone
+            v.zendesk.add_user(updated_at=earlier + timedelta(hours=1), **fields)
+
+
+async def test_overlapping_customers_merge_into_both_apps_once(store):
+    """Seeded people meet in both apps once each; the phone conflict follows its rule; quiet stays quiet."""
+    v = Vendors(store)
+    seed_people(v)
+
+    async with v.engine() as engine:
+        summary = await engine.run_once()
+        assert {} == summary.failed_apps
+        writes_after_first = v.writes()
+        again = await engine.run_once()
+
+    hubspot = v.hubspot_by_email()
+    assert EMAILS == set(hubspot)
+    assert {e: 1 for e in EMAILS} == {e: len(c) for e, c in hubspot.items()}
+    assert len(EMAILS) == v.end_users()
+    for email in EMAILS:
+        assert v.zendesk_user(email) is not None, email
+    # names meet in both apps, and the phone is the one the priority rule picked (desk first)
+    for hs_email, zd_email, first, last, hs_phone, zd_phone in PEOPLE:
+        email = (hs_email or zd_email).lower()  # type: ignore[union-attr]
+        (props,) = hubspot[email]
+        user = v.zendesk_user(email)
+        assert (first, last) == (props["firstname"], props["lastname"])
+        assert f"{first} {last}" == user["name"]  # type: ignore[index]
+        expected_phone = zd_phone or hs_phone
+        assert (expected_phone, expected_phone) == (props.get("phone"), user["phone"])  # type: ignore[index]
+
+    customers = v.customers()
+    assert len(EMAILS) == len(customers)
+    assert EMAILS == {c["values"]["email"].lower() for c in customers}
+    links = Counter((lk["customer_id"], lk["app"]) for lk in v.active_links())
+    assert {(c["customer_id"], app): 1 for c in customers for app in ("crm", "desk")} == dict(links)
+
+    (conflict,) = [c for c in v.rows(ConflictRow) if c["field"] == "phone"]
+    assert ("priority", "desk", "+14155550199", "crm", "+14155550102") == (
+        conflict["rule"], conflict["winner_app"], conflict["winner_value"],
+        conflict["loser_app"], conflict["loser_value"])
+
+    assert 0 == again.dispatch.written
+    assert writes_after_first == v.writes()
+
+
+async def test_webhook_edit_in_hubspot_reaches_zendesk(store):
+    """A person's edit in HubSpot, delivered as HubSpot's signed webhook to the daemon, lands in Zendesk."""
+    v = Vendors(store)
+    seed_people(v)
+    async with v.engine() as engine:
+        await engine.run_once()
+        v.later()
+        (ann,) = [cid for cid in v.hubspot.contact_ids()
+                  if v.hubspot.get_contact(cid)["properties"]["email"] == "Ann.Lee@Example.com"]  # type: ignore[index]
+        v.hubspot.edit_contact(ann, {"lastname": "Lee-Smith", "phone": "+14155550177"})
+        desk_writes = v.writes()["desk"]
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(engine))) as intake:
+            delivered = await v.hubspot.flush_webhooks(intake)
+        assert delivered >= 1
+        assert [] == v.hubspot.pending_webhooks  # the daemon answered 2xx to every delivery
+        await engine.process_inbox()
+        await engine.dispatch("desk")
+
+    user = v.zendesk_user("ann.lee@example.com")
+    assert ("Ann Lee-Smith", "+14155550177") == (user["name"], user["phone"])  # type: ignore[index]
+    assert v.writes()["desk"] > desk_writes
+
+
+async def test_hubspot_webhook_with_a_bad_signature_is_refused(store):
+    """A delivery signed with another secret gets a 401 from the intake and changes nothing."""
+    v = Vendors(store)
+    seed_people(v)
+    async with v.engine() as engine:
+        await engine.run_once()
+        (cid, *_) = v.hubspot.contact_ids()
+        v.later()
+        v.hubspot.edit_contact(cid, {"firstname": "Mallory"})
+        v.hubspot.app_secret = "not-the-app-secret"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(engine))) as intake:
+            delivered = await v.hubspot.flush_webhooks(intake)
+        stats = await engine.process_inbox()
+    assert 0 == delivered
+    assert 0 == stats.read
+    assert v.hubspot.pending_webhooks  # refused, so HubSpot keeps them for a retry
+
+
+async def test_merge_of_two_hubspot_contacts_leaves_one_linked_customer(store):
+    """Two HubSpot contacts (two emails) synced to Zendesk, then merged, end as one customer linked once per app."""
+    v = Vendors(store)
+    first = v.hubspot.add_contact({"email": "gil@example.com", "firstname": "Gil", "lastname": "Hart"})
+    second = v.hubspot.add_contact({"email": "gil.hart@work.example", "firstname": "Gil",
+                                    "lastname": "Hart", "phone": "+14155550111"})
+    async with v.engine() as engine:
+        await engine.run_once()
+        assert 2 == len(v.customers())
+        assert 2 == v.end_users()
+        v.later()
+        survivor = v.hubspot.merge(first, second)
+        v.later()
+        await engine.run_once()
+
+    assert [first] == v.hubspot.contact_ids() and survivor == first
+    (customer,) = v.customers()
+    links = [lk for lk in v.active_links() if lk["customer_id"] == customer["customer_id"]]
+    assert {"crm", "desk"} == {lk["app"] for lk in links}
+    assert [survivor] == [lk["app_record_id"] for lk in links if lk["app"] == "crm"]
+    assert [] == [lk for lk in v.active_links() if lk["customer_id"] != customer["customer_id"]]
+
+
+def seed_many(v: Vendors, n: int) -> None:
+    """`n` people only in HubSpot and `n` only in Zendesk, and `n // 5` in both."""
+    earlier = START - timedelta(days=1)
+    for i in range(n):
+        v.hubspot.add_contact({"email": f"hs{i}@example.com", "firstname": f"H{i}", "lastname": "Hub"},
+                              updated_at=earlier + timedelta(seconds=i))
+        v.zendesk.add_user(name=f"Z{i} Desk", email=f"zd{i}@example.com",
+                           updated_at=earlier + timedelta(seconds=i))
+    for i in range(n // 5):
+        v.hubspot.add_contact({"email": f"both{i}@example.com", "firstname": f"B{i}", "lastname": "Both"},
+                              updated_at=earlier + timedelta(seconds=i))
+        v.zendesk.add_user(name=f"B{i} Both", email=f"BOTH{i}@example.com",
+                           updated_at=earlier + timedelta(seconds=i))
+
+
+async def test_steady_state_stays_under_hubspot_rate_limit_and_batches(store):
+    """Under HubSpot's documented 100 per 10 s, a full sync draws no 429, and HubSpot's
+    requests per synced customer stay far below one (batch endpoints)."""
+    v = Vendors(store, hubspot_limit=(100, 10.0))
+    n = 250
+    seed_many(v, n)
+    async with v.engine() as engine:
+        summary = await engine.run_once()
+        assert {} == summary.failed_apps
+        customers = len(v.customers())
+        hubspot_requests = v.hubspot.request_count
+        zendesk_requests = v.zendesk.request_count
+        quiet = await engine.run_once()
+
+    assert 2 * n + n // 5 == customers
+    assert 2 * n + n // 5 == len(v.hubspot.contact_ids())
+    assert 2 * n + n // 5 == v.end_users()
+    assert 0 == v.hubspot_http.statuses[429]
+    assert 0 == quiet.dispatch.written
+    per_customer = {"crm": hubspot_requests / customers, "desk": zendesk_requests / customers}
+    print(f"requests per synced customer: {per_customer}; hubspot by route: "
+          f"{dict(v.hubspot.count_by_route)}; zendesk by route: {dict(v.zendesk.count_by_route)}")
+    assert per_customer["crm"] < 0.1
+
+
+async def test_limiter_spreads_a_busy_sync_under_hubspot_rate_limit(store):
+    """Small pages make a sync need far more than 100 HubSpot requests: the client's limiter
+    spreads them over (simulated) time, and HubSpot never answers 429."""
+    v = Vendors(store, hubspot_limit=(100, 10.0), page_size=5, history_page_size=5)
+    n = 250
+    seed_many(v, n)
+    async with v.engine() as engine:
+        summary = await engine.run_once()
+        assert {} == summary.failed_apps
+        quiet = await engine.run_once()
+
+    assert v.hubspot.request_count > 150
+    assert v.slept  # the limiter waited (on the manual clock)
+    assert 0 == v.hubspot_http.statuses[429]
+    assert 0 == quiet.dispatch.written
+    assert 2 * n + n // 5 == len(v.customers())
+    assert 2 * n + n // 5 == len(v.hubspot.contact_ids())
+
+
+async def test_forced_429s_are_retried_without_loss(store):
+    """HubSpot answering 429 to several calls in a row slows the sync down but loses nothing."""
+    v = Vendors(store, hubspot_limit=(100, 10.0))
+    n = 120
+    seed_many(v, n)
+    async with v.engine() as engine:
+        await engine.run_once()
+        v.later()
+        for i in range(0, n, 3):
+            uid = v.zendesk.find_user_id(email=f"zd{i}@example.com")
+            v.zendesk.edit_user(uid, phone=f"+1415555{i:04d}")  # type: ignore[arg-type]
+        v.later()
+        v.hubspot.fail_next(4, 429)  # every route: the next reads and writes are refused
+        summary = await engine.run_once()
+        assert {} == summary.failed_apps
+        quiet = await engine.run_once()
+
+    assert v.hubspot_http.statuses[429] >= 4
+    assert 0 == quiet.dispatch.written
+    hubspot = v.hubspot_by_email()
+    assert {e: 1 for e in hubspot} == {e: len(c) for e, c in hubspot.items()}
+    for i in range(0, n, 3):
+        (props,) = hubspot[f"zd{i}@example.com"]
+        assert f"+1415555{i:04d}" == props["phone"]
+
+
+async def test_429s_past_the_retry_budget_fail_the_pass_and_the_next_pass_catches_up(store):
+    """HubSpot refusing more calls than one request's retries cover fails that pass for HubSpot
+    only; a later pass finishes the sync with nothing lost and nothing doubled."""
+    v = Vendors(store, hubspot_limit=(100, 10.0))
+    n = 60
+    seed_many(v, n)
+    async with v.engine() as engine:
+        v.hubspot.fail_next(8, 429)  # one request retries 6 times (retry_policy): 2 are left over
+        first = await engine.run_once()
+        assert "crm" in first.failed_apps
+        v.later(600)  # past every backoff
+        second = await engine.run_once()
+        assert {} == second.failed_apps
+        quiet = await engine.run_once()
+
+    assert 8 == v.hubspot_http.statuses[429]
+    assert 0 == quiet.dispatch.written
+    expected = {f"hs{i}@example.com" for i in range(n)} | {f"zd{i}@example.com" for i in range(n)} \
+        | {f"both{i}@example.com" for i in range(n // 5)}
+    hubspot = v.hubspot_by_email()
+    assert expected == set(hubspot)
+    assert {e: 1 for e in expected} == {e: len(c) for e, c in hubspot.items()}
+    assert len(expected) == v.end_users()
+    assert len(expected) == len(v.customers())
+
+
+async def test_webhook_edit_in_zendesk_reaches_hubspot(store):
+    """An agent's edit in Zendesk, delivered as Zendesk's signed webhook to the daemon, lands in HubSpot."""
+    v = Vendors(store)
+    seed_people(v)
+    async with v.engine() as engine:
+        await engine.run_once()
+        v.later()
+        uid = v.zendesk.find_user_id(email="dan@example.org")
+        v.zendesk.edit_user(uid, name="Dan Foxworth")  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(engine))) as intake:
+            responses = await v.zendesk.flush_webhooks(intake)
+        assert responses and all(r.status_code == 200 for r in responses)
+        await engine.process_inbox()
+        await engine.dispatch("crm")
+
+    (props,) = v.hubspot_by_email()["dan@example.org"]
+    assert ("Dan", "Foxworth") == (props["firstname"], props["lastname"])
