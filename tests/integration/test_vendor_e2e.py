@@ -24,7 +24,7 @@ from customer_sync.sandbox._common import ManualClock
 from customer_sync.sandbox.hubspot import HubSpotSimulator
 from customer_sync.sandbox.zendesk import ZendeskSimulator
 from customer_sync.store.db import Store
-from customer_sync.store.tables import ConflictRow, CustomerRow, LinkRow
+from customer_sync.store.tables import ConflictRow, CustomerRow, DeadLetter, LinkRow
 from customer_sync_connectors.hubspot import HubSpotConnector
 from customer_sync_connectors.zendesk import ZendeskConnector
 
@@ -237,10 +237,13 @@ async def test_webhook_edit_in_hubspot_reaches_zendesk(store):
         assert [] == v.hubspot.pending_webhooks  # the daemon answered 2xx to every delivery
         await engine.process_inbox()
         await engine.dispatch("desk")
+        user = v.zendesk_user("ann.lee@example.com")
+        assert ("Ann Lee-Smith", "+14155550177") == (user["name"], user["phone"])  # type: ignore[index]
+        assert v.writes()["desk"] > desk_writes
+        v.later()
+        after = await engine.run_once()  # polling meets the same edit, and Zendesk's echo
 
-    user = v.zendesk_user("ann.lee@example.com")
-    assert ("Ann Lee-Smith", "+14155550177") == (user["name"], user["phone"])  # type: ignore[index]
-    assert v.writes()["desk"] > desk_writes
+    assert 0 == after.dispatch.written
 
 
 async def test_hubspot_webhook_with_a_bad_signature_is_refused(store):
@@ -355,12 +358,13 @@ async def test_forced_429s_are_retried_without_loss(store):
             uid = v.zendesk.find_user_id(email=f"zd{i}@example.com")
             v.zendesk.edit_user(uid, phone=f"+1415555{i:04d}")  # type: ignore[arg-type]
         v.later()
-        v.hubspot.fail_next(4, 429)  # every route: the next reads and writes are refused
+        v.hubspot.fail_next(2, 429)  # every route: the next calls are refused...
+        v.hubspot.fail_next(3, 429, route="POST /crm/v3/objects/contacts/batch/update")  # ...and writes
         summary = await engine.run_once()
         assert {} == summary.failed_apps
         quiet = await engine.run_once()
 
-    assert v.hubspot_http.statuses[429] >= 4
+    assert 5 == v.hubspot_http.statuses[429]
     assert 0 == quiet.dispatch.written
     hubspot = v.hubspot_by_email()
     assert {e: 1 for e in hubspot} == {e: len(c) for e, c in hubspot.items()}
@@ -412,3 +416,54 @@ async def test_webhook_edit_in_zendesk_reaches_hubspot(store):
 
     (props,) = v.hubspot_by_email()["dan@example.org"]
     assert ("Dan", "Foxworth") == (props["firstname"], props["lastname"])
+
+
+async def test_later_edit_wins_a_name_conflict_and_zendesk_wins_phone_whatever_the_time(store):
+    """After the first sync both apps edit the same person: last_name goes to the later edit,
+    phone to Zendesk (its priority rule) although HubSpot's edit is the later one."""
+    v = Vendors(store)
+    seed_people(v)
+    async with v.engine() as engine:
+        await engine.run_once()
+        v.later(60)
+        uid = v.zendesk.find_user_id(email="eve@example.com")
+        v.zendesk.edit_user(uid, name="Eve Parker", phone="+14155550155")  # type: ignore[arg-type]
+        v.later(60)
+        (eve,) = [cid for cid in v.hubspot.contact_ids()
+                  if v.hubspot.get_contact(cid)["properties"]["email"] == "eve@example.com"]  # type: ignore[index]
+        v.hubspot.edit_contact(eve, {"lastname": "Parkes", "phone": "+14155550166"})
+        v.later(60)
+        summary = await engine.run_once()
+        assert {} == summary.failed_apps
+        quiet = await engine.run_once()
+
+    (props,) = v.hubspot_by_email()["eve@example.com"]
+    user = v.zendesk_user("eve@example.com")
+    assert ("Parkes", "+14155550155") == (props["lastname"], props["phone"])
+    assert ("Eve Parkes", "+14155550155") == (user["name"], user["phone"])  # type: ignore[index]
+    conflicts = {c["field"]: c for c in v.rows(ConflictRow) if c["customer_id"] in
+                 {lk["customer_id"] for lk in v.active_links() if lk["app_record_id"] == eve}}
+    assert ("last_writer", "crm", "Parkes", "desk", "Parker") == tuple(
+        conflicts["last_name"][k] for k in ("rule", "winner_app", "winner_value", "loser_app", "loser_value"))
+    assert ("priority", "desk", "+14155550155", "crm", "+14155550166") == tuple(
+        conflicts["phone"][k] for k in ("rule", "winner_app", "winner_value", "loser_app", "loser_value"))
+    assert 0 == quiet.dispatch.written
+
+
+async def test_email_case_edit_in_hubspot_is_no_change(store):
+    """Re-typing an email in other case in HubSpot changes no customer and writes nothing to Zendesk."""
+    v = Vendors(store)
+    seed_people(v)
+    async with v.engine() as engine:
+        await engine.run_once()
+        before = v.writes()
+        v.later()
+        (bob,) = [cid for cid in v.hubspot.contact_ids()
+                  if v.hubspot.get_contact(cid)["properties"]["email"] == "bob@example.com"]  # type: ignore[index]
+        v.hubspot.edit_contact(bob, {"email": "Bob@Example.COM"})
+        summary = await engine.run_once()
+
+    assert {} == summary.failed_apps
+    assert before == v.writes()
+    assert [] == v.rows(DeadLetter)
+    assert len(EMAILS) == len(v.customers())
