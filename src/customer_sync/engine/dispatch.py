@@ -15,14 +15,14 @@ Transient failures back off and retry; a record the app refuses becomes a dead l
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 
 from customer_sync.engine.plan import plan_customer, same_value
-from customer_sync.engine.process import app_fingerprint
+from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, RecordGone, RecordRejected, TransientError
 from customer_sync.sdk.connector import AppRecord, WriteOp
 from customer_sync.store.tables import DeadLetter, InboxItem, OutboxItem
@@ -41,21 +41,13 @@ dead_t = DeadLetter.__table__
 
 
 @dataclass
-class DispatchStats:
+class DispatchStats(Counts):
     written: int = 0
     created: int = 0
     deleted: int = 0
     deferred: int = 0
     rejected: int = 0
     retried: int = 0
-    requests: int = 0
-
-    def add(self, other: DispatchStats) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def idempotency_key(customer_id: str, app: str) -> str:

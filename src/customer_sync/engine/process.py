@@ -30,13 +30,24 @@ if TYPE_CHECKING:
     from customer_sync.store.uow import UnitOfWork
 
 __all__ = [
-    "ProcessStats", "app_fingerprint", "merge_customers", "process_items", "process_records",
+    "Counts", "ProcessStats", "app_fingerprint", "merge_customers", "process_items", "process_records",
     "propagate_delete",
 ]
 
 
+class Counts:
+    """Integer counters of a stage: add another set, or turn into a dict for a log line."""
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
 @dataclass
-class ProcessStats:
+class ProcessStats(Counts):
     """Counts for the canonical log line of a pass."""
 
     read: int = 0
@@ -51,13 +62,6 @@ class ProcessStats:
     parked: int = 0
     deleted: int = 0
     planned: int = 0
-
-    def add(self, other: ProcessStats) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def app_fingerprint(rt: AppRuntime, app_fields: Mapping[str, Any]) -> str:

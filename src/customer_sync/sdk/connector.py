@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -282,40 +282,30 @@ class Connector(Generic[S]):
         Override with the vendor's batch endpoint (declare BATCH_WRITE). Return one outcome per
         op, in any order; a failed op carries its error and does not fail the others.
         """
-        out = []
-        for op in ops:
-            try:
-                receipt = await self.create(op.fields, idempotency_key=op.idempotency_key or op.key)
-                out.append(WriteOutcome(key=op.key, receipt=receipt))
-            except ConnectorError as exc:
-                if not _is_per_record(exc):
-                    raise
-                out.append(WriteOutcome(key=op.key, error=exc))
-        return out
+        return await self._one_by_one(
+            ops, lambda op: self.create(op.fields, idempotency_key=op.idempotency_key or op.key))
 
     async def update_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Update several records; the default sends them one by one (see `create_many`)."""
-        out = []
-        for op in ops:
-            try:
-                assert op.app_record_id is not None
-                receipt = await self.update(op.app_record_id, op.fields)
-                out.append(WriteOutcome(key=op.key, receipt=receipt))
-            except ConnectorError as exc:
-                if not _is_per_record(exc):
-                    raise
-                out.append(WriteOutcome(key=op.key, error=exc))
-        return out
+        return await self._one_by_one(ops, lambda op: self.update(_record_id(op), op.fields))
 
     async def delete_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Delete several records; the default deletes them one by one."""
+
+        async def delete(op: WriteOp) -> WriteReceipt:
+            await self.delete(_record_id(op))
+            return WriteReceipt(app_record_id=_record_id(op), fingerprint=fingerprint({}))
+
+        return await self._one_by_one(ops, delete)
+
+    async def _one_by_one(
+        self, ops: Sequence[WriteOp], write: Callable[[WriteOp], Awaitable[WriteReceipt]]
+    ) -> list[WriteOutcome]:
+        """Send ops one at a time; a per-record failure becomes that op's outcome."""
         out = []
         for op in ops:
-            assert op.app_record_id is not None
             try:
-                await self.delete(op.app_record_id)
-                receipt = WriteReceipt(app_record_id=op.app_record_id, fingerprint="")
-                out.append(WriteOutcome(key=op.key, receipt=receipt))
+                out.append(WriteOutcome(key=op.key, receipt=await write(op)))
             except ConnectorError as exc:
                 if not _is_per_record(exc):
                     raise
@@ -335,6 +325,12 @@ class Connector(Generic[S]):
         if by_kind["delete"]:
             outcomes += await self.delete_many(by_kind["delete"])
         return outcomes
+
+
+def _record_id(op: WriteOp) -> str:
+    if op.app_record_id is None:
+        raise ValueError(f"write op {op.key} ({op.op}) needs an app_record_id")
+    return op.app_record_id
 
 
 def _is_per_record(exc: ConnectorError) -> bool:
