@@ -82,6 +82,7 @@ class UnitOfWork:
         self.pending_outbox: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.held: dict[str, set[str]] = {}  # customer -> fields with a parked conflict
         self._snap_in_db: set[tuple[str, str]] = set()  # bases that have a row to replace
+        self._hashes: dict[tuple[str, str], str] = {}  # identity -> keyed hash, per batch
         # write sets
         self._new_customers: set[str] = set()
         self._dirty_customers: set[str] = set()
@@ -99,6 +100,13 @@ class UnitOfWork:
         self._outbox_drop: set[int] = set()
         self._delete_requests: list[dict[str, Any]] = []
 
+    def _hash(self, kind: str, value: str) -> str:
+        """The keyed hash of an identity, computed once per batch (it is asked for 3+ times)."""
+        h = self._hashes.get((kind, value))
+        if h is None:
+            h = self._hashes[(kind, value)] = identity_hash(self.key, kind, value)
+        return h
+
     # -- loading ---------------------------------------------------------------------------------
 
     def prefetch_links(self, app_records: list[tuple[str, str]]) -> None:
@@ -112,7 +120,7 @@ class UnitOfWork:
         """Load links for the batch's records, the customers matching its identities, and
         everything those customers have (links, bases, pending writes)."""
         self.prefetch_links(app_records)
-        hashes = {(kind, identity_hash(self.key, kind, value)) for kind, value in identities}
+        hashes = {(kind, self._hash(kind, value)) for kind, value in identities}
         want_h = [h for h in hashes if h not in self.identities]
         for h in want_h:
             self.identities[h] = set()
@@ -202,7 +210,7 @@ class UnitOfWork:
 
     def candidates(self, kind: str, value: str) -> set[str]:
         """Live customers holding this identity."""
-        cids = self.identities.get((kind, identity_hash(self.key, kind, value)), set())
+        cids = self.identities.get((kind, self._hash(kind, value)), set())
         return {c for c in cids if (row := self.customers.get(c)) is not None and row["deleted_at"] is None}
 
     def pending(self, customer_id: str, app: str) -> dict[str, Any] | None:
@@ -230,7 +238,7 @@ class UnitOfWork:
     def set_identities(self, customer_id: str, pairs: Iterable[tuple[str, str]]) -> None:
         """Add identities the customer does not have yet (old ones stay matchable)."""
         for kind, value in pairs:
-            h = (kind, identity_hash(self.key, kind, value))
+            h = (kind, self._hash(kind, value))
             holders = self.identities.setdefault(h, set())
             if customer_id not in holders:
                 holders.add(customer_id)
