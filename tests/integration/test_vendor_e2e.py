@@ -329,6 +329,7 @@ async def test_steady_state_stays_under_hubspot_rate_limit_and_batches(store):
     assert 2 * n + n // 5 == len(v.hubspot.contact_ids())
     assert 2 * n + n // 5 == v.end_users()
     assert 0 == v.hubspot_http.statuses[429]
+    assert 0 == v.zendesk_http.statuses[429]
     assert 0 == quiet.dispatch.written
     per_customer = {"crm": hubspot_requests / customers, "desk": zendesk_requests / customers}
     print(f"requests per synced customer: {per_customer}; hubspot by route: "
