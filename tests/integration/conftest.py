@@ -148,3 +148,9 @@ def world(store: Store, tmp_path: Path) -> Callable[..., World]:
 def base_fields() -> dict[str, Any]:
     """The default field map of the fake apps."""
     return dict(FIELDS)
+
+
+@pytest.fixture
+def world_cls() -> type[World]:
+    """The World class, for tests that open their own store."""
+    return World
