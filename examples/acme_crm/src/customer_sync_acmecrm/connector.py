@@ -261,7 +261,7 @@ class AcmeCrmConnector(Connector[AcmeCrmSettings]):
         lowered = {k.lower(): v for k, v in headers.items()}
         timestamp = lowered.get("x-acme-timestamp", "").strip()
         signature = lowered.get("x-acme-signature", "").strip()
-        if secret is None or not timestamp.isdigit():
+        if secret is None or not (timestamp.isascii() and timestamp.isdigit()):
             return False
         # A captured delivery replayed later, or signed by a clock far ahead, is refused.
         if abs(time.time() - int(timestamp)) > self.settings.webhook_max_age_s:
