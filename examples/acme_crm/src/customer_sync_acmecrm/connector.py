@@ -12,9 +12,8 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from customer_sync.sdk import (
@@ -37,6 +36,9 @@ from customer_sync.sdk import (
     redact_text,
 )
 from customer_sync_acmecrm.models import BatchAnswer, Contact, ContactPage, WebhookBody
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["AcmeCrmConnector", "AcmeCrmSettings"]
 
