@@ -3,15 +3,16 @@
 The HubSpot simulator holds N contacts and is served on loopback over real HTTP
 (`customer_sync.sandbox._common.serve`) from a child process, so that the daemon's peak RSS is
 its own and the simulator does not share its interpreter lock (it still shares the machine's
-cores). The engine has two apps: `hubspot`, and an empty `sql` app on a temp SQLite file so
-that there is somewhere to plan writes to. Only `engine.poll("hubspot")` is timed: it lists,
-normalizes, matches and records every contact, and plans (but does not send) the creates.
+cores). Only `engine.poll("hubspot")` is timed: it lists, normalizes, matches and records every
+contact in the store. With `--with-target` the engine also has an empty `sql` app on a temp
+SQLite file, and the pull plans (but does not send) a create there for every contact.
 
     python bench/hubspot_pull.py                       # N = 10,000, no rate limit
     python bench/hubspot_pull.py --n 100000
     python bench/hubspot_pull.py --n 3000 --rate-limit 100/10
     python bench/hubspot_pull.py --n 10000 --n 100000  # each N in a fresh process
     python bench/hubspot_pull.py --no-history          # without per-property modified times
+    python bench/hubspot_pull.py --with-target         # also plan a create per contact in a sql app
 
 Prints one JSON line per run: records/s, requests the simulator served, seconds, peak RSS and,
 under `--rate-limit`, the share of the quota used: requests / (seconds x calls/window_s).
@@ -73,10 +74,11 @@ def _simulator(n: int, rate_limit: tuple[int, float] | None, conn: Any) -> None:
     served.stop()
 
 
-def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, history: bool) -> dict:
+def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, history: bool,
+           with_target: bool = False) -> dict:
     calls, window = rate_limit or (1_000_000, 1.0)  # no limit: a client limiter that never waits
     sql_cols = ("email", "first_name", "last_name", "phone", "company")
-    return {
+    data = {
         "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning"},
         "apps": {
             "hubspot": {"connector": "hubspot", "settings": {
@@ -88,9 +90,13 @@ def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, hi
                 "column_types": {c: "text" for c in sql_cols}}},
         },
     }
+    if not with_target:
+        del data["apps"]["warehouse"]
+    return data
 
 
-async def run(n: int, rate_limit: tuple[int, float] | None, history: bool) -> dict[str, Any]:
+async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
+              with_target: bool = False) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from customer_sync.config import load_config
@@ -105,7 +111,8 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool) -> di
     child.start()
     base_url = ours.recv()  # seeded and listening
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-hubspot-"))
-    cfg = load_config(data=config(tmp, base_url, rate_limit=rate_limit, history=history),
+    cfg = load_config(data=config(tmp, base_url, rate_limit=rate_limit, history=history,
+                                  with_target=with_target),
                       env={"HUBSPOT_TOKEN": "bench-token"})
     store = open_store(cfg.daemon.store_url)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -147,6 +154,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, action="append", help="contacts (repeatable); default 10000")
     parser.add_argument("--rate-limit", help="CALLS/SECONDS, e.g. 100/10 (HubSpot's documented limit)")
     parser.add_argument("--no-history", action="store_true", help="turn off field_history")
+    parser.add_argument("--with-target", action="store_true",
+                        help="add an empty sql app, so the pull also plans a create per contact")
     args = parser.parse_args()
     sizes = args.n or [10_000]
     if len(sizes) > 1:  # a fresh process per size, so peak RSS is per size
@@ -154,13 +163,14 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--n", str(n)]
             cmd += ["--rate-limit", args.rate_limit] if args.rate_limit else []
             cmd += ["--no-history"] if args.no_history else []
+            cmd += ["--with-target"] if args.with_target else []
             subprocess.run(cmd, check=True)
         return
     limit = None
     if args.rate_limit:
         calls, _, seconds = args.rate_limit.partition("/")
         limit = (int(calls), float(seconds))
-    print(json.dumps(asyncio.run(run(sizes[0], limit, not args.no_history))), flush=True)
+    print(json.dumps(asyncio.run(run(sizes[0], limit, not args.no_history, args.with_target))), flush=True)
 
 
 if __name__ == "__main__":
