@@ -69,7 +69,7 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
             parked = await asyncio.to_thread(_parked_apps, engine)
         except Exception as exc:  # the store is unreachable: not ready, say why in one word
             return JSONResponse({"status": "store unreachable", "error": type(exc).__name__}, status_code=503)
-        failed = sorted(set(getattr(engine, "unopened", {})) | set(parked))
+        failed = sorted(set(engine.unopened) | set(parked))
         status = 200 if not failed else 503
         return JSONResponse({"status": "ready" if not failed else "degraded", "failed_apps": failed},
                             status_code=status)

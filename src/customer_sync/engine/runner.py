@@ -106,6 +106,7 @@ class Engine:
         self.connectors: dict[str, Connector] = {}  # type: ignore[type-arg]
         self._stack = contextlib.AsyncExitStack()
         self.run_id = str(uuid.uuid4())
+        self.unopened: dict[str, str] = {}  # app -> why its connector could not open
         self._offload = True  # process batches in a worker thread (not in dry-run)
         self._inbox_lock = asyncio.Lock()  # one inbox processor per process
         self.intake = ProcessStats()  # what polled pages did (processed as they were read)
@@ -113,7 +114,6 @@ class Engine:
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
         # others: it is recorded as failed and left out, and retried on the next start.
-        self.unopened: dict[str, str] = {}
         for name, rt in self.apps.items():
             with structlog.contextvars.bound_contextvars(app=name, run_id=self.run_id):
                 try:
