@@ -108,10 +108,6 @@ class AppMapping:
             if fm.canonical in canonical
         }
 
-    def app_side(self, app_fields: Mapping[str, Any]) -> dict[str, Any]:
-        """The subset of an app record's fields that this map reads (for echo fingerprints)."""
-        return {fm.app_field: app_fields.get(fm.app_field) for fm in self.outbound if fm.app_field in app_fields}
-
 
 def compile_mapping(
     app: str,
