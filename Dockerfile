@@ -11,7 +11,10 @@ RUN pip install ".[postgres]" && useradd --create-home --uid 10001 sync \
 USER sync
 WORKDIR /data
 VOLUME ["/data"]
-ENV CUSTOMER_SYNC_CONFIG=/data/config.toml
+# Inside a container: listen on every interface, keep the store in the volume.
+ENV CUSTOMER_SYNC_CONFIG=/data/config.toml \
+    CUSTOMER_SYNC_DAEMON__LISTEN=0.0.0.0:8080 \
+    CUSTOMER_SYNC_DAEMON__STORE_URL=sqlite:////data/customer-sync.db
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=10s --retries=3 CMD ["customer-sync", "check"]
 ENTRYPOINT ["customer-sync"]
