@@ -18,7 +18,6 @@ Known, deliberate deviations (each also noted where the simulator implements it)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,25 +33,13 @@ from starlette.datastructures import QueryParams
 
 from customer_sync.sandbox._common import ManualClock
 from customer_sync.sandbox.hubspot import CONTACTS, HubSpotSimulator
+from customer_sync.testing.specs import load_spec
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-SPECS_ENV = "CUSTOMER_SYNC_SPECS_DIR"
 SPEC_FILE = Path("hubspot") / "crm-contacts-v3.json"
 BASE = "https://api.hubapi.com"  # the spec's `servers` URL, so paths resolve against it
-
-
-def _specs_dir() -> Path:
-    configured = os.environ.get(SPECS_ENV)
-    if configured:
-        return Path(configured)
-    repo_root = Path(__file__).resolve().parents[2]
-    return repo_root.parent / "shared" / "specs"
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 class _BearerProvider(BaseProvider):
@@ -73,14 +60,7 @@ class _SecurityProviders(SecurityProviderFactory):
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
     """HubSpot's contacts v3 OpenAPI document, or a loud skip (a failure under CI) when absent."""
-    path = _specs_dir() / SPEC_FILE
-    if not path.is_file():
-        reason = f"vendor specs not found at {path.parent.parent}; set {SPECS_ENV}"
-        if _is_ci():
-            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
-        pytest.skip(reason)
-    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return document
+    return load_spec(SPEC_FILE, start=__file__)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -30,14 +29,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from openapi_core import Config, OpenAPI
-from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.request.exceptions import MissingRequiredParameter
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from customer_sync.sandbox._common import ManualClock
 from customer_sync.sandbox.zendesk import ZendeskSimulator
+from customer_sync.testing.specs import OpenApiRequest, OpenApiResponse, load_spec
 
 SPEC_FILE = Path("zendesk") / "support-api-oas.yaml"
 BASE_URL = "https://sandbox.zendesk.com"
@@ -45,76 +42,16 @@ AUTH = httpx.BasicAuth("admin@example.com/token", "sandbox-api-token")
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def _specs_dir() -> Path:
-    env = os.environ.get("CUSTOMER_SYNC_SPECS_DIR")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]
-    return repo_root.parent / "shared" / "specs"
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-_BaseLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader  # C is ~10x faster
-
-
-class _SpecLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """The OAS has bare `=` scalars, which YAML 1.1 tags as `value`; read them as strings."""
-
-
-_SpecLoader.add_constructor(
-    "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
-)
-
-
 @pytest.fixture(scope="session")
 def oas_dict() -> dict[str, Any]:
     """The Zendesk OAS as a dict, loaded once per session (1.2 MB of YAML)."""
-    path = _specs_dir() / SPEC_FILE
-    if not path.is_file():
-        message = (
-            f"Zendesk OAS not found at {path}: set CUSTOMER_SYNC_SPECS_DIR to the shared specs "
-            "folder (see its README.md)"
-        )
-        if _is_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    with path.open("rb") as fh:
-        return yaml.load(fh, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    return load_spec(SPEC_FILE, start=__file__)
 
 
 @pytest.fixture(scope="session")
 def oas(oas_dict: dict[str, Any]) -> OpenAPI:
     # Validating the 1.2 MB document itself is slow and not our concern; the vendor's problem.
     return OpenAPI.from_dict(oas_dict, config=Config(spec_validator_cls=None))
-
-
-class _Request:
-    """openapi-core's Request protocol over a sent httpx request."""
-
-    def __init__(self, request: httpx.Request) -> None:
-        self.host_url = f"{request.url.scheme}://{request.url.host}"
-        self.path = request.url.path.removesuffix(".json")  # deviation 1
-        self.method = request.method.lower()
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(list(request.url.params.multi_items())),
-            header=Headers(list(request.headers.items())),
-            cookie=ImmutableMultiDict(),
-        )
-        self.body = request.content or None
-        self.content_type = request.headers.get("content-type", "application/octet-stream")
-
-
-class _Response:
-    """openapi-core's Response protocol over a received httpx response (or an edited body)."""
-
-    def __init__(self, response: httpx.Response, body: Any = None) -> None:
-        self.status_code = response.status_code
-        self.headers = Headers(list(response.headers.items()))
-        self.content_type = response.headers.get("content-type", "")
-        self.data = response.content if body is None else json.dumps(body).encode()
 
 
 class Recorder(httpx.AsyncBaseTransport):
@@ -132,11 +69,14 @@ class Recorder(httpx.AsyncBaseTransport):
 
 
 def request_errors(oas: OpenAPI, request: httpx.Request) -> list[Exception]:
-    return list(oas.iter_request_errors(_Request(request)))
+    # deviation 1: the OAS paths have no `.json` suffix
+    return list(oas.iter_request_errors(OpenApiRequest(request, strip_suffix=".json")))
 
 
 def response_errors(oas: OpenAPI, response: httpx.Response, body: Any = None) -> list[str]:
-    errors = oas.iter_response_errors(_Request(response.request), _Response(response, body))
+    errors = oas.iter_response_errors(
+        OpenApiRequest(response.request, strip_suffix=".json"), OpenApiResponse(response, body)
+    )
     return [f"{e!r}: {e.__cause__!r}"[:2000] for e in errors]
 
 

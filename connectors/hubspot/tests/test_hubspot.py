@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from customer_sync.sdk import (
     fingerprint,
 )
 from customer_sync.sdk.registry import load_connector
+from customer_sync.testing.specs import spec_file
 from customer_sync_connectors.hubspot import HubSpotConnector, HubSpotSettings
 
 TOKEN = "test-token-7c1f2a9e"
@@ -926,32 +926,9 @@ def test_the_connector_is_registered_as_hubspot() -> None:
 
 # --------------------------------------------------------------------------- the vendor contract
 
-SPECS_ENV = "CUSTOMER_SYNC_SPECS_DIR"
-
-
-def _spec_path() -> Path:
-    configured = os.environ.get(SPECS_ENV)
-    root = (
-        Path(configured)
-        if configured
-        else Path(__file__).resolve().parents[3].parent / "shared" / "specs"
-    )
-    return root / "hubspot" / "crm-contacts-v3.json"
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def _spec_or_skip() -> Path:
-    """The spec file; a skip saying why when it is absent, or a failure when CI is set."""
-    path = _spec_path()
-    if not path.is_file():
-        reason = f"HubSpot's OpenAPI file not found at {path}; set {SPECS_ENV}"
-        if _is_ci():
-            pytest.fail(f"{reason} (CI is set, so this is a failure)", pytrace=False)
-        pytest.skip(reason)
-    return path
+    """HubSpot's contacts v3 OpenAPI file; a skip saying why when absent, a failure under CI."""
+    return spec_file(Path("hubspot") / "crm-contacts-v3.json", start=__file__)
 
 
 def _string_sorts(body: Mapping[str, Any]) -> dict[str, Any]:

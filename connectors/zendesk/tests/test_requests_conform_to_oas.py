@@ -14,7 +14,6 @@ One deviation is tolerated, the one the simulator's contract test also names: th
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -22,14 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from openapi_core import Config, OpenAPI
-from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.request.exceptions import MissingRequiredParameter
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from customer_sync.sandbox.zendesk import ZendeskSimulator
 from customer_sync.sdk import WriteOp
+from customer_sync.testing.specs import OpenApiRequest, load_spec
 from customer_sync_connectors.zendesk import ZendeskConnector
 
 from .conftest import RecordingTransport  # noqa: TID252
@@ -38,62 +35,14 @@ SPEC_FILE = Path("zendesk") / "support-api-oas.yaml"
 EXPORT_OPERATION = "IncrementalUserExportCursor"
 
 
-def _specs_dir() -> Path:
-    env = os.environ.get("CUSTOMER_SYNC_SPECS_DIR")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[3]
-    return repo_root.parent / "shared" / "specs"
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-_BaseLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
-
-
-class _SpecLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """The OAS has bare `=` scalars, which YAML 1.1 tags as `value`; read them as strings."""
-
-
-_SpecLoader.add_constructor(
-    "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
-)
-
-
 @pytest.fixture(scope="module")
 def oas_dict() -> dict[str, Any]:
-    path = _specs_dir() / SPEC_FILE
-    if not path.is_file():
-        message = (f"Zendesk OAS not found at {path}: set CUSTOMER_SYNC_SPECS_DIR to the shared "
-                   "specs folder (see its README.md)")
-        if _is_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    with path.open("rb") as fh:
-        return yaml.load(fh, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    return load_spec(SPEC_FILE, start=__file__)
 
 
 @pytest.fixture(scope="module")
 def oas(oas_dict: dict[str, Any]) -> OpenAPI:
     return OpenAPI.from_dict(oas_dict, config=Config(spec_validator_cls=None))
-
-
-class _Request:
-    """openapi-core's Request protocol over a sent httpx request."""
-
-    def __init__(self, request: httpx.Request) -> None:
-        self.host_url = f"{request.url.scheme}://{request.url.host}"
-        self.path = request.url.path.removesuffix(".json")
-        self.method = request.method.lower()
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(list(request.url.params.multi_items())),
-            header=Headers(list(request.headers.items())),
-            cookie=ImmutableMultiDict(),
-        )
-        self.body = request.content or None
-        self.content_type = request.headers.get("content-type", "application/octet-stream")
 
 
 def _operation_ids(oas_dict: dict[str, Any]) -> Callable[[httpx.Request], str | None]:
@@ -153,7 +102,7 @@ async def test_every_request_is_a_valid_oas_operation(
         operation = operation_of(request)
         used.add(operation)
         assert response.status_code < 400, (operation, response.status_code)
-        errors = list(oas.iter_request_errors(_Request(request)))
+        errors = list(oas.iter_request_errors(OpenApiRequest(request, strip_suffix=".json")))
         if operation == EXPORT_OPERATION and "cursor" in request.url.params:
             errors = [e for e in errors if not (isinstance(e, MissingRequiredParameter)
                                                 and e.name == "start_time")]
