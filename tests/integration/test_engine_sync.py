@@ -338,3 +338,26 @@ async def test_merge_in_one_app_leaves_one_linked_customer(world):
     assert ["duplicate_after_merge"] == [c["detail"]["reason"] for c in dup]  # desk holds two records now
     again = await w.run()
     assert 0 == again.dispatch.written
+
+
+async def test_ignored_delete_is_recreated_when_the_customer_next_changes(world):
+    """With on_delete = "ignore", a record deleted in one app comes back there, once, the next
+    time the customer changes elsewhere."""
+    w = world(apps=("crm", "desk"), app_options={"crm": {"on_delete": "ignore"}})
+    rid = w.apps["crm"].put({"email": "w@x.io", "first": "Wes"})
+    await w.run()
+    w.apps["crm"].remove(rid)
+    await w.run()
+    assert {} == w.apps["crm"].live()  # ignored: nothing else happens yet
+    desk_id = next(iter(w.apps["desk"].live()))
+    w.apps["desk"].edit(desk_id, first="Wesley")
+    reads_before = w.apps["crm"].calls.get("read", 0)
+    await w.run()
+    # one check finds the record gone; the create follows without a second attempt to update it
+    assert 1 == w.apps["crm"].calls.get("read", 0) - reads_before
+    (again,) = w.apps["crm"].live().values()
+    assert ("w@x.io", "Wesley") == (again["email"], again["first"])
+    (link,) = [lk for lk in w.links() if lk["app"] == "crm"]
+    assert "active" == link["state"]
+    quiet = await w.run()
+    assert 0 == quiet.dispatch.written

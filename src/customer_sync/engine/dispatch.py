@@ -123,7 +123,6 @@ async def dispatch_app(
                 done.append(row["seq"])
                 if rt.config.on_delete == "ignore":
                     # Deletes in this app are ignored: the customer is created there again.
-                    uow.customer(row["customer_id"])  # load it whole before changing its links
                     uow.drop_link(rt.name, row["app_record_id"])
                     uow.drop_snapshot(row["customer_id"], rt.name)
                     plan_customer(uow, row["customer_id"], {rt.name: rt}, now=uow.now, reason="re-create: record gone")

@@ -114,7 +114,7 @@ class UnitOfWork:
         want = [k for k in app_records if k not in self.links]
         for where in _pair_filters(links_t.c.app, links_t.c.app_record_id, want, group_first=True):
             for row in self.conn.execute(select(links_t).where(where)).mappings():
-                self._remember_link(dict(row))
+                self._remember_stored_link(dict(row))
 
     def prefetch(self, *, app_records: list[tuple[str, str]], identities: list[tuple[str, str]]) -> None:
         """Load links for the batch's records, the customers matching its identities, and
@@ -148,7 +148,7 @@ class UnitOfWork:
             ).mappings():
                 self.customers[row["customer_id"]] = dict(row)
             for row in self.conn.execute(select(links_t).where(links_t.c.customer_id.in_(chunk))).mappings():
-                self._remember_link(dict(row))
+                self._remember_stored_link(dict(row))
             for row in self.conn.execute(
                 select(snapshots_t).where(snapshots_t.c.customer_id.in_(chunk))
             ).mappings():
@@ -180,13 +180,21 @@ class UnitOfWork:
             self.links_by_customer.setdefault(cid, {})
         for chunk in _chunks(cids):
             for row in self.conn.execute(select(links_t).where(links_t.c.customer_id.in_(chunk))).mappings():
-                self._remember_link(dict(row))
+                self._remember_stored_link(dict(row))
         for pair in pairs:
             self.snapshots[pair] = None
         for where in _pair_filters(snapshots_t.c.app, snapshots_t.c.customer_id, pairs, group_first=False):
             for row in self.conn.execute(select(snapshots_t).where(where)).mappings():
                 self.snapshots[(row["customer_id"], row["app"])] = dict(row)
                 self._snap_in_db.add((row["customer_id"], row["app"]))
+
+    def _remember_stored_link(self, row: dict[str, Any]) -> None:
+        """Remember a link read from the store, unless this batch already added, changed or
+        dropped it: what the batch did wins over what the store still says."""
+        key = (row["app"], row["app_record_id"])
+        if key in self._new_links or key in self._dirty_links or key in self._dropped_links:
+            return
+        self._remember_link(row)
 
     def _remember_link(self, row: dict[str, Any]) -> None:
         self.links[(row["app"], row["app_record_id"])] = row
