@@ -149,7 +149,10 @@ def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Served:
     if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
         raise ValueError("the sandbox serves on loopback only")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
+    # says TCP, and accepted sockets inherit this one's. With proto 0 a response written as
+    # headers then body waited ~40 ms for the client's delayed ACK on every request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
