@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, insert, select, update
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
 from customer_sync.engine.process import ProcessStats, app_fingerprint, process_items, process_records
 from customer_sync.errors import AuthError, ConnectorError
-from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector
+from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor
 from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, OutboxItem
 from customer_sync.store.uow import UnitOfWork
 
@@ -44,6 +44,10 @@ outbox_t = OutboxItem.__table__
 cursors_t = CursorRow.__table__
 app_state_t = AppState.__table__
 links_t = LinkRow.__table__
+
+# Pages a poll reads ahead of the one being decided: enough to keep the app busy while we
+# work, few enough that memory stays bounded by a handful of pages.
+_READ_AHEAD = 8
 
 
 def default_identity_key() -> bytes:
@@ -134,37 +138,83 @@ class Engine:
     # -- stages ------------------------------------------------------------------------------------
 
     async def poll(self, app: str) -> int:
-        """Read an app's changes since its cursor into the inbox; each page commits with its
-        cursor. Returns how many records were received."""
+        """Read an app's changes since its cursor and decide them; returns how many records
+        were received.
+
+        Pages are read ahead (up to `_READ_AHEAD` of them) while earlier ones are decided, so
+        waiting for the app overlaps with our own work. Pages already waiting are decided
+        together, up to `daemon.batch_size` records, in one transaction that also stores the
+        cursor of the last of them: a crash before that commit re-reads them all.
+
+        Raises:
+            Whatever the connector raised, after the pages it listed before failing are
+            committed.
+        """
         connector = self.connectors[app]
         with self.store.transaction() as conn:
             raw = conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
-        from customer_sync.sdk.connector import Cursor
-
         cursor = Cursor(value=raw) if raw is not None else None
+        pages: asyncio.Queue[ChangePage | None] = asyncio.Queue(maxsize=_READ_AHEAD)
+        failed: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                async for page in connector.list_changes(cursor):
+                    await pages.put(page)
+            except Exception as exc:  # re-raised by poll once what came before is committed
+                failed.append(exc)
+            finally:
+                with contextlib.suppress(asyncio.QueueFull):
+                    pages.put_nowait(None)  # the reader is done (a full queue is drained first)
+
+        reader = asyncio.create_task(read(), name=f"poll-{app}")
         count = 0
-        async for page in connector.list_changes(cursor):
-            async with self._inbox_lock:  # one processor of changes per process
-                if self._offload:
-                    fresh = await asyncio.to_thread(self._take_page, app, page)
-                else:
-                    fresh = self._take_page(app, page)
-            count += fresh
-            self.faults("after_inbox")  # the page is durable...
-            self.faults("after_merge")  # ...and so is what was decided from it
-            log.debug("app.page_fetched", app=app, count=len(page.records), fresh=fresh)
+        try:
+            done = False
+            while not done:
+                first = await pages.get()
+                if first is None:
+                    break
+                group = [first]
+                size = len(first.records)
+                while size < self.config.daemon.batch_size and not pages.empty():
+                    page = pages.get_nowait()
+                    if page is None:
+                        done = True
+                        break
+                    group.append(page)
+                    size += len(page.records)
+                if done is False and reader.done() and pages.empty():
+                    done = True  # the end marker did not fit: the queue was full when it ended
+                async with self._inbox_lock:  # one processor of changes per process
+                    if self._offload:
+                        fresh = await asyncio.to_thread(self._take_pages, app, group)
+                    else:
+                        fresh = self._take_pages(app, group)
+                count += fresh
+                self.faults("after_inbox")  # the pages are durable...
+                self.faults("after_merge")  # ...and so is what was decided from them
+                log.debug("app.pages_taken", app=app, pages=len(group), count=size, fresh=fresh)
+        finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if failed:
+            raise failed[0]
         return count
 
-    def _take_page(self, app: str, page: ChangePage) -> int:
-        """Commit one polled page with the cursor after it, in one transaction.
+    def _take_pages(self, app: str, pages: Sequence[ChangePage]) -> int:
+        """Commit polled pages with the cursor after the last of them, in one transaction.
 
         Echoes are dropped; records with older changes still waiting in the inbox queue up
-        behind them there; everything else is processed right here, so a page's effects and
-        its cursor commit together (a crash before the commit re-reads the page).
+        behind them there; everything else is processed right here, so the pages' effects and
+        their cursor commit together (a crash before the commit re-reads the pages).
         """
         now = self.clock()
+        records = [rec for page in pages for rec in page.records]
         with self.store.transaction() as conn:
-            fresh, waiting = self._drop_echoes(conn, app, page.records, now)
+            fresh, waiting = self._drop_echoes(conn, app, records, now)
             queued = [rec for rec in fresh if rec.app_record_id in waiting]
             direct = [rec for rec in fresh if rec.app_record_id not in waiting]
             if queued:
@@ -174,7 +224,7 @@ class Engine:
                 self.intake.add(process_records(uow, [(app, rec) for rec in direct], self.apps,
                                                 self.config.conflicts, now=now))
                 uow.flush()
-            _upsert(conn, cursors_t, {"app": app}, {"value": page.cursor.value, "updated_at": now})
+            _upsert(conn, cursors_t, {"app": app}, {"value": pages[-1].cursor.value, "updated_at": now})
         return len(fresh)
 
     def _drop_echoes(

@@ -1,0 +1,121 @@
+"""How a poll reads ahead and groups pages: what is committed, with which cursor, in what order.
+
+`Engine.poll` reads pages while earlier ones are decided and decides the pages already waiting
+together (up to `daemon.batch_size` records) in one transaction with the last page's cursor.
+A connector that lists a fixed script of pages makes the grouping deterministic: it never
+really waits, so every page is queued before the first is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from customer_sync.errors import TransientError
+from customer_sync.sdk.connector import AppRecord, ChangePage, Cursor
+from customer_sync.store.tables import ChangeLogEntry, CursorRow
+from customer_sync.testing.fake_connector import FakeConnector
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+class ScriptedConnector(FakeConnector):
+    """Lists `script` (pages, then maybe an error to raise), whatever the cursor."""
+
+    script: Sequence[ChangePage | Exception] = ()
+
+    async def list_changes(self, since: Cursor | None) -> AsyncIterator[ChangePage]:  # type: ignore[override]
+        for step in self.script:
+            if isinstance(step, Exception):
+                raise step
+            yield step
+
+
+def page(n: int, records: Sequence[tuple[str, str]]) -> ChangePage:
+    return ChangePage(
+        records=[AppRecord(app_record_id=rid, fields={"email": f"p{rid}@x.io", "first": first},
+                           modified_at=T0 + timedelta(seconds=n)) for rid, first in records],
+        cursor=Cursor(value=f"after-page-{n}"),
+    )
+
+
+def scripted_engine(w, script: Sequence[ChangePage | Exception]):
+    connectors = w.connectors()
+    crm = ScriptedConnector(w.config.apps["crm"].connector_settings, app="crm", data=w.apps["crm"])
+    crm.script = script
+    connectors["crm"] = crm
+    from customer_sync.engine.runner import Engine
+
+    return Engine(w.config, w.store, connectors=connectors, clock=w.clock)
+
+
+def stored_cursor(w) -> str | None:
+    with w.store.transaction() as conn:
+        return conn.execute(select(CursorRow.__table__.c.value).where(CursorRow.__table__.c.app == "crm")).scalar()
+
+
+async def test_pages_listed_before_a_failure_are_committed_with_their_cursor(world):
+    """A list that fails on its fourth page: the three before it are decided and the cursor
+    points after the third, so the next poll resumes there; the error still reaches the caller."""
+    w = world(apps=("crm", "desk"))
+    pages = [page(n, [(f"{n}{i}", f"N{n}{i}") for i in range(5)]) for n in (1, 2, 3)]
+    async with scripted_engine(w, [*pages, TransientError("503 from the app", app="crm")]) as engine:
+        with pytest.raises(TransientError, match="503 from the app"):
+            await engine.poll("crm")
+    assert 15 == len(w.customers())
+    assert "after-page-3" == stored_cursor(w)
+
+
+async def test_waiting_pages_are_decided_together_up_to_the_batch_size(world):
+    """Seven records per transaction (the world's batch_size): pages of five are grouped two
+    at a time, and every record is decided once."""
+    w = world(apps=("crm", "desk"))
+    pages = [page(n, [(f"{n}{i}", f"N{n}{i}") for i in range(5)]) for n in range(1, 6)]
+    groups: list[int] = []
+    async with scripted_engine(w, pages) as engine:
+        take = engine._take_pages
+        engine._take_pages = lambda app, group: groups.append(len(group)) or take(app, group)  # type: ignore[method-assign]
+        assert 25 == await engine.poll("crm")
+    assert [2, 2, 1] == groups
+    assert 25 == len(w.customers())
+    assert "after-page-5" == stored_cursor(w)
+
+
+async def test_a_record_listed_twice_in_one_group_ends_with_its_later_values(world):
+    """An incremental list may repeat a record on a later page (lookback): decided in one
+    transaction, the later listing wins and there is still one customer."""
+    w = world(apps=("crm", "desk"))
+    pages = [page(1, [("7", "Old"), ("8", "Other")]), page(2, [("7", "New")])]
+    async with scripted_engine(w, pages) as engine:
+        await engine.poll("crm")
+        await engine.process_inbox()
+    customers = {c["values"]["email"]: c for c in w.customers()}
+    assert {"p7@x.io", "p8@x.io"} == set(customers)
+    assert "New" == customers["p7@x.io"]["values"]["first_name"]
+    observed = [e for e in w.rows(ChangeLogEntry) if e["app_record_id"] == "7" and e["kind"] == "observed"]
+    assert 2 == len(observed)
+
+
+async def test_a_failing_decision_stops_the_reader(world):
+    """When deciding a group fails, the poll raises that error and leaves no reader running
+    (the cursor stays where the last committed group put it)."""
+    w = world(apps=("crm", "desk"))
+    pages = [page(n, [(f"{n}{i}", f"N{n}{i}") for i in range(5)]) for n in range(1, 6)]
+    async with scripted_engine(w, pages) as engine:
+        take = engine._take_pages
+        calls = []
+
+        def fail_second(app, group):
+            calls.append(len(group))
+            if len(calls) == 2:
+                raise RuntimeError("disk full")
+            return take(app, group)
+
+        engine._take_pages = fail_second  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="disk full"):
+            await engine.poll("crm")
+    assert "after-page-2" == stored_cursor(w)
+    assert 10 == len(w.customers())
