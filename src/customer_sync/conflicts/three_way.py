@@ -22,6 +22,9 @@ from customer_sync.conflicts.rules import Contender, Decision, decide
 __all__ = ["FieldConflict", "MergeResult", "is_empty", "merge_record"]
 
 
+_MISSING: Any = object()
+
+
 def is_empty(value: Any) -> bool:
     return value is None or value == [] or value == ""
 
@@ -68,6 +71,14 @@ def merge_record(
         modified_at / field_modified_at: the app's record and per-field modified times.
     """
     out = MergeResult()
+    stamps: dict[datetime | None, str | None] = {None: None}  # isoformat once per distinct time
+
+    def _prov(at: datetime | None, rule: str) -> dict[str, Any]:
+        text = stamps.get(at, _MISSING)
+        if text is _MISSING:
+            text = stamps[at] = at.isoformat()  # type: ignore[union-attr]
+        return {"app": app, "at": text, "rule": rule}
+
     for name, new in incoming.items():
         has_base = base is not None and name in base
         old_base = base.get(name) if base is not None else None
@@ -80,7 +91,7 @@ def merge_record(
             merged = _merge_set(new, old_base if has_base else None, cur)
             if not _same(merged, cur):
                 out.changes[name] = merged
-                out.provenance[name] = _prov(app, at, "set_merge")
+                out.provenance[name] = _prov(at, "set_merge")
             continue
         if _same(cur, new):
             continue  # already agreed
@@ -88,11 +99,11 @@ def merge_record(
             continue  # the app merely lacks a value we hold: it will be written, not erased
         if is_empty(cur) and not has_base:
             out.changes[name] = new
-            out.provenance[name] = _prov(app, at, "first_value")
+            out.provenance[name] = _prov(at, "first_value")
             continue
         if has_base and _same(cur, old_base):
             out.changes[name] = new
-            out.provenance[name] = _prov(app, at, "only_change")
+            out.provenance[name] = _prov(at, "only_change")
             continue
         # Both sides changed the field since the base (or the app holds a different value the
         # first time it meets this customer): the rule decides.
@@ -106,7 +117,7 @@ def merge_record(
         out.conflicts.append(FieldConflict(name, decision))
         if decision.winner is incoming and not decision.parked:
             out.changes[name] = new
-            out.provenance[name] = _prov(app, at, decision.rule)
+            out.provenance[name] = _prov(at, decision.rule)
     return out
 
 
@@ -115,10 +126,6 @@ def _merge_set(new: Any, base: Any, cur: Any) -> list[Any]:
     if base is None:
         return sorted(cur_s | new_s)
     return sorted((cur_s | (new_s - base_s)) - (base_s - new_s))
-
-
-def _prov(app: str, at: datetime | None, rule: str) -> dict[str, Any]:
-    return {"app": app, "at": at.isoformat() if at else None, "rule": rule}
 
 
 def _parse(text: Any) -> datetime | None:
