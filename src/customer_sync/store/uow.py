@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, select, update
 
+from customer_sync.store.bulk import insert_rows
 from customer_sync.store.tables import (
     ChangeLogEntry,
     ConflictRow,
@@ -369,7 +370,7 @@ class UnitOfWork:
             for chunk in _chunks(sorted(self._dropped_identities)):
                 c.execute(delete(identities_t).where(identities_t.c.customer_id.in_(chunk)))
         if self._new_customers:
-            c.execute(insert(customers_t), [self.customers[k] for k in self._new_customers])
+            insert_rows(c, customers_t, [self.customers[k] for k in self._new_customers])
         if self._dirty_customers:
             c.execute(
                 update(customers_t).where(customers_t.c.customer_id == _b("k")),
@@ -377,29 +378,29 @@ class UnitOfWork:
             )
         new_ids = [r for r in self._new_identities if r["customer_id"] not in self._dropped_identities]
         if new_ids:
-            c.execute(insert(identities_t), new_ids)
+            insert_rows(c, identities_t, new_ids)
         if self._dropped_links:
             for app, rid in self._dropped_links:
                 c.execute(delete(links_t).where(and_(links_t.c.app == app, links_t.c.app_record_id == rid)))
         if self._new_links:
-            c.execute(insert(links_t), list(self._new_links.values()))
+            insert_rows(c, links_t, list(self._new_links.values()))
         for app, rid in self._dirty_links:
             c.execute(update(links_t).where(and_(links_t.c.app == app, links_t.c.app_record_id == rid))
                       .values(state=self.links[(app, rid)]["state"]))
         self._flush_snapshots()
         if self._log:
-            c.execute(insert(changelog_t), self._log)
+            insert_rows(c, changelog_t, self._log)
         if self._conflicts:
-            c.execute(insert(conflicts_t), self._conflicts)
+            insert_rows(c, conflicts_t, self._conflicts)
         if self._delete_requests:
-            c.execute(insert(pending_deletes_t), self._delete_requests)
+            insert_rows(c, pending_deletes_t, self._delete_requests)
         if self._outbox_drop:
             c.execute(delete(outbox_t).where(outbox_t.c.seq.in_(sorted(self._outbox_drop))))
         for seq, row in self._outbox_update.items():
             c.execute(update(outbox_t).where(outbox_t.c.seq == seq).values(
                 op=row["op"], fields=row["fields"], app_record_id=row["app_record_id"], reason=row["reason"]))
         if self._outbox_new:
-            c.execute(insert(outbox_t), self._outbox_new)
+            insert_rows(c, outbox_t, self._outbox_new)
         return len(self._outbox_new) + len(self._outbox_update)
 
     def _flush_snapshots(self) -> None:
@@ -410,7 +411,7 @@ class UnitOfWork:
             c.execute(delete(snapshots_t).where(where))
         rows = [self.snapshots[k] for k in self._dirty_snapshots if self.snapshots.get(k) is not None]
         if rows:
-            c.execute(insert(snapshots_t), rows)
+            insert_rows(c, snapshots_t, rows)
 
 
 def _b(name: str) -> Any:
