@@ -26,11 +26,12 @@ _MISSING: Any = object()
 
 
 def is_empty(value: Any) -> bool:
-    return value is None or value == [] or value == ""
+    """None, "" and [] are all 'no value'."""
+    return value is None or (isinstance(value, str | list) and not value)
 
 
 def _same(a: Any, b: Any) -> bool:
-    return (is_empty(a) and is_empty(b)) or a == b
+    return a == b or (is_empty(a) and is_empty(b))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ __all__ = ["plan_customer", "same_value"]
 
 def same_value(a: object, b: object) -> bool:
     """Equal canonical values, where None, "" and [] are all 'empty'."""
-    return (is_empty(a) and is_empty(b)) or a == b
+    return a == b or (is_empty(a) and is_empty(b))
 
 
 def plan_customer(
