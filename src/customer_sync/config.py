@@ -63,6 +63,10 @@ class DaemonConfig(_Block):
     default_region: str | None = Field(None, description="phone region for numbers without +")
     batch_size: int = Field(500, ge=1, le=10_000)
     max_attempts: int = Field(8, ge=1, description="write attempts before a dead letter")
+    normalize_workers: int | None = Field(
+        None, ge=0, le=32,
+        description="processes normalizing large polled pages; default 1 on 2+ cores, 0 turns it off",
+    )
 
 
 class Condition(_Block):

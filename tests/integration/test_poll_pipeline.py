@@ -77,7 +77,7 @@ async def test_waiting_pages_are_decided_together_up_to_the_batch_size(world):
     groups: list[int] = []
     async with scripted_engine(w, pages) as engine:
         take = engine._take_pages
-        engine._take_pages = lambda app, group: groups.append(len(group)) or take(app, group)  # type: ignore[method-assign]
+        engine._take_pages = lambda app, group, *rest: groups.append(len(group)) or take(app, group, *rest)  # type: ignore[method-assign]
         assert 25 == await engine.poll("crm")
     assert [2, 2, 1] == groups
     assert 25 == len(w.customers())
@@ -108,14 +108,37 @@ async def test_a_failing_decision_stops_the_reader(world):
         take = engine._take_pages
         calls = []
 
-        def fail_second(app, group):
+        def fail_second(app, group, *rest):
             calls.append(len(group))
             if len(calls) == 2:
                 raise RuntimeError("disk full")
-            return take(app, group)
+            return take(app, group, *rest)
 
         engine._take_pages = fail_second  # type: ignore[method-assign]
         with pytest.raises(RuntimeError, match="disk full"):
             await engine.poll("crm")
     assert "after-page-2" == stored_cursor(w)
     assert 10 == len(w.customers())
+
+
+async def test_pages_normalized_by_the_worker_decide_as_pages_normalized_in_place(world):
+    """The same records polled with the normalizing worker on (every page sent to it) and off:
+    the same customers, values and recorded field errors."""
+    outcomes = []
+    for workers in (1, 0):
+        w = world(own_store=True, apps=("crm", "desk"))
+        for i in range(23):
+            w.apps["crm"].put({"email": "bad address" if i == 4 else f"P{i}@X.io", "first": f" P{i}",
+                               "phone": f"(415) 555-{i:04d}", "tags": "b,a", "country": "us"})
+        async with w.engine() as engine:
+            engine.normalizer.workers = workers
+            engine.normalizer.min_records = 1
+            await engine.normalizer.start()
+            assert engine.normalizer.ready is bool(workers)
+            assert 23 == await engine.poll("crm")
+        customers = sorted((c["values"] for c in w.customers()), key=lambda v: v.get("phone", ""))
+        errors = sorted((e["app_record_id"], e["reason"]) for e in w.changelog("error"))
+        outcomes.append((customers, errors))
+    assert outcomes[0] == outcomes[1]
+    assert 23 == len(outcomes[0][0])
+    assert 1 == len(outcomes[0][1])

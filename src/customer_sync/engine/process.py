@@ -29,6 +29,7 @@ from customer_sync.sdk.connector import AppRecord, Capability, fingerprint
 
 if TYPE_CHECKING:
     from customer_sync.config import AppRuntime, ConflictsConfig
+    from customer_sync.engine.normalizing import Normalized
     from customer_sync.store.uow import UnitOfWork
 
 __all__ = [
@@ -121,8 +122,13 @@ def process_records(
     rules: ConflictsConfig,
     *,
     now: datetime,
+    normalized: Mapping[int, Normalized] | None = None,
 ) -> ProcessStats:
-    """Process (app, record) pairs into the unit of work, in order; the caller commits."""
+    """Process (app, record) pairs into the unit of work, in order; the caller commits.
+
+    `normalized` holds canonical values and errors already worked out for some records, keyed
+    by `id(record)` (see `engine.normalizing`); the others are normalized here.
+    """
     stats = ProcessStats()
     records = [(app, rec, apps[app]) for app, rec in received]
     stats.read = len(records)
@@ -145,7 +151,8 @@ def process_records(
             if snap is not None and snap["app_fingerprint"] == fp:
                 stats.echoes += 1
                 continue
-        values, errors = rt.mapping.to_canonical(rec.fields)
+        done = normalized.get(id(rec)) if normalized else None
+        values, errors = done if done is not None else rt.mapping.to_canonical(rec.fields)
         for err in errors:
             stats.errors += 1
             uow.log("error", app=rt.name, app_record_id=rec.app_record_id,

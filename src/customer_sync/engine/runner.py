@@ -26,6 +26,8 @@ import structlog
 from sqlalchemy import delete, func, insert, select, update
 
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
+from customer_sync.engine._gc import gc_paused
+from customer_sync.engine.normalizing import Normalized, PageNormalizer, default_workers
 from customer_sync.engine.process import ProcessStats, app_fingerprint, process_items, process_records
 from customer_sync.errors import AuthError, ConnectorError
 from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor
@@ -114,6 +116,8 @@ class Engine:
         self._offload = True  # process batches in a worker thread (not in dry-run)
         self._inbox_lock = asyncio.Lock()  # one inbox processor per process
         self.intake = ProcessStats()  # what polled pages did (processed as they were read)
+        workers = config.daemon.normalize_workers
+        self.normalizer = PageNormalizer(default_workers() if workers is None else workers)
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -133,7 +137,10 @@ class Engine:
         return [a for a in self.apps if a in self.connectors]
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            await asyncio.to_thread(self.normalizer.close)
 
     # -- stages ------------------------------------------------------------------------------------
 
@@ -154,13 +161,16 @@ class Engine:
         with self.store.transaction() as conn:
             raw = conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
         cursor = Cursor(value=raw) if raw is not None else None
-        pages: asyncio.Queue[ChangePage | None] = asyncio.Queue(maxsize=_READ_AHEAD)
+        mapping = self.apps[app].mapping
+        # each page comes with its normalization, started in a worker as soon as it was read
+        pages: asyncio.Queue[tuple[ChangePage, asyncio.Future[Any] | None] | None] = asyncio.Queue(
+            maxsize=_READ_AHEAD)
         failed: list[BaseException] = []
 
         async def read() -> None:
             try:
                 async for page in connector.list_changes(cursor):
-                    await pages.put(page)
+                    await pages.put((page, self.normalizer.submit(mapping, page.records)))
             except Exception as exc:  # re-raised by poll once what came before is committed
                 failed.append(exc)
             finally:
@@ -176,21 +186,25 @@ class Engine:
                 if first is None:
                     break
                 group = [first]
-                size = len(first.records)
+                size = len(first[0].records)
                 while size < self.config.daemon.batch_size and not pages.empty():
-                    page = pages.get_nowait()
-                    if page is None:
+                    item = pages.get_nowait()
+                    if item is None:
                         done = True
                         break
-                    group.append(page)
-                    size += len(page.records)
+                    group.append(item)
+                    size += len(item[0].records)
                 if done is False and reader.done() and pages.empty():
                     done = True  # the end marker did not fit: the queue was full when it ended
+                normalized: dict[int, Normalized] = {}
+                for page, pending in group:
+                    normalized.update(await self.normalizer.collect(app, page.records, pending))
+                taken = [page for page, _ in group]
                 async with self._inbox_lock:  # one processor of changes per process
                     if self._offload:
-                        fresh = await asyncio.to_thread(self._take_pages, app, group)
+                        fresh = await asyncio.to_thread(self._take_pages, app, taken, normalized)
                     else:
-                        fresh = self._take_pages(app, group)
+                        fresh = self._take_pages(app, taken, normalized)
                 count += fresh
                 self.faults("after_inbox")  # the pages are durable...
                 self.faults("after_merge")  # ...and so is what was decided from them
@@ -204,32 +218,34 @@ class Engine:
             raise failed[0]
         return count
 
-    def _take_pages(self, app: str, pages: Sequence[ChangePage]) -> int:
+    def _take_pages(
+        self, app: str, pages: Sequence[ChangePage], normalized: Mapping[int, Normalized] | None = None
+    ) -> int:
         """Commit polled pages with the cursor after the last of them, in one transaction.
 
         Echoes are dropped; records with older changes still waiting in the inbox queue up
         behind them there; everything else is processed right here, so the pages' effects and
         their cursor commit together (a crash before the commit re-reads the pages).
+        `normalized` holds records' canonical values already worked out, by `id(record)`.
         """
         now = self.clock()
         records = [rec for page in pages for rec in page.records]
-        with self.store.transaction() as conn:
-            fresh, waiting = self._drop_echoes(conn, app, records, now)
+        with gc_paused(), self.store.transaction() as conn:
+            # one unit of work: what the echo check loaded serves the processing too
+            uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
+            fresh, waiting = self._drop_echoes(uow, app, records)
             queued = [rec for rec in fresh if rec.app_record_id in waiting]
             direct = [rec for rec in fresh if rec.app_record_id not in waiting]
             if queued:
                 conn.execute(insert(inbox_t), [_inbox_row(app, rec, "poll", now) for rec in queued])
             if direct:
-                uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
                 self.intake.add(process_records(uow, [(app, rec) for rec in direct], self.apps,
-                                                self.config.conflicts, now=now))
+                                                self.config.conflicts, now=now, normalized=normalized))
                 uow.flush()
             _upsert(conn, cursors_t, {"app": app}, {"value": pages[-1].cursor.value, "updated_at": now})
         return len(fresh)
 
-    def _drop_echoes(
-        self, conn: Any, app: str, records: Sequence[AppRecord], now: datetime
-    ) -> tuple[list[AppRecord], set[str]]:
+    def _drop_echoes(self, uow: UnitOfWork, app: str, records: Sequence[AppRecord]) -> tuple[list[AppRecord], set[str]]:
         """Records that are not our own writes coming back (nor unchanged re-reads), and the
         ids among them with older changes still waiting in the inbox.
 
@@ -240,7 +256,7 @@ class Engine:
         if not records:
             return [], set()
         rt = self.apps[app]
-        uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
+        conn = uow.conn
         keys = [(app, rec.app_record_id) for rec in records]
         uow.prefetch_links(keys)
         linked = {k: lk for k in keys if (lk := uow.link(*k)) is not None and lk["state"] == "active"}
@@ -321,7 +337,7 @@ class Engine:
         return total
 
     def _process_batch(self, items: list[dict[str, Any]]) -> ProcessStats:
-        with self.store.transaction() as conn:
+        with gc_paused(), self.store.transaction() as conn:
             now = self.clock()
             uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
             stats = process_items(uow, items, self.apps, self.config.conflicts, now=now)

@@ -26,6 +26,11 @@ class Transform:
     to_app: Callable[[Any], Any]
     doc: str
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by name (its functions are closures, which do not pickle), so a field map can
+        # be sent to a normalizing worker process.
+        return (_by_name, (self.name,))
+
 
 def _none_safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def wrapped(value: Any) -> Any:
@@ -98,3 +103,7 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("yes_no", lambda v: v, _none_safe(_yes_no_out), '"yes"/"no" text <-> bool'),
     )
 }
+
+
+def _by_name(name: str) -> Transform:
+    return TRANSFORMS[name]

@@ -166,3 +166,12 @@ def test_epoch_ms_round_trips_every_millisecond() -> None:
     ]
 
     assert [] == changed
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_transform_pickles_by_name(name: str) -> None:
+    """Field maps are sent to the normalizing worker process: a transform travels by name and
+    arrives as the very same transform."""
+    import pickle
+
+    assert pickle.loads(pickle.dumps(TRANSFORMS[name])) is TRANSFORMS[name]

@@ -1,0 +1,153 @@
+"""Normalizing large polled pages on another core while the engine decides the pages before.
+
+Normalization (email-validator, phonenumbers, transforms) is pure CPU work on each record's app
+fields: about a quarter of deciding a page of new records. In the engine's process it cannot
+overlap with the store work (the interpreter lock), so a page that is big enough is sent to a
+worker process as soon as it is read; by the time the engine decides it, its canonical values
+are waiting. The engine's own process then only matches, merges, plans and writes.
+
+Small pages (quiet rounds, incremental polls) are normalized in place: the round trip would
+cost more than it saves. Until the worker has started, and if it ever fails, pages are
+normalized in place too: the worker makes a pull faster, never different.
+
+`daemon.normalize_workers` sets the number of worker processes; by default one when the
+machine has two or more cores, none otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from customer_sync.errors import MappingError
+
+if TYPE_CHECKING:
+    from customer_sync.mapping.compile import AppMapping
+    from customer_sync.sdk.connector import AppRecord
+
+__all__ = ["Normalized", "PageNormalizer", "default_workers", "normalize_fields"]
+
+log = structlog.get_logger("customer_sync.engine")
+
+# canonical values and per-field errors of one record
+Normalized = tuple[dict[str, Any], list[MappingError]]
+# what crosses the process boundary: errors as (field, message), since exceptions pickle poorly
+_Wire = list[tuple[dict[str, Any], list[tuple[str | None, str]]]]
+
+
+def default_workers() -> int:
+    """One worker when this process may run on two or more cores, else none."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 1 if cores >= 2 else 0
+
+
+def normalize_fields(mapping: AppMapping, records: Sequence[Mapping[str, Any]]) -> _Wire:
+    """Canonical values and field errors for each record's app fields (runs in the worker)."""
+    out: _Wire = []
+    for fields in records:
+        values, errors = mapping.to_canonical(fields)
+        out.append((values, [(e.field, str(e)) for e in errors]))
+    return out
+
+
+def _ready() -> bool:
+    """The warm-up task: importing this module has loaded everything normalizing needs."""
+    return True
+
+
+class PageNormalizer:
+    """Normalizes big pages in worker processes; `submit` returns None when the caller should
+    normalize in place instead.
+
+    Args:
+        workers: worker processes; 0 turns the worker off.
+        min_records: pages with fewer records are normalized in place.
+    """
+
+    def __init__(self, workers: int, *, min_records: int = 50) -> None:
+        self.workers = workers
+        self.min_records = min_records
+        self._pool: ProcessPoolExecutor | None = None
+        self._warm: Future[bool] | None = None
+        self._failed = False
+
+    @property
+    def ready(self) -> bool:
+        """The worker has started and has not failed."""
+        return (not self._failed and self._warm is not None and self._warm.done()
+                and self._warm.exception() is None)
+
+    def _start(self) -> None:
+        # spawn, not fork: the daemon has threads (scheduler, HTTP server, store workers) and a
+        # forked child would inherit their locks in whatever state they were in.
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._warm = self._pool.submit(_ready)
+
+    async def start(self) -> None:
+        """Start the workers and wait until they can take pages (`submit` starts them too,
+        without waiting)."""
+        if self.workers <= 0 or self._failed:
+            return
+        if self._pool is None:
+            self._start()
+        assert self._warm is not None
+        try:
+            await asyncio.wrap_future(self._warm)
+        except Exception as exc:
+            self._fail(exc)
+
+    def submit(self, mapping: AppMapping, records: Sequence[AppRecord]) -> asyncio.Future[_Wire] | None:
+        """Start normalizing these records in a worker, or return None (normalize in place)."""
+        if self.workers <= 0 or self._failed or len(records) < self.min_records:
+            return None
+        if self._pool is None:
+            self._start()  # this page is normalized in place while the worker starts
+            return None
+        if not self.ready:
+            if self._warm is not None and self._warm.done():
+                self._fail(self._warm.exception())
+            return None
+        assert self._pool is not None
+        try:
+            return asyncio.wrap_future(self._pool.submit(normalize_fields, mapping, [r.fields for r in records]))
+        except Exception as exc:  # a broken pool refuses new work
+            self._fail(exc)
+            return None
+
+    async def collect(
+        self, app: str, records: Sequence[AppRecord], pending: asyncio.Future[_Wire] | None
+    ) -> dict[int, Normalized]:
+        """The worker's results for these records, keyed by `id(record)`; empty when there is
+        no result (normalize in place)."""
+        if pending is None:
+            return {}
+        try:
+            wire = await pending
+        except Exception as exc:  # the worker died, or the mapping could not be sent to it
+            self._fail(exc)
+            return {}
+        return {
+            id(rec): (values, [MappingError(message, field=field, app=app) for field, message in errors])
+            for rec, (values, errors) in zip(records, wire, strict=True)
+        }
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("normalize.worker_failed", error=f"{type(exc).__name__}: {exc}",
+                        fallback="normalizing in the engine's process")
+
+    def close(self) -> None:
+        """Stop the workers (pages not yet taken are dropped: their polls were cancelled)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
