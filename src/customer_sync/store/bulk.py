@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert
+from sqlalchemy import Connection, DateTime, Table, insert
 
 __all__ = ["insert_rows"]
 
@@ -50,7 +50,10 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         conn.execute(insert(table), list(rows))  # a Python-side default to fill: SQLAlchemy does it
         return
     sql, positional, order, processors = _statement(conn, table, keys)
-    pairs = tuple(zip(order, processors, strict=True))
+    pairs = tuple(
+        (key, _memo(p) if p is not None and isinstance(table.c[key].type, DateTime) else p)
+        for key, p in zip(order, processors, strict=True)
+    )
     if positional:
         params: list[Any] = [
             tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows
@@ -60,3 +63,22 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
             {k: row[k] if p is None else p(row[k]) for k, p in pairs} for row in rows
         ]
     conn.exec_driver_sql(sql, params)
+
+
+def _memo(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The processor, remembering its answers for this call: most date-times of a batch are
+    the batch's own `now` (SQLite formats each one into text in Python, ~1 µs apiece)."""
+    seen: dict[Any, Any] = {}
+
+    def process(value: Any) -> Any:
+        # keyed with the tzinfo too: equal instants in other zones may be written differently
+        key = (value, getattr(value, "tzinfo", None))
+        out = seen.get(key, _UNSEEN)
+        if out is _UNSEEN:
+            out = seen[key] = processor(value)
+        return out
+
+    return process
+
+
+_UNSEEN = object()

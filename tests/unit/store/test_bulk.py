@@ -64,6 +64,24 @@ def test_rows_read_back_as_sqlalchemy_would_have_stored_them(store_url):
         store.close()
 
 
+def test_equal_instants_in_other_zones_are_stored_as_sqlalchemy_stores_each(store_url):
+    """Date-time text is remembered within a call; an equal instant in another zone is not
+    taken for the one seen before."""
+    store = open_store(store_url)
+    try:
+        utc = datetime(2026, 2, 1, 7, 0, tzinfo=UTC)
+        plus2 = utc.astimezone(timezone(timedelta(hours=2)))
+        assert utc == plus2
+        rows = [log_row("a", None) | {"source_modified_at": utc}, log_row("b", None) | {"source_modified_at": plus2}]
+        with store.transaction() as conn:
+            insert_rows(conn, changelog_t, rows)
+            conn.execute(insert(changelog_t), rows)
+        got = [r["source_modified_at"] for r in read(store, changelog_t, changelog_t.c.seq)]
+        assert got[:2] == got[2:]
+    finally:
+        store.close()
+
+
 def test_a_column_default_the_rows_leave_out_is_still_filled(sqlite_url):
     """`attempts` has a Python-side default: rows without it get it, as with SQLAlchemy."""
     store = open_store(sqlite_url)
