@@ -119,12 +119,12 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
     error = None
     try:
         async with Engine(cfg, store) as engine:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 received = await engine.poll("hubspot")
             except Exception as exc:  # a failed run is a result too
                 received, error = 0, f"{type(exc).__name__}: {exc}"
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         ours.send("stop")
         served = ours.recv()
@@ -138,6 +138,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
         "rate_limit": f"{rate_limit[0]}/{rate_limit[1]:g}" if rate_limit else None,
         "received": received, "customers_in_store": customers, "creates_planned": planned,
         "seconds": round(elapsed, 2), "records_per_s": round(received / elapsed) if elapsed else None,
+        "daemon_cpu_s": round(cpu, 2),
         "requests": served["request_count"], "requests_by_route": served["by_route"],
         "statuses": served["statuses"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
