@@ -14,7 +14,7 @@ Deletes follow the app's delete policy. Everything is recorded in the change log
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -89,7 +89,10 @@ def new_customer_id() -> str:
     with time land new rows at the end of those indexes instead of on a random page each.
     """
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    # random.getrandbits, not os.urandom: ids need uniqueness, not secrecy, and os.urandom is a
+    # system call that hands the interpreter lock to the poll's reading thread on every record
+    # (the random module reseeds itself in a forked child, so forks do not share a sequence).
+    rand = random.getrandbits(80)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
     return str(uuid.UUID(int=value))
 

@@ -8,9 +8,11 @@ names the store by its URL with the password masked.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -238,6 +240,25 @@ def _reason(exc: BaseException, url: URL) -> str:
 # -- engines -----------------------------------------------------------------------------------
 
 
+def _json_dumps(value: Any) -> str:
+    """JSON columns' text: orjson (a tenth of json.dumps' time; five documents per customer
+    decided), falling back to json.dumps for what orjson refuses (ints past 64 bits), so the
+    same values are accepted and refused as before (a datetime is still an error)."""
+    try:
+        return orjson.dumps(value, default=_not_json, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# keys as json.dumps makes them (non-str keys turned into text); date-times refused, as json does
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_JSON_ARGS: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def _create_engine(url: URL, *, create_dirs: bool) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _create_sqlite_engine(url, create_dirs=create_dirs)
@@ -247,7 +268,7 @@ def _create_engine(url: URL, *, create_dirs: bool) -> Engine:
     if "application_name" not in url.query:
         connect_args["application_name"] = "customer-sync"  # shows in pg_stat_activity
     try:
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **_JSON_ARGS)
     except ImportError as exc:
         raise StoreError(
             "a PostgreSQL store needs psycopg 3: pip install 'customer-sync[postgres]'"
@@ -263,7 +284,7 @@ def _create_sqlite_engine(url: URL, *, create_dirs: bool) -> Engine:
             raise StoreError(
                 f"cannot create the folder of the store at {_display(url)}: {exc.strerror}"
             ) from exc
-    engine = create_engine(url)
+    engine = create_engine(url, **_JSON_ARGS)
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine

@@ -139,3 +139,32 @@ def test_check_store_on_unreachable_postgresql_raises_store_error() -> None:
         check_store(UNREACHABLE_PG)
 
     assert PASSWORD not in "".join(traceback.format_exception(caught.value))
+
+
+def test_json_columns_take_and_refuse_what_json_dumps_does(store_url: str) -> None:
+    """The store writes JSON with orjson, but accepts and refuses the same values as
+    json.dumps: non-text keys become text, ints past 64 bits survive, unicode round-trips,
+    and a datetime is still an error rather than silently becoming text."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+    from sqlalchemy.exc import StatementError
+
+    from customer_sync.store.tables import CustomerRow
+
+    t = CustomerRow.__table__
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    row = {"customer_id": "c", "provenance": {}, "created_at": at, "updated_at": at, "deleted_at": None}
+    store = open_store(store_url)
+    try:
+        values = {"custom.big": 2**70, "first_name": "Zoë 🎉", "nested": {1: [1.5, None, True]}}
+        with store.transaction() as conn:
+            conn.execute(insert(t), [{**row, "values": values}])
+        with store.transaction() as conn:
+            stored = conn.execute(select(t.c["values"]).where(t.c.customer_id == "c")).scalar_one()
+        assert {"custom.big": 2**70, "first_name": "Zoë 🎉", "nested": {"1": [1.5, None, True]}} == stored
+
+        with pytest.raises((StatementError, TypeError), match="not JSON serializable"), store.transaction() as conn:
+            conn.execute(insert(t), [{**row, "customer_id": "d", "values": {"when": at}}])
+    finally:
+        store.close()
