@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from customer_sync.engine._normalize_worker import Wire, normalize_fields, warm_up
 from customer_sync.errors import MappingError
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ log = structlog.get_logger("customer_sync.engine")
 
 # canonical values and per-field errors of one record
 Normalized = tuple[dict[str, Any], list[MappingError]]
-# what crosses the process boundary: errors as (field, message), since exceptions pickle poorly
-_Wire = list[tuple[dict[str, Any], list[tuple[str | None, str]]]]
 
 
 def default_workers() -> int:
@@ -48,25 +47,6 @@ def default_workers() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return 1 if cores >= 2 else 0
-
-
-def normalize_fields(mapping: AppMapping, records: Sequence[Mapping[str, Any]]) -> _Wire:
-    """Canonical values and field errors for each record's app fields (runs in the worker)."""
-    out: _Wire = []
-    for fields in records:
-        values, errors = mapping.to_canonical(fields)
-        out.append((values, [(e.field, str(e)) for e in errors]))
-    return out
-
-
-def _ready() -> bool:
-    """The warm-up task: load what normalizing needs (email-validator, phonenumbers and its
-    metadata), so the first real page does not pay for it."""
-    from customer_sync.canonical import FIELDS, normalize_value
-
-    normalize_value(FIELDS["email"], "warm.up@example.com")
-    normalize_value(FIELDS["phone"], "+14155552671")
-    return True
 
 
 class PageNormalizer:
@@ -95,7 +75,7 @@ class PageNormalizer:
         # spawn, not fork: the daemon has threads (scheduler, HTTP server, store workers) and a
         # forked child would inherit their locks in whatever state they were in.
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        self._warm = self._pool.submit(_ready)
+        self._warm = self._pool.submit(warm_up)
 
     async def start(self) -> None:
         """Start the workers and wait until they can take pages (`submit` starts them too,
@@ -110,7 +90,7 @@ class PageNormalizer:
         except Exception as exc:
             self._fail(exc)
 
-    def submit(self, mapping: AppMapping, records: Sequence[AppRecord]) -> asyncio.Future[_Wire] | None:
+    def submit(self, mapping: AppMapping, records: Sequence[AppRecord]) -> asyncio.Future[Wire] | None:
         """Start normalizing these records in a worker, or return None (normalize in place)."""
         if self.workers <= 0 or self._failed or len(records) < self.min_records:
             return None
@@ -129,7 +109,7 @@ class PageNormalizer:
             return None
 
     async def collect(
-        self, app: str, records: Sequence[AppRecord], pending: asyncio.Future[_Wire] | None
+        self, app: str, records: Sequence[AppRecord], pending: asyncio.Future[Wire] | None
     ) -> dict[int, Normalized]:
         """The worker's results for these records, keyed by `id(record)`; empty when there is
         no result (normalize in place)."""

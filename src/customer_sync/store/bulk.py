@@ -11,6 +11,7 @@ hands the driver ready parameters through `exec_driver_sql`, still in the caller
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table, insert
@@ -50,18 +51,17 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         conn.execute(insert(table), list(rows))  # a Python-side default to fill: SQLAlchemy does it
         return
     sql, positional, order, processors = _statement(conn, table, keys)
-    pairs = tuple(
-        (key, _memo(p) if p is not None and isinstance(table.c[key].type, DateTime) else p)
-        for key, p in zip(order, processors, strict=True)
-    )
-    if positional:
-        params: list[Any] = [
-            tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows
-        ]
-    else:
-        params = [
-            {k: row[k] if p is None else p(row[k]) for k, p in pairs} for row in rows
-        ]
+    # Column by column: itemgetter, zip and map run in C, so Python is entered only for the
+    # values that need a processor (JSON, SQLite date-times), not for every value.
+    getter = itemgetter(*order)
+    columns: list[Any] = list(zip(*map(getter, rows))) if len(order) > 1 else [[getter(r) for r in rows]]
+    for i, (key, processor) in enumerate(zip(order, processors, strict=True)):
+        if processor is not None:
+            if isinstance(table.c[key].type, DateTime):
+                processor = _memo(processor)
+            columns[i] = list(map(processor, columns[i]))
+    tuples = list(zip(*columns))
+    params: list[Any] = tuples if positional else [dict(zip(order, t)) for t in tuples]
     conn.exec_driver_sql(sql, params)
 
 
