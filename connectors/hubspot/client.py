@@ -22,6 +22,7 @@ from customer_sync.sdk import (
     ConnectorError,
     MultiLimiter,
     RateLimiter,
+    json_body,
     retry_policy,
 )
 from customer_sync_connectors.hubspot.models import (
@@ -202,7 +203,7 @@ class HubSpotClient:
 
     def _parse(self, model: type[M], response: httpx.Response, operation: str) -> M:
         try:
-            return parse(model, response.json())
+            return parse(model, json_body(response))
         except ValueError as exc:  # not JSON, or not the shape we read
             raise self._error(
                 ConnectorError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from customer_sync.sdk import ApiClient, ConnectorError, LinkPaginator, RecordRejected
+from customer_sync.sdk import ApiClient, ConnectorError, LinkPaginator, RecordRejected, json_body
 from customer_sync_connectors.zendesk.models import ExportPage, Identity, JobStatus, User
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class ZendeskClient:
 
     def _json(self, response: httpx.Response, key: str, *, operation: str) -> Any:
         try:
-            body = response.json()
+            body = json_body(response)
         except ValueError:
             body = None
         if not isinstance(body, Mapping) or key not in body:

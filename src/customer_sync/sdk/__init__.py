@@ -35,6 +35,7 @@ from customer_sync.sdk.http import (
     ErrorTable,
     classify_response,
     classify_transport_error,
+    json_body,
     parse_retry_after,
     redact_text,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "classify_response",
     "classify_transport_error",
     "fingerprint",
+    "json_body",
     "parse_retry_after",
     "redact_text",
     "retry_policy",

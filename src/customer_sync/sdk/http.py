@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import structlog
 import tenacity
 
@@ -48,6 +49,7 @@ __all__ = [
     "ErrorTable",
     "classify_response",
     "classify_transport_error",
+    "json_body",
     "parse_retry_after",
     "redact_text",
 ]
@@ -176,6 +178,17 @@ def _mask_secrets(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, "<secret>")
     return text
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The response body parsed as JSON, with orjson (several times faster than
+    `response.json()` on the large pages an initial pull reads).
+
+    Raises:
+        ValueError: the body is not JSON (`orjson.JSONDecodeError` is a ValueError); JSON
+            must be UTF-8 (RFC 8259), which is what every vendor API sends.
+    """
+    return orjson.loads(response.content)
 
 
 def _error_detail(response: httpx.Response) -> str:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from customer_sync.errors import ConnectorError
+from customer_sync.sdk.http import json_body
 
 if TYPE_CHECKING:
     import httpx
@@ -61,7 +62,7 @@ class BasePaginator(abc.ABC):
     @staticmethod
     def _body(response: httpx.Response, client: ApiClient, operation: str) -> Mapping[str, Any]:
         try:
-            body = response.json()
+            body = json_body(response)
         except ValueError:
             body = None
         if not isinstance(body, Mapping):

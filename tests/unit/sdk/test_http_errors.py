@@ -249,3 +249,15 @@ def test_transport_error_becomes_transient_without_details() -> None:
 def test_redact_text(text: str, expected: str) -> None:
     """Redaction masks email- and phone-shaped strings and keeps short numbers."""
     assert expected == redact_text(text)
+
+
+def test_json_body_parses_json_and_refuses_the_rest() -> None:
+    """json_body reads what response.json() reads, and raises ValueError (not another
+    exception type) for a body that is not JSON or not UTF-8."""
+    from customer_sync.sdk import json_body
+
+    ok = httpx.Response(200, content='{"name": "Zoë", "n": [1, 2.5, null, true]}'.encode())
+    assert ok.json() == json_body(ok)
+    for bad in (b"<html>busy</html>", b'{"a": 1', '{"name": "Zoë"}'.encode("latin-1"), b""):
+        with pytest.raises(ValueError):
+            json_body(httpx.Response(502, content=bad))
