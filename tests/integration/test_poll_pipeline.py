@@ -142,3 +142,39 @@ async def test_pages_normalized_by_the_worker_decide_as_pages_normalized_in_plac
     assert outcomes[0] == outcomes[1]
     assert 23 == len(outcomes[0][0])
     assert 1 == len(outcomes[0][1])
+
+
+async def test_read_ahead_is_bounded_in_records(world):
+    """The reader stays at most two batches' worth of records ahead of what has been decided,
+    give or take the page that crossed the line and the one it holds while it waits; without
+    the bound it would run eight pages ahead, whatever their size."""
+    w = world(apps=("crm", "desk"))  # batch_size 7, so at most 14 records queued
+    pages = [page(n, [(f"{n}-{i}", f"N{n}{i}") for i in range(5)]) for n in range(1, 21)]
+    listed = [0]
+
+    class Counting(ScriptedConnector):
+        async def list_changes(self, since):  # type: ignore[override]
+            async for p in super().list_changes(since):
+                listed[0] += len(p.records)
+                yield p
+
+    connectors = w.connectors()
+    crm = Counting(w.config.apps["crm"].connector_settings, app="crm", data=w.apps["crm"])
+    crm.script = pages
+    connectors["crm"] = crm
+    from customer_sync.engine.runner import Engine
+
+    ahead: list[int] = []
+    decided = [0]
+    async with Engine(w.config, w.store, connectors=connectors, clock=w.clock) as engine:
+        take = engine._take_pages
+
+        def watch(app, group, *rest):
+            decided[0] += sum(len(p.records) for p in group)
+            ahead.append(listed[0] - decided[0])
+            return take(app, group, *rest)
+
+        engine._take_pages = watch  # type: ignore[method-assign]
+        assert 100 == await engine.poll("crm")
+    assert max(ahead) <= 2 * 7 + 2 * 5
+    assert 100 == len(w.customers())

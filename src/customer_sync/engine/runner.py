@@ -166,10 +166,20 @@ class Engine:
         pages: asyncio.Queue[tuple[ChangePage, asyncio.Future[Any] | None] | None] = asyncio.Queue(
             maxsize=_READ_AHEAD)
         failed: list[BaseException] = []
+        # Read-ahead is bounded in records too, so memory does not grow with the page size:
+        # the reader waits while two batches' worth are queued and not yet taken.
+        budget = 2 * self.config.daemon.batch_size
+        queued = 0
+        room = asyncio.Event()
 
         async def read() -> None:
+            nonlocal queued
             try:
                 async for page in connector.list_changes(cursor):
+                    while queued >= budget:
+                        room.clear()
+                        await room.wait()
+                    queued += len(page.records)
                     await pages.put((page, self.normalizer.submit(mapping, page.records)))
             except Exception as exc:  # re-raised by poll once what came before is committed
                 failed.append(exc)
@@ -196,6 +206,8 @@ class Engine:
                     size += len(item[0].records)
                 if done is False and reader.done() and pages.empty():
                     done = True  # the end marker did not fit: the queue was full when it ended
+                queued -= size
+                room.set()
                 normalized: dict[int, Normalized] = {}
                 for page, pending in group:
                     normalized.update(await self.normalizer.collect(app, page.records, pending))
