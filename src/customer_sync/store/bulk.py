@@ -12,30 +12,45 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, DateTime, Table, insert
 
 __all__ = ["insert_rows"]
 
 _Processor = Callable[[Any], Any] | None
-_compiled: dict[tuple[str, str, tuple[str, ...]], tuple[str, bool, tuple[str, ...], tuple[_Processor, ...]]] = {}
 
 
-def _statement(conn: Connection, table: Table, keys: tuple[str, ...]) -> tuple[str, bool, tuple[str, ...], tuple[_Processor, ...]]:
+class _Plan(NamedTuple):
+    """How to insert rows with these keys into this table on this dialect."""
+
+    sql: str
+    positional: bool
+    order: tuple[str, ...]  # the statement's parameter order
+    processors: tuple[_Processor, ...]
+    datetimes: tuple[bool, ...]  # which processors format date-times (worth remembering)
+
+
+# (dialect, table, keys) -> the plan, or None when a left-out column has a Python-side default
+_plans: dict[tuple[str, str, tuple[str, ...]], _Plan | None] = {}
+
+
+def _plan(conn: Connection, table: Table, keys: tuple[str, ...]) -> _Plan | None:
     dialect = conn.dialect
     cache_key = (dialect.name, table.name, keys)
-    found = _compiled.get(cache_key)
-    if found is None:
+    if cache_key in _plans:
+        return _plans[cache_key]
+    plan = None
+    if not any(c.default is not None and c.key not in keys for c in table.c):
         compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
         # positional drivers (sqlite3: "?") take tuples in the statement's order; named ones
         # (psycopg: "%(name)s") take dicts. An insert's bind names are its column keys.
         order = tuple(compiled.positiontup or ()) if compiled.positional else keys
-        processors = tuple(
-            table.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in order
-        )
-        found = _compiled[cache_key] = (compiled.string, bool(compiled.positional), order, processors)
-    return found
+        processors = tuple(table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in order)
+        datetimes = tuple(p is not None and isinstance(table.c[k].type, DateTime) for k, p in zip(order, processors, strict=True))
+        plan = _Plan(compiled.string, bool(compiled.positional), order, processors, datetimes)
+    _plans[cache_key] = plan
+    return plan
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -46,23 +61,20 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     """
     if not rows:
         return
-    keys = tuple(rows[0])
-    if any(c.default is not None and c.key not in keys for c in table.c):
+    plan = _plan(conn, table, tuple(rows[0]))
+    if plan is None:
         conn.execute(insert(table), list(rows))  # a Python-side default to fill: SQLAlchemy does it
         return
-    sql, positional, order, processors = _statement(conn, table, keys)
     # Column by column: itemgetter, zip and map run in C, so Python is entered only for the
     # values that need a processor (JSON, SQLite date-times), not for every value.
-    getter = itemgetter(*order)
-    columns: list[Any] = list(zip(*map(getter, rows))) if len(order) > 1 else [[getter(r) for r in rows]]
-    for i, (key, processor) in enumerate(zip(order, processors, strict=True)):
+    getter = itemgetter(*plan.order)
+    columns: list[Any] = list(zip(*map(getter, rows))) if len(plan.order) > 1 else [[getter(r) for r in rows]]
+    for i, (processor, is_datetime) in enumerate(zip(plan.processors, plan.datetimes, strict=True)):
         if processor is not None:
-            if isinstance(table.c[key].type, DateTime):
-                processor = _memo(processor)
-            columns[i] = list(map(processor, columns[i]))
+            columns[i] = list(map(_memo(processor) if is_datetime else processor, columns[i]))
     tuples = list(zip(*columns))
-    params: list[Any] = tuples if positional else [dict(zip(order, t)) for t in tuples]
-    conn.exec_driver_sql(sql, params)
+    params: list[Any] = tuples if plan.positional else [dict(zip(plan.order, t)) for t in tuples]
+    conn.exec_driver_sql(plan.sql, params)
 
 
 def _memo(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
