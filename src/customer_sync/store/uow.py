@@ -75,6 +75,7 @@ class UnitOfWork:
         self.now = now
         self.run_id = run_id
         self.links: dict[tuple[str, str], dict[str, Any]] = {}  # (app, rid) -> row
+        self._links_asked: set[tuple[str, str]] = set()  # (app, rid) looked up, found or not
         self.links_by_customer: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> app -> row
         self.customers: dict[str, dict[str, Any] | None] = {}
         self.snapshots: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -110,8 +111,10 @@ class UnitOfWork:
     # -- loading ---------------------------------------------------------------------------------
 
     def prefetch_links(self, app_records: list[tuple[str, str]]) -> None:
-        """Load the links of these records, and nothing else."""
-        want = [k for k in app_records if k not in self.links]
+        """Load the links of these records, and nothing else. A record asked for before is not
+        asked for again, found or not (the echo check and the processing both ask)."""
+        want = [k for k in app_records if k not in self.links and k not in self._links_asked]
+        self._links_asked.update(want)
         for where in _pair_filters(links_t.c.app, links_t.c.app_record_id, want, group_first=True):
             for row in self.conn.execute(select(links_t).where(where)).mappings():
                 self._remember_stored_link(dict(row))
