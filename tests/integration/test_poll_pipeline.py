@@ -8,6 +8,7 @@ really waits, so every page is queued before the first is decided.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -65,6 +66,7 @@ async def test_pages_listed_before_a_failure_are_committed_with_their_cursor(wor
     async with scripted_engine(w, [*pages, TransientError("503 from the app", app="crm")]) as engine:
         with pytest.raises(TransientError, match="503 from the app"):
             await engine.poll("crm")
+        assert gc.isenabled()
     assert 15 == len(w.customers())
     assert "after-page-3" == stored_cursor(w)
 
@@ -115,8 +117,10 @@ async def test_a_failing_decision_stops_the_reader(world):
             return take(app, group, *rest)
 
         engine._take_pages = fail_second  # type: ignore[method-assign]
+        assert gc.isenabled()
         with pytest.raises(RuntimeError, match="disk full"):
             await engine.poll("crm")
+        assert gc.isenabled(), "the poll paused the collector and must turn it back on"
     assert "after-page-2" == stored_cursor(w)
     assert 10 == len(w.customers())
 

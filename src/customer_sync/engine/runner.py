@@ -26,7 +26,7 @@ import structlog
 from sqlalchemy import delete, func, insert, select, update
 
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
-from customer_sync.engine._gc import gc_paused
+from customer_sync.engine._gc import collect_young, gc_deferred, gc_paused
 from customer_sync.engine.normalizing import Normalized, PageNormalizer, default_workers
 from customer_sync.engine.process import ProcessStats, app_fingerprint, process_items, process_records
 from customer_sync.errors import AuthError, ConnectorError
@@ -190,37 +190,41 @@ class Engine:
         reader = asyncio.create_task(read(), name=f"poll-{app}")
         count = 0
         try:
-            done = False
-            while not done:
-                first = await pages.get()
-                if first is None:
-                    break
-                group = [first]
-                size = len(first[0].records)
-                while size < self.config.daemon.batch_size and not pages.empty():
-                    item = pages.get_nowait()
-                    if item is None:
-                        done = True
+            # the collector runs between batches, not by its own thresholds (see `_gc`)
+            async with gc_deferred():
+                done = False
+                while not done:
+                    first = await pages.get()
+                    if first is None:
                         break
-                    group.append(item)
-                    size += len(item[0].records)
-                if done is False and reader.done() and pages.empty():
-                    done = True  # the end marker did not fit: the queue was full when it ended
-                queued -= size
-                room.set()
-                normalized: dict[int, Normalized] = {}
-                for page, pending in group:
-                    normalized.update(await self.normalizer.collect(app, page.records, pending))
-                taken = [page for page, _ in group]
-                async with self._inbox_lock:  # one processor of changes per process
-                    if self._offload:
-                        fresh = await asyncio.to_thread(self._take_pages, app, taken, normalized)
-                    else:
-                        fresh = self._take_pages(app, taken, normalized)
-                count += fresh
-                self.faults("after_inbox")  # the pages are durable...
-                self.faults("after_merge")  # ...and so is what was decided from them
-                log.debug("app.pages_taken", app=app, pages=len(group), count=size, fresh=fresh)
+                    group = [first]
+                    size = len(first[0].records)
+                    while size < self.config.daemon.batch_size and not pages.empty():
+                        item = pages.get_nowait()
+                        if item is None:
+                            done = True
+                            break
+                        group.append(item)
+                        size += len(item[0].records)
+                    if done is False and reader.done() and pages.empty():
+                        done = True  # the end marker did not fit: the queue was full when it ended
+                    queued -= size
+                    room.set()
+                    normalized: dict[int, Normalized] = {}
+                    for page, pending in group:
+                        normalized.update(await self.normalizer.collect(app, page.records, pending))
+                    taken = [page for page, _ in group]
+                    async with self._inbox_lock:  # one processor of changes per process
+                        if self._offload:
+                            fresh = await asyncio.to_thread(self._take_pages, app, taken, normalized)
+                        else:
+                            fresh = self._take_pages(app, taken, normalized)
+                    count += fresh
+                    self.faults("after_inbox")  # the pages are durable...
+                    self.faults("after_merge")  # ...and so is what was decided from them
+                    log.debug("app.pages_taken", app=app, pages=len(group), count=size, fresh=fresh)
+                    del group, taken, normalized  # freed before the collector walks what is alive
+                    collect_young()
         finally:
             if not reader.done():
                 reader.cancel()
