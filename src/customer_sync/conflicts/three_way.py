@@ -87,7 +87,8 @@ def merge_record(
         at = field_modified_at.get(name) or modified_at
         if has_base and _same(new, old_base):
             continue  # the app did not change this field
-        out.observed[name] = [old_base, new]
+        if has_base or not is_empty(new):  # "nothing, still nothing" is not an observation
+            out.observed[name] = [old_base, new]
         if name in set_fields:
             merged = _merge_set(new, old_base if has_base else None, cur)
             if not _same(merged, cur):

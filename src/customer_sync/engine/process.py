@@ -237,7 +237,7 @@ def _apply_record(
     )
     if not result.observed and how == "linked":
         stats.unchanged += 1
-    if result.observed:
+    if result.observed or how != "linked":  # a record first linked is logged, even if empty
         uow.log("observed", app=app, app_record_id=rid, customer_id=cid, diff=result.observed,
                 source_modified_at=rec.modified_at, reason="new customer" if how == "new" else how)
     if result.changes:

@@ -342,6 +342,17 @@ def test_observed_records_base_and_incoming_of_each_changed_field() -> None:
     } == result.observed
 
 
+def test_an_empty_field_never_held_is_not_an_observation() -> None:
+    """A record new to the customer lists every mapped field, most of them often empty: empty
+    with no base is "nothing, still nothing" and stays out of `observed`; emptied after a base
+    value is a change and is observed."""
+    first = _merge({"email": "ada@x.io", "phone": None, "city": ""}, base=None, current={})
+    assert {"email": [None, "ada@x.io"]} == first.observed
+    emptied = _merge({"phone": None, "city": None}, base={"phone": "+1415", "city": None},
+                     current={"phone": "+1415"})
+    assert {"phone": ["+1415", None]} == emptied.observed
+
+
 def test_current_value_from_the_same_app_that_wins_is_kept() -> None:
     """A newer current value held by the same app wins, and the older incoming one is not used."""
     result = _merge(
