@@ -41,9 +41,10 @@ pending_deletes_t = PendingDelete.__table__
 _CHUNK = 400  # keeps IN lists under SQLite's variable limit
 
 
-def identity_hash(key: bytes, kind: str, value: str) -> str:
-    """Keyed hash of one identity: matching works without storing raw emails or phones."""
-    return hmac.digest(key, f"{kind}:{value}".encode(), "sha256").hex()  # one C call
+def identity_hash(key: bytes, kind: str, value: str) -> bytes:
+    """Keyed hash of one identity (HMAC-SHA256, raw bytes): matching works without storing raw
+    emails or phones."""
+    return hmac.digest(key, f"{kind}:{value}".encode(), "sha256")  # one C call
 
 
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:
@@ -79,11 +80,11 @@ class UnitOfWork:
         self.links_by_customer: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> app -> row
         self.customers: dict[str, dict[str, Any] | None] = {}
         self.snapshots: dict[tuple[str, str], dict[str, Any] | None] = {}
-        self.identities: dict[tuple[str, str], set[str]] = {}  # (kind, hash) -> cids
+        self.identities: dict[tuple[str, bytes], set[str]] = {}  # (kind, hash) -> cids
         self.pending_outbox: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.held: dict[str, set[str]] = {}  # customer -> fields with a parked conflict
         self._snap_in_db: set[tuple[str, str]] = set()  # bases that have a row to replace
-        self._hashes: dict[tuple[str, str], str] = {}  # identity -> keyed hash, per batch
+        self._hashes: dict[tuple[str, str], bytes] = {}  # identity -> keyed hash, per batch
         # write sets
         self._new_customers: set[str] = set()
         self._dirty_customers: set[str] = set()
@@ -101,7 +102,7 @@ class UnitOfWork:
         self._outbox_drop: set[int] = set()
         self._delete_requests: list[dict[str, Any]] = []
 
-    def _hash(self, kind: str, value: str) -> str:
+    def _hash(self, kind: str, value: str) -> bytes:
         """The keyed hash of an identity, computed once per batch (it is asked for 3+ times)."""
         h = self._hashes.get((kind, value))
         if h is None:
