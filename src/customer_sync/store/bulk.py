@@ -14,7 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from datetime import datetime
+
 from sqlalchemy import Connection, DateTime, Table, insert
+from sqlalchemy.dialects.sqlite.base import DATETIME as SQLITE_DATETIME
 
 __all__ = ["insert_rows"]
 
@@ -46,11 +49,33 @@ def _plan(conn: Connection, table: Table, keys: tuple[str, ...]) -> _Plan | None
         # positional drivers (sqlite3: "?") take tuples in the statement's order; named ones
         # (psycopg: "%(name)s") take dicts. An insert's bind names are its column keys.
         order = tuple(compiled.positiontup or ()) if compiled.positional else keys
-        processors = tuple(table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in order)
+        processors = tuple(_bind_processor(table.c[k].type, dialect) for k in order)
         datetimes = tuple(p is not None and isinstance(table.c[k].type, DateTime) for k, p in zip(order, processors, strict=True))
         plan = _Plan(compiled.string, bool(compiled.positional), order, processors, datetimes)
     _plans[cache_key] = plan
     return plan
+
+
+def _bind_processor(type_: Any, dialect: Any) -> _Processor:
+    """The column type's own bind processor, except for SQLite date-times in their default
+    text format: those are written by `datetime.isoformat` (one C call) instead of a Python
+    %-format over seven fields, giving the same text."""
+    impl = type_.dialect_impl(dialect)
+    processor = impl.bind_processor(dialect)
+    if (processor is not None and isinstance(impl, SQLITE_DATETIME)
+            and impl._storage_format == SQLITE_DATETIME._storage_format):
+        return _sqlite_datetime(processor)
+    return processor
+
+
+def _sqlite_datetime(general: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def process(value: Any) -> Any:
+        if type(value) is datetime:
+            # "YYYY-MM-DD HH:MM:SS.ffffff", then any UTC offset, which SQLite's format leaves out
+            return value.isoformat(" ", "microseconds")[:26]
+        return general(value)  # None, dates, subclasses and errors as SQLAlchemy has them
+
+    return process
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

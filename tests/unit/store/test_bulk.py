@@ -105,3 +105,27 @@ def test_a_row_missing_a_key_of_the_first_is_refused(sqlite_url):
         assert [] == read(store, customers_t, customers_t.c.customer_id)
     finally:
         store.close()
+
+
+def test_sqlite_date_time_text_is_exactly_sqlalchemys(sqlite_url):
+    """The date-time fast path writes the very text SQLAlchemy's SQLite type writes: early
+    years, whole seconds, offsets (left out of the text), naive values and None."""
+    store = open_store(sqlite_url)
+    try:
+        values = [
+            datetime(1, 1, 1), datetime(999, 12, 31, 23, 59, 59, 999999), datetime(2026, 3, 1, 12, 0),
+            datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC),
+            datetime(2026, 3, 1, 12, 0, 0, 120000, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+            None,
+        ]
+        rows = [log_row(f"k{i}", None) | {"source_modified_at": v} for i, v in enumerate(values)]
+        with store.transaction() as conn:
+            insert_rows(conn, changelog_t, rows)
+            conn.execute(insert(changelog_t), rows)
+            text = conn.exec_driver_sql(
+                "SELECT source_modified_at, typeof(source_modified_at) FROM changelog ORDER BY seq").all()
+        assert text[: len(values)] == text[len(values):]
+        assert ("0999-12-31 23:59:59.999999", "text") == tuple(text[1])
+        assert ("2026-03-01 12:00:00.120000", "text") == tuple(text[4])
+    finally:
+        store.close()
