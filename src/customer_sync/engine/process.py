@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from customer_sync.canonical import identity_values, is_set_field
+from customer_sync.canonical import identity_values
 from customer_sync.conflicts.three_way import merge_record
 from customer_sync.engine.plan import plan_customer
 from customer_sync.sdk.connector import AppRecord, Capability, fingerprint
@@ -180,9 +180,10 @@ def process_records(
 
 def _match(uow: UnitOfWork, app: str, values: Mapping[str, Any]) -> tuple[str | None, str, set[str]]:
     """(customer id or None, how, ambiguous candidates)."""
+    identities = identity_values(values)
     for kind in ("email", "phone"):
         found: set[str] = set()
-        for k, value in identity_values(values):
+        for k, value in identities:
             if k == kind:
                 found |= uow.candidates(kind, value)
         # A customer already holding another live record of this app is not this record.
@@ -232,7 +233,7 @@ def _apply_record(
         app=app, incoming=values, base=base, current=customer["values"],
         provenance=customer["provenance"], modified_at=rec.modified_at,
         field_modified_at=rec.field_modified_at,
-        set_fields=frozenset(f.canonical for f in rt.mapping.inbound if is_set_field(f.spec)),
+        set_fields=rt.mapping.set_fields,
         rules=rules,
     )
     if not result.observed and how == "linked":

@@ -365,3 +365,13 @@ def test_current_value_from_the_same_app_that_wins_is_kept() -> None:
 
     assert ["C"] == [c.decision.winner.value for c in result.conflicts]
     assert {} == result.changes
+
+
+@pytest.mark.parametrize(("value", "empty"), [
+    (None, True), ("", True), ([], True),
+    ("a", False), (["x"], False), (0, False), (False, False), ({}, False), (0.0, False),
+])
+def test_what_counts_as_no_value(value: Any, empty: bool) -> None:
+    from customer_sync.conflicts.three_way import is_empty
+
+    assert empty is is_empty(value)

@@ -333,3 +333,11 @@ def test_bad_entry_does_not_stop_the_others_compiling() -> None:
         "apps.crm.fields.nickname: unknown canonical field 'nickname' "
         "(see the canonical fields in docs/configuration.md)"
     ] == problems
+
+
+def test_set_fields_are_the_inbound_list_fields():
+    """`set_fields` (merged element by element) is worked out once per map, from its inbound
+    fields' specs."""
+    mapping = _compile({"email": "email", "tags": {"field": "labels", "transform": "json_list"}, "phone": "phone"})
+    assert frozenset({"tags"}) == mapping.set_fields
+    assert frozenset() == _compile({"email": "email"}).set_fields
