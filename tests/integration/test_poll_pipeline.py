@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from customer_sync.errors import TransientError
 from customer_sync.sdk.connector import AppRecord, ChangePage, Cursor
-from customer_sync.store.tables import ChangeLogEntry, CursorRow
+from customer_sync.store.tables import ChangeLogEntry, CursorRow, IdentityRow, SnapshotRow
 from customer_sync.testing.fake_connector import FakeConnector
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -142,8 +142,12 @@ async def test_pages_normalized_by_the_worker_decide_as_pages_normalized_in_plac
             assert 23 == await engine.poll("crm")
         customers = sorted((c["values"] for c in w.customers()), key=lambda v: v.get("phone", ""))
         errors = sorted((e["app_record_id"], e["reason"]) for e in w.changelog("error"))
-        outcomes.append((customers, errors))
+        # identity hashes and fingerprints made in the worker are the ones made in place
+        identities = sorted((r["kind"], r["value_hash"]) for r in w.rows(IdentityRow))
+        fingerprints = sorted(r["app_fingerprint"] for r in w.rows(SnapshotRow))
+        outcomes.append((customers, errors, identities, fingerprints))
     assert outcomes[0] == outcomes[1]
+    assert 45 == len(outcomes[0][2]), "22 emails and 23 phones"
     assert 23 == len(outcomes[0][0])
     assert 1 == len(outcomes[0][1])
 

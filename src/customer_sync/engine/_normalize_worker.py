@@ -7,26 +7,52 @@ engine, the store or the logging stack.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from customer_sync.mapping.compile import AppMapping
 
-__all__ = ["Wire", "normalize_fields", "warm_up"]
+__all__ = ["Wire", "fields_fingerprint", "normalize_fields", "warm_up"]
 
-# what crosses the process boundary: per record, the canonical values and the field errors as
-# (field, message) pairs, since exceptions pickle poorly
-Wire = list[tuple[dict[str, Any], list[tuple[str | None, str]]]]
+# What crosses the process boundary, per record: the canonical values; the field errors as
+# (field, message) pairs, since exceptions pickle poorly; the fingerprint of the app fields;
+# and (kind, value, keyed hash) of each identity, when a key was given.
+Wire = list[tuple[dict[str, Any], list[tuple[str | None, str]], str, list[tuple[str, str, bytes]]]]
 
 
-def normalize_fields(mapping: AppMapping, records: Sequence[Mapping[str, Any]]) -> Wire:
-    """Canonical values and field errors for each record's app fields."""
+def normalize_fields(
+    mapping: AppMapping, records: Sequence[Mapping[str, Any]], identity_key: bytes | None = None
+) -> Wire:
+    """Canonical values, field errors, fingerprint and identity hashes of each record's app
+    fields: everything about a record that does not need the store."""
+    from customer_sync.canonical import identity_hash, identity_values
+
     out: Wire = []
+    order = mapping.app_field_order
     for fields in records:
         values, errors = mapping.to_canonical(fields)
-        out.append((values, [(e.field, str(e)) for e in errors]))
+        hashes = ([(kind, value, identity_hash(identity_key, kind, value)) for kind, value in identity_values(values)]
+                  if identity_key is not None else [])
+        out.append((values, [(e.field, str(e)) for e in errors], fields_fingerprint(order, fields), hashes))
     return out
+
+
+def fields_fingerprint(order: Sequence[str], app_fields: Mapping[str, Any]) -> str:
+    """Fingerprint of the app fields a map covers, `order` being its app fields in map order
+    ("" and [] count as None).
+
+    Hot path: computed for every record read and every write confirmed. The map's field order
+    is fixed, so the repr of the values in that order is stable for the JSON-like scalars and
+    lists apps send; anything holding a dict falls back to the canonical JSON fingerprint.
+    """
+    values = tuple(None if (v := app_fields.get(name)) in ("", []) else v for name in order)
+    if any(isinstance(v, dict) for v in values):
+        from customer_sync.sdk.connector import fingerprint
+
+        return fingerprint(dict(zip(order, values, strict=True)))
+    return hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()
 
 
 def warm_up() -> bool:

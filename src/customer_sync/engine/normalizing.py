@@ -21,7 +21,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
@@ -36,8 +36,13 @@ __all__ = ["Normalized", "PageNormalizer", "default_workers", "normalize_fields"
 
 log = structlog.get_logger("customer_sync.engine")
 
-# canonical values and per-field errors of one record
-Normalized = tuple[dict[str, Any], list[MappingError]]
+class Normalized(NamedTuple):
+    """What the worker worked out for one record."""
+
+    values: dict[str, Any]  # canonical values
+    errors: list[MappingError]  # per-field errors
+    fingerprint: str  # of the app fields the map covers
+    hashes: list[tuple[str, str, bytes]]  # (kind, value, keyed hash) of each identity
 
 
 def default_workers() -> int:
@@ -58,9 +63,10 @@ class PageNormalizer:
         min_records: pages with fewer records are normalized in place.
     """
 
-    def __init__(self, workers: int, *, min_records: int = 50) -> None:
+    def __init__(self, workers: int, *, min_records: int = 50, identity_key: bytes | None = None) -> None:
         self.workers = workers
         self.min_records = min_records
+        self.identity_key = identity_key  # identities are hashed with it in the worker too
         self._pool: ProcessPoolExecutor | None = None
         self._warm: Future[bool] | None = None
         self._failed = False
@@ -103,7 +109,8 @@ class PageNormalizer:
             return None
         assert self._pool is not None
         try:
-            return asyncio.wrap_future(self._pool.submit(normalize_fields, mapping, [r.fields for r in records]))
+            return asyncio.wrap_future(self._pool.submit(
+                normalize_fields, mapping, [r.fields for r in records], self.identity_key))
         except Exception as exc:  # a broken pool refuses new work
             self._fail(exc)
             return None
@@ -121,8 +128,9 @@ class PageNormalizer:
             self._fail(exc)
             return {}
         return {
-            id(rec): (values, [MappingError(message, field=field, app=app) for field, message in errors])
-            for rec, (values, errors) in zip(records, wire, strict=True)
+            id(rec): Normalized(values, [MappingError(message, field=field, app=app) for field, message in errors],
+                                fp, hashes)
+            for rec, (values, errors, fp, hashes) in zip(records, wire, strict=True)
         }
 
     def _fail(self, exc: BaseException | None) -> None:

@@ -13,7 +13,6 @@ Deletes follow the app's delete policy. Everything is recorded in the change log
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from customer_sync.canonical import identity_values
 from customer_sync.conflicts.three_way import merge_record
+from customer_sync.engine._normalize_worker import fields_fingerprint
 from customer_sync.engine.plan import plan_customer
 from customer_sync.sdk.connector import AppRecord, Capability, fingerprint
 
@@ -67,18 +67,9 @@ class ProcessStats(Counts):
 
 
 def app_fingerprint(rt: AppRuntime, app_fields: Mapping[str, Any]) -> str:
-    """Fingerprint of the app fields this app's map covers ("" and None alike).
-
-    Hot path: computed for every record read and every write confirmed. The map's field order
-    is fixed, so the repr of the values in that order is stable for the JSON-like scalars and
-    lists apps send; anything holding a dict falls back to the canonical JSON fingerprint.
-    """
-    values = tuple(
-        None if (v := app_fields.get(fm.app_field)) in ("", []) else v for fm in rt.mapping.fields
-    )
-    if any(isinstance(v, dict) for v in values):
-        return fingerprint(dict(zip((fm.app_field for fm in rt.mapping.fields), values, strict=True)))
-    return hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()
+    """Fingerprint of the app fields this app's map covers ("" and None alike); see
+    `fields_fingerprint`."""
+    return fields_fingerprint(rt.mapping.app_field_order, app_fields)
 
 
 def new_customer_id() -> str:
@@ -144,7 +135,8 @@ def process_records(
     prepared: list[tuple[AppRecord, AppRuntime, dict[str, Any] | None, str]] = []
     wanted: list[tuple[str, str]] = []
     for _, rec, rt in records:
-        fp = app_fingerprint(rt, rec.fields)
+        done = normalized.get(id(rec)) if normalized else None
+        fp = done.fingerprint if done is not None and done.fingerprint else app_fingerprint(rt, rec.fields)
         link = uow.link(rt.name, rec.app_record_id)
         if rec.deleted or (rec.merged_into is not None and not rec.fields):
             prepared.append((rec, rt, None, fp))
@@ -154,8 +146,11 @@ def process_records(
             if snap is not None and snap["app_fingerprint"] == fp:
                 stats.echoes += 1
                 continue
-        done = normalized.get(id(rec)) if normalized else None
-        values, errors = done if done is not None else rt.mapping.to_canonical(rec.fields)
+        if done is not None:
+            values, errors = done.values, done.errors
+            uow.remember_hashes(done.hashes)
+        else:
+            values, errors = rt.mapping.to_canonical(rec.fields)
         for err in errors:
             stats.errors += 1
             uow.log("error", app=rt.name, app_record_id=rec.app_record_id,

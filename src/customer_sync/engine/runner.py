@@ -35,7 +35,7 @@ from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, 
 from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
-    from customer_sync.config import Config
+    from customer_sync.config import AppRuntime, Config
     from customer_sync.store.db import Store
 
 __all__ = ["Engine", "RunSummary", "default_identity_key"]
@@ -52,6 +52,12 @@ links_t = LinkRow.__table__
 # enough that the records bound is the one that binds: with HubSpot's 50-contact history pages,
 # a cap of 8 pages held each transaction to 400 records instead of a full batch.
 _READ_AHEAD = 32
+
+
+def _fingerprint(rt: AppRuntime, rec: AppRecord, normalized: Mapping[int, Normalized] | None) -> str:
+    """The record's app fingerprint: the normalizing worker's if it made one, else made here."""
+    done = normalized.get(id(rec)) if normalized else None
+    return done.fingerprint if done is not None and done.fingerprint else app_fingerprint(rt, rec.fields)
 
 
 def default_identity_key() -> bytes:
@@ -119,7 +125,8 @@ class Engine:
         self._inbox_lock = asyncio.Lock()  # one inbox processor per process
         self.intake = ProcessStats()  # what polled pages did (processed as they were read)
         workers = config.daemon.normalize_workers
-        self.normalizer = PageNormalizer(default_workers() if workers is None else workers)
+        self.normalizer = PageNormalizer(default_workers() if workers is None else workers,
+                                         identity_key=self.identity_key)
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -251,7 +258,7 @@ class Engine:
         with gc_paused(), self.store.transaction() as conn:
             # one unit of work: what the echo check loaded serves the processing too
             uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
-            fresh, waiting = self._drop_echoes(uow, app, records)
+            fresh, waiting = self._drop_echoes(uow, app, records, normalized)
             queued = [rec for rec in fresh if rec.app_record_id in waiting]
             direct = [rec for rec in fresh if rec.app_record_id not in waiting]
             if queued:
@@ -263,7 +270,10 @@ class Engine:
             _upsert(conn, cursors_t, {"app": app}, {"value": pages[-1].cursor.value, "updated_at": now})
         return len(fresh)
 
-    def _drop_echoes(self, uow: UnitOfWork, app: str, records: Sequence[AppRecord]) -> tuple[list[AppRecord], set[str]]:
+    def _drop_echoes(
+        self, uow: UnitOfWork, app: str, records: Sequence[AppRecord],
+        normalized: Mapping[int, Normalized] | None = None,
+    ) -> tuple[list[AppRecord], set[str]]:
         """Records that are not our own writes coming back (nor unchanged re-reads), and the
         ids among them with older changes still waiting in the inbox.
 
@@ -293,7 +303,7 @@ class Engine:
             snap = uow.snapshot(link["customer_id"], app) if link is not None else None
             if (snap is not None and not rec.deleted and rec.merged_into is None
                     and rec.app_record_id not in waiting
-                    and snap["app_fingerprint"] == app_fingerprint(rt, rec.fields)):
+                    and snap["app_fingerprint"] == _fingerprint(rt, rec, normalized)):
                 self.intake.echoes += 1
                 self.intake.read += 1
                 continue

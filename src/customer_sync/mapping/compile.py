@@ -75,12 +75,14 @@ class AppMapping:
     outbound: tuple[FieldMapping, ...] = field(init=False)
     by_canonical: Mapping[str, FieldMapping] = field(init=False)
     set_fields: frozenset[str] = field(init=False)  # inbound fields merged element by element
+    app_field_order: tuple[str, ...] = field(init=False)  # every mapped app field, in map order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inbound", tuple(f for f in self.fields if f.inbound))
         object.__setattr__(self, "outbound", tuple(f for f in self.fields if f.outbound))
         object.__setattr__(self, "by_canonical", {f.canonical: f for f in self.fields})
         object.__setattr__(self, "set_fields", frozenset(f.canonical for f in self.inbound if is_set_field(f.spec)))
+        object.__setattr__(self, "app_field_order", tuple(f.app_field for f in self.fields))
 
     @property
     def app_fields(self) -> frozenset[str]:

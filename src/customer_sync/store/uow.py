@@ -8,13 +8,13 @@ effects of earlier ones, and flushes every change with executemany in the caller
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, select, update
 
+from customer_sync.canonical import identity_hash
 from customer_sync.store.bulk import insert_rows
 from customer_sync.store.tables import (
     ChangeLogEntry,
@@ -39,12 +39,6 @@ conflicts_t = ConflictRow.__table__
 pending_deletes_t = PendingDelete.__table__
 
 _CHUNK = 400  # keeps IN lists under SQLite's variable limit
-
-
-def identity_hash(key: bytes, kind: str, value: str) -> bytes:
-    """Keyed hash of one identity (HMAC-SHA256, raw bytes): matching works without storing raw
-    emails or phones."""
-    return hmac.digest(key, f"{kind}:{value}".encode(), "sha256")  # one C call
 
 
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:
@@ -108,6 +102,12 @@ class UnitOfWork:
         if h is None:
             h = self._hashes[(kind, value)] = identity_hash(self.key, kind, value)
         return h
+
+    def remember_hashes(self, hashes: Iterable[tuple[str, str, bytes]]) -> None:
+        """Take (kind, value, hash) triples already worked out with this unit's identity key
+        (by the normalizing worker), so they are not hashed again here."""
+        for kind, value, h in hashes:
+            self._hashes[(kind, value)] = h
 
     # -- loading ---------------------------------------------------------------------------------
 

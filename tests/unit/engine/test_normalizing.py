@@ -7,6 +7,8 @@ import pickle
 
 import pytest
 
+from customer_sync.canonical import identity_hash, identity_values
+from customer_sync.engine._normalize_worker import fields_fingerprint
 from customer_sync.engine.normalizing import PageNormalizer, normalize_fields
 from customer_sync.errors import MappingError
 from customer_sync.mapping.compile import compile_mapping
@@ -39,24 +41,51 @@ def records(n: int) -> list[AppRecord]:
     return out
 
 
+KEY = b"k" * 32
+
+
 def in_place(mapping, recs):
-    return [mapping.to_canonical(r.fields) for r in recs]
+    """What the engine works out in its own process when no worker result is there."""
+    out = []
+    for r in recs:
+        values, errors = mapping.to_canonical(r.fields)
+        hashes = [(kind, value, identity_hash(KEY, kind, value)) for kind, value in identity_values(values)]
+        out.append((values, errors, fields_fingerprint(mapping.app_field_order, r.fields), hashes))
+    return out
 
 
 def as_comparable(results):
-    return [(values, [(e.field, e.app, str(e)) for e in errors]) for values, errors in results]
+    return [(values, [(e.field, e.app, str(e)) for e in errors], fp, hashes)
+            for values, errors, fp, hashes in results]
 
 
 def test_normalize_fields_matches_the_mapping(mapping):
     recs = records(20)
-    wire = normalize_fields(mapping, [r.fields for r in recs])
+    wire = normalize_fields(mapping, [r.fields for r in recs], KEY)
     expected = in_place(mapping, recs)
-    assert [(v, [(e.field, str(e)) for e in errs]) for v, errs in expected] == wire
-    assert any(errs for _, errs in wire), "the sample must hold a bad value"
+    assert [(v, [(e.field, str(e)) for e in errs], fp, hashes) for v, errs, fp, hashes in expected] == wire
+    assert any(errs for _, errs, _, _ in wire), "the sample must hold a bad value"
+    assert all(hashes for _, _, _, hashes in wire), "every record has an identity"
+    assert all(hashes == [] for *_, hashes in normalize_fields(mapping, [r.fields for r in recs])), \
+        "no key, no hashes"
+
+
+def test_the_fingerprint_is_the_one_the_engine_checks_echoes_with(mapping):
+    """The worker's fingerprint and `app_fingerprint` are one function: a record normalized in
+    the worker is recognised as an echo exactly as one normalized in place."""
+    from types import SimpleNamespace
+
+    from customer_sync.engine.process import app_fingerprint
+
+    rt = SimpleNamespace(mapping=mapping)
+    for r in records(10) + [AppRecord(app_record_id="x", fields={"email": "a@b.io", "tags": {"nested": 1}})]:
+        assert app_fingerprint(rt, r.fields) == normalize_fields(mapping, [r.fields])[0][2]
+    blank = {"email": "a@b.io", "phone": "", "tags": []}
+    assert app_fingerprint(rt, blank) == app_fingerprint(rt, {"email": "a@b.io"}), '"" and [] are None'
 
 
 async def test_a_worker_normalizes_big_pages_exactly_as_in_place(mapping):
-    normalizer = PageNormalizer(1, min_records=10)
+    normalizer = PageNormalizer(1, min_records=10, identity_key=KEY)
     try:
         recs = records(40)
         assert normalizer.submit(mapping, recs[:9]) is None, "a small page stays in place"
@@ -67,7 +96,7 @@ async def test_a_worker_normalizes_big_pages_exactly_as_in_place(mapping):
         got = await normalizer.collect("crm", recs, pending)
         assert set(got) == {id(r) for r in recs}
         assert as_comparable(in_place(mapping, recs)) == as_comparable(got[id(r)] for r in recs)
-        assert all(isinstance(e, MappingError) for _, errs in got.values() for e in errs)
+        assert all(isinstance(e, MappingError) for got_one in got.values() for e in got_one.errors)
     finally:
         normalizer.close()
 
