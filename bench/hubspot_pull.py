@@ -25,6 +25,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
         customers = conn.execute(select(func.count()).select_from(CustomerRow.__table__)).scalar_one()
         planned = conn.execute(select(func.count()).select_from(OutboxItem.__table__)).scalar_one()
     store.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # a 100k store is a few hundred MB
     result: dict[str, Any] = {
         "n": n, "field_history": history,
         "rate_limit": f"{rate_limit[0]}/{rate_limit[1]:g}" if rate_limit else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -44,6 +45,7 @@ async def run(n: int, rounds: int) -> dict:
             scanned.append(time.perf_counter() - t0)
             written += summary.dispatch.written
     store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return {
         "n": n, "rounds": rounds, "written": written,
         "quiet_round_median_s": round(statistics.median(plain), 4), "quiet_round_max_s": round(max(plain), 4),
