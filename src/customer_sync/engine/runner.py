@@ -157,8 +157,8 @@ class Engine:
         """Read an app's changes since its cursor and decide them; returns how many records
         were received.
 
-        Pages are read ahead (up to `_READ_AHEAD` of them) while earlier ones are decided, so
-        waiting for the app overlaps with our own work. Pages already waiting are decided
+        Pages are read ahead (up to two batches' worth of records, and `_READ_AHEAD` pages)
+        while earlier ones are decided, so waiting for the app overlaps with our own work. Pages already waiting are decided
         together, up to `daemon.batch_size` records, in one transaction that also stores the
         cursor of the last of them: a crash before that commit re-reads them all.
 
