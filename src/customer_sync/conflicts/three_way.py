@@ -11,7 +11,7 @@ Pure functions over plain dicts: no store, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from customer_sync.config import ConflictsConfig
 from customer_sync.conflicts.rules import Contender, Decision, decide
 
-__all__ = ["FieldConflict", "MergeResult", "is_empty", "merge_record"]
+__all__ = ["FieldConflict", "MergeResult", "is_empty", "merge_record", "same_value"]
 
 
 _MISSING: Any = object()
@@ -32,7 +32,8 @@ def is_empty(value: Any) -> bool:
     return value is None or value == "" or value == []
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Equal canonical values, where None, "" and [] are all 'empty'."""
     return a == b or (is_empty(a) and is_empty(b))
 
 
@@ -76,30 +77,24 @@ def merge_record(
     if base is None and not current:
         return _first_values(app, incoming, modified_at, field_modified_at, set_fields)
     out = MergeResult()
-    stamps: dict[datetime | None, str | None] = {None: None}  # isoformat once per distinct time
-
-    def _prov(at: datetime | None, rule: str) -> dict[str, Any]:
-        text = stamps.get(at, _MISSING)
-        if text is _MISSING:
-            text = stamps[at] = at.isoformat()  # type: ignore[union-attr]
-        return {"app": app, "at": text, "rule": rule}
+    _prov = _provenance_maker(app)
 
     for name, new in incoming.items():
         has_base = base is not None and name in base
         old_base = base.get(name) if base is not None else None
         cur = current.get(name)
         at = field_modified_at.get(name) or modified_at
-        if has_base and _same(new, old_base):
+        if has_base and same_value(new, old_base):
             continue  # the app did not change this field
         if has_base or not is_empty(new):  # "nothing, still nothing" is not an observation
             out.observed[name] = [old_base, new]
         if name in set_fields:
             merged = _merge_set(new, old_base if has_base else None, cur)
-            if not _same(merged, cur):
+            if not same_value(merged, cur):
                 out.changes[name] = merged
                 out.provenance[name] = _prov(at, "set_merge")
             continue
-        if _same(cur, new):
+        if same_value(cur, new):
             continue  # already agreed
         if not has_base and is_empty(new):
             continue  # the app merely lacks a value we hold: it will be written, not erased
@@ -107,7 +102,7 @@ def merge_record(
             out.changes[name] = new
             out.provenance[name] = _prov(at, "first_value")
             continue
-        if has_base and _same(cur, old_base):
+        if has_base and same_value(cur, old_base):
             out.changes[name] = new
             out.provenance[name] = _prov(at, "only_change")
             continue
@@ -135,24 +130,34 @@ def _first_values(
     the hot path of an initial pull): every non-empty value is its field's first value. The
     same result as the general loop, which a test checks, with none of its comparisons."""
     out = MergeResult()
-    stamps: dict[datetime | None, str | None] = {None: None}
+    _prov = _provenance_maker(app)
     for name, new in incoming.items():
         if new is None or new == "" or new == []:
             continue  # nothing, still nothing: neither observed nor a change
         out.observed[name] = [None, new]
         at = field_modified_at.get(name) or modified_at
+        if name in set_fields:
+            merged = _merge_set(new, None, None)
+            if not same_value(merged, None):
+                out.changes[name] = merged
+                out.provenance[name] = _prov(at, "set_merge")
+            continue
+        out.changes[name] = new
+        out.provenance[name] = _prov(at, "first_value")
+    return out
+
+
+def _provenance_maker(app: str) -> Callable[[datetime | None, str], dict[str, Any]]:
+    """Provenance entries of one merge: {"app", "at", "rule"}, each distinct time formatted once."""
+    stamps: dict[datetime | None, str | None] = {None: None}
+
+    def make(at: datetime | None, rule: str) -> dict[str, Any]:
         text = stamps.get(at, _MISSING)
         if text is _MISSING:
             text = stamps[at] = at.isoformat()  # type: ignore[union-attr]
-        if name in set_fields:
-            merged = _merge_set(new, None, None)
-            if not _same(merged, None):
-                out.changes[name] = merged
-                out.provenance[name] = {"app": app, "at": text, "rule": "set_merge"}
-            continue
-        out.changes[name] = new
-        out.provenance[name] = {"app": app, "at": text, "rule": "first_value"}
-    return out
+        return {"app": app, "at": text, "rule": rule}
+
+    return make
 
 
 def _merge_set(new: Any, base: Any, cur: Any) -> list[Any]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
-from customer_sync.canonical import field_spec, normalize_value
+from customer_sync.canonical import field_spec, identity_hash, normalize_value
 from customer_sync.engine.plan import plan_customer
 from customer_sync.engine.process import propagate_delete
 from customer_sync.errors import ConfigError, SyncError
@@ -29,7 +29,7 @@ from customer_sync.store.tables import (
     OutboxItem,
     PendingDelete,
 )
-from customer_sync.store.uow import UnitOfWork, identity_hash
+from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from customer_sync.config import Config

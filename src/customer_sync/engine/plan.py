@@ -14,18 +14,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from customer_sync.conflicts.three_way import is_empty
+from customer_sync.conflicts.three_way import is_empty, same_value
 
 if TYPE_CHECKING:
     from customer_sync.config import AppRuntime
     from customer_sync.store.uow import UnitOfWork
 
 __all__ = ["plan_customer", "same_value"]
-
-
-def same_value(a: object, b: object) -> bool:
-    """Equal canonical values, where None, "" and [] are all 'empty'."""
-    return a == b or (is_empty(a) and is_empty(b))
 
 
 def plan_customer(

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from customer_sync.store.uow import UnitOfWork
 
 __all__ = [
-    "Counts", "ProcessStats", "new_customer_id", "app_fingerprint", "merge_customers", "process_items", "process_records",
+    "Counts", "ProcessStats", "new_customer_id", "app_fingerprint", "merge_customers", "process_items", "process_records", "record_fingerprint",
     "propagate_delete",
 ]
 
@@ -70,6 +70,11 @@ def app_fingerprint(rt: AppRuntime, app_fields: Mapping[str, Any]) -> str:
     """Fingerprint of the app fields this app's map covers ("" and None alike); see
     `fields_fingerprint`."""
     return fields_fingerprint(rt.mapping.app_field_order, app_fields)
+
+
+def record_fingerprint(rt: AppRuntime, rec: AppRecord, done: Normalized | None) -> str:
+    """The record's app fingerprint: the normalizing worker's when it made one, else made here."""
+    return done.fingerprint if done is not None else app_fingerprint(rt, rec.fields)
 
 
 def new_customer_id() -> str:
@@ -136,7 +141,7 @@ def process_records(
     wanted: list[tuple[str, str]] = []
     for _, rec, rt in records:
         done = normalized.get(id(rec)) if normalized else None
-        fp = done.fingerprint if done is not None and done.fingerprint else app_fingerprint(rt, rec.fields)
+        fp = record_fingerprint(rt, rec, done)
         link = uow.link(rt.name, rec.app_record_id)
         if rec.deleted or (rec.merged_into is not None and not rec.fields):
             prepared.append((rec, rt, None, fp))

@@ -28,14 +28,14 @@ from sqlalchemy import delete, func, insert, select, update
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
 from customer_sync.engine._gc import collect_young, gc_deferred, gc_paused
 from customer_sync.engine.normalizing import Normalized, PageNormalizer, default_workers
-from customer_sync.engine.process import ProcessStats, app_fingerprint, process_items, process_records
+from customer_sync.engine.process import ProcessStats, process_items, process_records, record_fingerprint
 from customer_sync.errors import AuthError, ConnectorError
 from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor
 from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, OutboxItem
 from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
-    from customer_sync.config import AppRuntime, Config
+    from customer_sync.config import Config
     from customer_sync.store.db import Store
 
 __all__ = ["Engine", "RunSummary", "default_identity_key"]
@@ -52,12 +52,6 @@ links_t = LinkRow.__table__
 # enough that the records bound is the one that binds: with HubSpot's 50-contact history pages,
 # a cap of 8 pages held each transaction to 400 records instead of a full batch.
 _READ_AHEAD = 32
-
-
-def _fingerprint(rt: AppRuntime, rec: AppRecord, normalized: Mapping[int, Normalized] | None) -> str:
-    """The record's app fingerprint: the normalizing worker's if it made one, else made here."""
-    done = normalized.get(id(rec)) if normalized else None
-    return done.fingerprint if done is not None and done.fingerprint else app_fingerprint(rt, rec.fields)
 
 
 def default_identity_key() -> bytes:
@@ -255,7 +249,7 @@ class Engine:
         """
         now = self.clock()
         records = [rec for page in pages for rec in page.records]
-        with gc_paused(), self.store.transaction() as conn:
+        with self.store.transaction() as conn:  # the poll has the collector paused already
             # one unit of work: what the echo check loaded serves the processing too
             uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
             fresh, waiting = self._drop_echoes(uow, app, records, normalized)
@@ -303,7 +297,8 @@ class Engine:
             snap = uow.snapshot(link["customer_id"], app) if link is not None else None
             if (snap is not None and not rec.deleted and rec.merged_into is None
                     and rec.app_record_id not in waiting
-                    and snap["app_fingerprint"] == _fingerprint(rt, rec, normalized)):
+                    and snap["app_fingerprint"] == record_fingerprint(
+                        rt, rec, normalized.get(id(rec)) if normalized else None)):
                 self.intake.echoes += 1
                 self.intake.read += 1
                 continue

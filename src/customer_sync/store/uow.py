@@ -27,7 +27,7 @@ from customer_sync.store.tables import (
     SnapshotRow,
 )
 
-__all__ = ["UnitOfWork", "identity_hash"]
+__all__ = ["UnitOfWork"]
 
 customers_t = CustomerRow.__table__
 identities_t = IdentityRow.__table__
