@@ -13,6 +13,7 @@ SQLite file, and the pull plans (but does not send) a create there for every con
     python bench/hubspot_pull.py --n 10000 --n 100000  # each N in a fresh process
     python bench/hubspot_pull.py --no-history          # without per-property modified times
     python bench/hubspot_pull.py --with-target         # also plan a create per contact in a sql app
+    python bench/hubspot_pull.py --cold-worker         # the poll starts the normalizing worker
 
 Prints one JSON line per run: records/s, requests the simulator served, seconds, peak RSS and,
 under `--rate-limit`, the share of the quota used: requests / (seconds x calls/window_s).
@@ -97,7 +98,7 @@ def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, hi
 
 
 async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
-              with_target: bool = False) -> dict[str, Any]:
+              with_target: bool = False, cold_worker: bool = False) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from customer_sync.config import load_config
@@ -120,6 +121,13 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
     error = None
     try:
         async with Engine(cfg, store) as engine:
+            # As `customer-sync daemon` does before its first poll (`Engine.run_forever`). With
+            # --cold-worker the poll starts it, as `sync --once` does: the first pages are then
+            # normalized in this process while the worker spawns.
+            t_start = time.perf_counter()
+            if not cold_worker:
+                await engine.normalizer.start()
+            worker_start_s = time.perf_counter() - t_start
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 received = await engine.poll("hubspot")
@@ -141,6 +149,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
         "received": received, "customers_in_store": customers, "creates_planned": planned,
         "seconds": round(elapsed, 2), "records_per_s": round(received / elapsed) if elapsed else None,
         "daemon_cpu_s": round(cpu, 2),
+        "worker": "cold" if cold_worker else "started", "worker_start_s": round(worker_start_s, 2),
         "requests": served["request_count"], "requests_by_route": served["by_route"],
         "statuses": served["statuses"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -159,6 +168,8 @@ def main() -> None:
     parser.add_argument("--no-history", action="store_true", help="turn off field_history")
     parser.add_argument("--with-target", action="store_true",
                         help="add an empty sql app, so the pull also plans a create per contact")
+    parser.add_argument("--cold-worker", action="store_true",
+                        help="let the poll start the normalizing worker (as `sync --once` does)")
     args = parser.parse_args()
     sizes = args.n or [10_000]
     if len(sizes) > 1:  # a fresh process per size, so peak RSS is per size
@@ -167,13 +178,15 @@ def main() -> None:
             cmd += ["--rate-limit", args.rate_limit] if args.rate_limit else []
             cmd += ["--no-history"] if args.no_history else []
             cmd += ["--with-target"] if args.with_target else []
+            cmd += ["--cold-worker"] if args.cold_worker else []
             subprocess.run(cmd, check=True)
         return
     limit = None
     if args.rate_limit:
         calls, _, seconds = args.rate_limit.partition("/")
         limit = (int(calls), float(seconds))
-    print(json.dumps(asyncio.run(run(sizes[0], limit, not args.no_history, args.with_target))), flush=True)
+    print(json.dumps(asyncio.run(run(sizes[0], limit, not args.no_history, args.with_target,
+                                         args.cold_worker))), flush=True)
 
 
 if __name__ == "__main__":

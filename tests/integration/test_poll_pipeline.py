@@ -186,3 +186,26 @@ async def test_read_ahead_is_bounded_in_records(world):
         assert 100 == await engine.poll("crm")
     assert max(ahead) <= 2 * 7 + 2 * 5
     assert 100 == len(w.customers())
+
+
+async def test_the_daemon_starts_its_normalizing_worker_before_the_first_poll(world):
+    """`run_forever` waits for the worker before scheduling polls, so an initial pull's first
+    pages are normalized there rather than in the engine's process while it spawns."""
+    import asyncio
+
+    from customer_sync.engine.normalizing import PageNormalizer
+
+    w = world(apps=("crm", "desk"))
+    async with scripted_engine(w, [page(1, [("11", "A")])]) as engine:
+        engine.normalizer = PageNormalizer(1, identity_key=engine.identity_key)
+        stop = asyncio.Event()
+        ready_at_poll: list[bool] = []
+
+        async def poll(app: str) -> int:
+            ready_at_poll.append(engine.normalizer.ready)
+            stop.set()
+            return 0
+
+        engine.poll = poll  # type: ignore[method-assign]
+        await asyncio.wait_for(engine.run_forever(stop, dispatch_interval_s=60), timeout=60)
+    assert ready_at_poll and all(ready_at_poll)

@@ -587,8 +587,12 @@ class Engine:
                           max_instances=1, coalesce=True)
         scheduler.add_job(inbox_job, "interval", seconds=dispatch_interval_s, id="inbox",
                           max_instances=1, coalesce=True)
+        # The normalizing worker takes about a second to spawn and import; started now, the
+        # initial pull's first pages find it ready instead of being normalized in this process.
+        await self.normalizer.start()
         scheduler.start()
-        log.info("sync.daemon_started", apps=sorted(self.apps), run_id=self.run_id)
+        log.info("sync.daemon_started", apps=sorted(self.apps), run_id=self.run_id,
+                 normalize_workers=self.normalizer.workers if self.normalizer.ready else 0)
         try:
             await stop.wait()
         finally:
