@@ -164,13 +164,37 @@ def _str(value: Any, ctx: NormalizeContext) -> str | None:
     return text or None
 
 
+# The shape of nearly every address: an ASCII dot-atom (RFC 5322 3.2.3, email-validator's
+# `DOT_ATOM_TEXT`) before the @ and hostname characters after it. For such an address,
+# email-validator's answer depends on the part before the @ only through that dot-atom check and
+# the 254-octet length limit; the rest is its check of the domain, which is most of its cost
+# (IDNA) and the same for every address at that domain. So a domain it accepted is remembered
+# with its normalized form, and later addresses at it only get the checks that depend on them.
+# A test checks the answers are email-validator's, valid or not, on generated addresses.
+_ATEXT = r"a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~"
+_PLAIN_EMAIL = re.compile(rf"([{_ATEXT}]+(?:\.[{_ATEXT}]+)*)@([a-zA-Z0-9.\-]+)\Z")
+_EMAIL_MAX_OCTETS = 254  # email-validator's EMAIL_MAX_LENGTH (RFC 3696 errata 1690)
+_KNOWN_DOMAINS: dict[str, tuple[str, int]] = {}  # as given -> (normalized, longest form in octets)
+_KNOWN_DOMAINS_MAX = 10_000
+
+
 def _email(value: Any, ctx: NormalizeContext) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected an email address, got {type(value).__name__}")
+    text = value.strip()
+    plain = _PLAIN_EMAIL.match(text)
+    if plain is not None:
+        local, domain = plain.groups()
+        known = _KNOWN_DOMAINS.get(domain)
+        if known is not None and len(local) + 1 + known[1] <= _EMAIL_MAX_OCTETS:
+            return (local + "@" + known[0]).lower()
     try:
-        info = validate_email(value.strip(), check_deliverability=False)
+        info = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError("not a valid email address") from exc
+    if plain is not None and len(_KNOWN_DOMAINS) < _KNOWN_DOMAINS_MAX:
+        forms = (domain, info.domain, info.ascii_domain or "")
+        _KNOWN_DOMAINS[domain] = (info.domain, max(len(f.encode()) for f in forms))
     # The local part is case-sensitive by RFC, but no mailbox provider treats it so, and
     # every CRM matches emails case-insensitively: lower-case the whole address.
     return info.normalized.lower()

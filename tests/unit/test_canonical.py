@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from customer_sync.canonical import (
     CONSENT_VALUES,
@@ -90,6 +92,55 @@ def test_invalid_email_is_rejected(given: str) -> None:
     error = rejects("email", given)
 
     assert "email" == error.field
+
+
+# Addresses near the shapes `_email` remembers domains for, and just outside them: quoting,
+# display names, non-ASCII, punycode, special-use and numeric domains, bad dots and hyphens,
+# and lengths around the 254-octet limit.
+_LOCAL_CHARS = "aZ09._+-!#$%&'*/=?^`{|}~\"<> @éÄ"
+_DOMAINS = ["example.com", "Example.COM", "mail.example.co.uk", "xn--bcher-kva.example",
+            "bücher.example", "localhost", "example.test", "x.invalid", "example.local",
+            "1.2.3.4", "[127.0.0.1]", "example..com", "-example.com", "example-.com",
+            "ex_ample.com", "example.com.", "a" * 64 + ".com", "a" * 63 + ".com",
+            ".".join(["b" * 60] * 3) + ".com", "example", "xn--a.com", "EXAMPLE.123"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(_LOCAL_CHARS, min_size=0, max_size=80) | st.sampled_from(["jane", "a" * 70, "a" * 200]),
+       st.sampled_from(_DOMAINS) | st.from_regex(r"[a-zA-Z0-9.\-]{1,20}", fullmatch=True),
+       st.sampled_from(["", " "]))
+def test_email_answers_as_email_validator_does(local: str, domain: str, pad: str) -> None:
+    """`_email` gives email-validator's normalized address (lower-cased) and rejects what it
+    rejects, whether or not the domain was already remembered."""
+    from email_validator import EmailNotValidError, validate_email
+
+    text = local + "@" + domain
+    try:  # `_email` trims, as it always did
+        expected: Any = validate_email(text.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        expected = MappingError
+    for _ in range(2):  # the second time, the domain is known if the first one was accepted
+        try:
+            got: Any = norm("email", pad + text + pad)
+        except MappingError:
+            got = MappingError
+        assert expected == got, text
+
+
+def test_addresses_at_a_known_domain_skip_email_validator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After one address at a domain, others of the plain shape there are checked without
+    email-validator (its domain check is most of the cost); any other shape still goes to it."""
+    from customer_sync import canonical
+
+    calls: list[str] = []
+    real = canonical.validate_email
+    monkeypatch.setattr(canonical, "validate_email", lambda text, **kw: calls.append(text) or real(text, **kw))
+    monkeypatch.setattr(canonical, "_KNOWN_DOMAINS", {})
+    assert "a@known.example" == norm("email", "A@Known.Example")
+    assert "b.c+d@known.example" == norm("email", "B.C+d@Known.Example")
+    assert "jörg@known.example" == norm("email", "Jörg@Known.Example")
+    assert "a@other.example" == norm("email", "a@other.example")
+    assert ["A@Known.Example", "Jörg@Known.Example", "a@other.example"] == calls
 
 
 @pytest.mark.parametrize("given", [42, True, ["jane@example.com"]], ids=repr)
