@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from customer_sync.sandbox._common import ManualClock, epoch_ms, serve
+from customer_sync.sandbox._common import ManualClock, epoch_ms, iso_from_ms, serve
 from customer_sync.sandbox.hubspot import CONTACTS, HubSpotSimulator, sign_v1, sign_v3
 
 if TYPE_CHECKING:
@@ -833,3 +833,14 @@ async def test_pages_records_at_5000_per_second(
     assert (20_000, 10_000) == (listed, found)
     assert list_rate >= 5_000, f"list pages at {list_rate:.0f} records/s"
     assert search_rate >= 5_000, f"search pages at {search_rate:.0f} records/s"
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [(0, "1970-01-01T00:00:00.000Z"), (1735689600123, "2025-01-01T00:00:00.123Z"),
+     (1735689599999, "2024-12-31T23:59:59.999Z"), (253402300799999, "9999-12-31T23:59:59.999Z")],
+)
+def test_timestamps_render_as_utc_iso_with_milliseconds(ms: int, text: str) -> None:
+    """The form HubSpot puts in JSON; `epoch_ms` reads it back."""
+    assert text == iso_from_ms(ms)
+    assert ms == epoch_ms(datetime.fromisoformat(text))
