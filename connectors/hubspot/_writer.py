@@ -21,7 +21,7 @@ from customer_sync.sdk import (
     fingerprint,
 )
 from customer_sync_connectors.hubspot import _writes as w
-from customer_sync_connectors.hubspot.models import BatchResponse, Contact
+from customer_sync_connectors.hubspot.models import BatchResponse, Contact, SearchPage, ms_of
 
 if TYPE_CHECKING:
     import structlog
@@ -31,6 +31,12 @@ __all__ = ["ContactWriter"]
 
 class _Post(Protocol):
     async def __call__(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse: ...
+
+
+class _SearchCreated(Protocol):
+    async def __call__(
+        self, since_ms: int | None, equal: Mapping[str, str], properties: Sequence[str]
+    ) -> SearchPage: ...
 
 
 class _ErrorFactory(Protocol):
@@ -44,6 +50,8 @@ class ContactWriter:
         post: sends a JSON body to `/crm/v3/objects/contacts/<action>` and parses the batch
             answer; `idempotent` says whether resending after an unclear failure is safe.
         archive: archives contacts by id (batch/archive).
+        search_created: searches contacts created since a time with some properties equal
+            (`HubSpotClient.search_created`).
         error: builds an error naming the app and connector (`Connector.error`).
         log: the connector's logger.
         batch_size: inputs per call.
@@ -54,12 +62,14 @@ class ContactWriter:
         *,
         post: _Post,
         archive: Callable[[list[str]], Awaitable[None]],
+        search_created: _SearchCreated,
         error: _ErrorFactory,
         log: structlog.stdlib.BoundLogger,
         batch_size: int,
     ) -> None:
         self._post = post
         self._archive = archive
+        self._search_created = search_created
         self._error = error
         self._log = log
         self._batch_size = batch_size
@@ -70,12 +80,16 @@ class ContactWriter:
         Writes that carry an email go to batch/upsert keyed by email: sending one again
         updates the contact it made instead of making a second one, which is what makes a
         retried create safe. Writes without an email go to batch/create, which is not
-        idempotent. A conflict naming an existing contact ("Existing ID: N") is resolved by
-        writing the fields to that contact (adopting it).
+        idempotent: one the daemon may already have sent (`uncertain_since`) is first looked
+        for (`_made_before`). A conflict naming an existing contact ("Existing ID: N") is
+        resolved by writing the fields to that contact (adopting it).
         """
         outcomes, valid = self._prepare(ops, creating=True)
         with_email = [op for op in valid if w.email_of(op) is not None]
-        without = [op for op in valid if w.email_of(op) is None]
+        made, without = await self._made_before([op for op in valid if w.email_of(op) is None])
+        if made:
+            self._log.info("record.adopted", count=len(made), reason="made by an unconfirmed create")
+            outcomes += await self._split_on_refusal(made, self._update_chunk)
         for chunk in w.chunks_without_repeats(with_email, size=self._batch_size, key=_email_key):
             outcomes += await self._split_on_refusal(chunk, self._upsert_chunk)
         for start in range(0, len(without), self._batch_size):
@@ -83,6 +97,42 @@ class ContactWriter:
                 without[start : start + self._batch_size], self._create_chunk
             )
         return outcomes
+
+    async def _made_before(self, ops: Sequence[WriteOp]) -> tuple[list[WriteOp], list[WriteOp]]:
+        """Split creates without an email into those an earlier, unconfirmed send already made
+        (turned into updates of that contact) and those still to create.
+
+        batch/create has no key, so a create re-sent after a crash would make a second contact.
+        A create sent before (`uncertain_since`) is looked for first: a contact created since
+        then holding every property the create sends. Two of them (the most telling) go to
+        search as EQ filters, the rest are compared here: HubSpot's limit on filters per group
+        is not in CONTRACTS.md, and three stays under every figure it has published. A contact
+        the search index has not taken in yet is not found, and is created again (the index
+        lag is UNVERIFIED; it is seconds, and a restart after a crash usually takes longer).
+        """
+        made: list[WriteOp] = []
+        rest: list[WriteOp] = []
+        for op in ops:
+            found = await self._find_made(op) if op.uncertain_since is not None else None
+            if found is None:
+                rest.append(op)
+            else:
+                made.append(op.model_copy(update={"op": "update", "app_record_id": found}))
+        return made, rest
+
+    async def _find_made(self, op: WriteOp) -> str | None:
+        assert op.uncertain_since is not None
+        sent = w.properties_for(op, creating=True)
+        if not sent:
+            return None  # nothing to recognise it by
+        # A create that sets createdate itself makes a contact dated then, not now.
+        since = None if "createdate" in sent else ms_of(op.uncertain_since) - _CLOCK_SKEW_MS
+        telling = [name for name in _TELLING if name in sent] or sorted(sent)
+        page = await self._search_created(since, {k: sent[k] for k in telling[:2]}, list(sent))
+        for contact in page.results:  # oldest first
+            if all(w.fold(contact.properties.get(k)) == w.fold(v) for k, v in sent.items()):
+                return contact.id
+        return None
 
     async def update_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Update contacts with batch/update, 100 per call; a missing contact is RecordGone."""
@@ -288,6 +338,12 @@ class ContactWriter:
         return self._error(
             cls, message, operation=operation, status_code=status, app_record_id=op.app_record_id
         )
+
+
+# How far HubSpot's clock may run behind ours, for `createdate >= decided - skew`.
+_CLOCK_SKEW_MS = 5 * 60 * 1000
+# Properties that tell one contact without an email from another, most telling first.
+_TELLING = ("phone", "mobilephone", "lastname", "firstname", "company", "address", "city")
 
 
 def _email_key(op: WriteOp) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -153,6 +153,17 @@ class HubSpotClient:
         """Contacts whose primary email is `email`."""
         groups = [{"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]}]
         return await self._search(groups, [], properties, limit=10, after=0)
+
+    async def search_created(
+        self, since_ms: int | None, equal: Mapping[str, str], *, properties: Sequence[str]
+    ) -> SearchPage:
+        """Contacts created at or after `since_ms` (any time with None) whose properties `equal`
+        match (EQ, which HubSpot compares case-insensitively), oldest first, at most 10."""
+        filters = [{"propertyName": k, "operator": "EQ", "value": v} for k, v in equal.items()]
+        if since_ms is not None:
+            filters.insert(0, {"propertyName": "createdate", "operator": "GTE", "value": str(since_ms)})
+        sort = {"propertyName": "createdate", "direction": "ASCENDING"}
+        return await self._search([{"filters": filters}], [sort], properties, limit=10, after=0)
 
     async def batch(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse:
         """A batch call (`batch/read`, `batch/upsert`...); 200, 201 and 207 are answers."""

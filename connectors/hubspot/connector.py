@@ -112,6 +112,9 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                 action, body, idempotent=idempotent
             ),
             archive=lambda ids: self.client.archive(ids),
+            search_created=lambda since, equal, props: self.client.search_created(
+                since, equal, properties=props
+            ),
             error=self.error,
             log=self.log,
             batch_size=self.batch_size,

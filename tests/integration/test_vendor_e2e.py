@@ -513,19 +513,21 @@ async def test_crash_then_restart_duplicates_nobody_in_either_vendor(store, poin
     assert len(EMAILS) == len(v.customers())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hubspot connector + dispatch: a create without an email goes to batch/create, which is "
-    "not idempotent (ContactWriter.create_many); after a crash between send and confirm the "
-    "restart re-sends the claimed create and HubSpot holds two contacts (the first one left "
-    "unlinked), against DESIGN rule 5 (exactly-once effect)"))
 async def test_crash_before_confirm_of_an_emailless_create_makes_no_second_hubspot_contact(store):
     """A Zendesk user with a phone and no email, created in HubSpot when the daemon dies before
-    confirming, is still one HubSpot contact after the restart."""
+    confirming, is still one HubSpot contact after the restart: batch/create has no key, so
+    the connector finds the contact the first send made (`uncertain_since`) and links it."""
     v = Vendors(store)
     v.zendesk.add_user(name="Nora Quinn", phone="+14155550123")
     with pytest.raises(Crash):
         async with v.engine(faults=crash_at("before_confirm")) as engine:
             await engine.run_once()
+    assert 1 == len(v.hubspot.contact_ids()), "the first send reached HubSpot"
     async with v.engine() as engine:
-        await engine.run_once()
-    assert 1 == len(v.hubspot.contact_ids())
+        after = await engine.run_once()
+        quiet = await engine.run_once()
+    assert {} == after.failed_apps
+    (contact,) = v.hubspot.contact_ids()
+    assert {str(contact)} == {lk["app_record_id"] for lk in v.active_links() if lk["app"] == "crm"}
+    assert 1 == len(v.customers())
+    assert 0 == quiet.dispatch.written

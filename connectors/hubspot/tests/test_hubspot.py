@@ -519,6 +519,42 @@ async def test_creates_without_an_email_use_batch_create(
     assert [f"POST {CONTACTS}/batch/create"] == portal.transport.paths()
 
 
+async def test_a_create_that_may_have_been_sent_finds_the_contact_it_made(
+    portal: Portal, hubspot: HubSpotConnector
+) -> None:
+    """A create without an email that the daemon may already have sent (`uncertain_since`: it
+    stopped before recording the answer) is looked for before batch/create, which has no key:
+    the oldest contact created since then holding every property it sends is the one it made,
+    and gets the write as an update. Look-alikes created before, or differing in one property,
+    are not taken for it."""
+    nora = {"firstname": "Nora", "lastname": "Quinn", "phone": "+14155550123"}
+    decided = START
+    portal.sim.add_contact(nora, updated_at=decided - timedelta(hours=1))  # before: someone else
+    portal.sim.add_contact({**nora, "firstname": "Dora"}, updated_at=decided + timedelta(seconds=1))
+    made = portal.sim.add_contact(nora, updated_at=decided + timedelta(seconds=2))
+    op = WriteOp(key="k", op="create", fields=nora, uncertain_since=decided)
+    (outcome,) = await hubspot.create_many([op])
+    assert outcome.receipt is not None and made == outcome.receipt.app_record_id
+    assert 3 == len(portal.sim.contact_ids())
+    assert [f"POST {CONTACTS}/search", f"POST {CONTACTS}/batch/update"] == portal.transport.paths()
+    search = json.loads(portal.transport.requests[0].content)
+    filters = search["filterGroups"][0]["filters"]
+    assert ["createdate", "phone", "lastname"] == [f["propertyName"] for f in filters]
+    assert str(epoch_ms(decided) - 5 * 60 * 1000) == filters[0]["value"]
+
+
+async def test_a_create_that_may_have_been_sent_is_created_when_nothing_was_made(
+    portal: Portal, hubspot: HubSpotConnector
+) -> None:
+    """When the search finds nothing the first send made, the create goes ahead."""
+    portal.sim.add_contact({"firstname": "Olga"}, updated_at=START - timedelta(hours=1))
+    op = WriteOp(key="k", op="create", fields={"firstname": "Olga"}, uncertain_since=START)
+    (outcome,) = await hubspot.create_many([op])
+    assert outcome.receipt is not None
+    assert 2 == len(portal.sim.contact_ids())
+    assert [f"POST {CONTACTS}/search", f"POST {CONTACTS}/batch/create"] == portal.transport.paths()
+
+
 async def test_a_batch_refused_whole_is_split_until_the_bad_write_stands_alone(
     portal: Portal, hubspot: HubSpotConnector
 ) -> None:

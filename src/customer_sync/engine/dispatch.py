@@ -6,7 +6,9 @@
    the app itself changed since its base is not overwritten, the record goes back to the inbox
    and the merge decides.
 3. **send** through `connector.write_many`. Creates carry an idempotency key derived from
-   (customer, app), so re-sending an uncertain create never makes a second record.
+   (customer, app), and a create claimed again from `sending` says so (`uncertain_since`):
+   the connector either relies on the app's idempotency or looks for what the first send
+   made, so re-sending an uncertain create never makes a second record.
 4. **confirm** in one transaction: links for new records, the app's base and the fingerprint of
    what it now holds (how the echo is recognised), the change log, and the outbox row removed.
 Transient failures back off and retry; a record the app refuses becomes a dead letter.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
@@ -178,7 +180,8 @@ async def _build_ops(
             continue
         if row["op"] == "create":
             ops.append(WriteOp(key=key, op="create", fields=rt.mapping.to_app(row["fields"]),
-                               idempotency_key=idempotency_key(row["customer_id"], rt.name)))
+                               idempotency_key=idempotency_key(row["customer_id"], rt.name),
+                               uncertain_since=_uncertain_since(row)))
             continue
         rec = current.get(row["app_record_id"])
         if rec is None:
@@ -204,6 +207,15 @@ async def _build_ops(
                                fields=rt.mapping.to_app(fields_to_write)))
             row["fields"] = fields_to_write
     return ops, rechecks, gone
+
+
+def _uncertain_since(row: Mapping[str, Any]) -> datetime | None:
+    """When a row claimed again from `sending` was decided: its write may have reached the app
+    before the daemon stopped, and not before this time. None for a row never sent."""
+    if row["state"] != "sending":
+        return None
+    at: datetime = row["created_at"]
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite keeps UTC, naive
 
 
 def _confirm(uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], app_record_id: str, stats: DispatchStats) -> None:

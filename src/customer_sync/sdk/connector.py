@@ -125,13 +125,22 @@ class WriteReceipt(_Value):
 
 
 class WriteOp(_Value):
-    """One write in a batch. `key` is the engine's handle for matching outcomes to ops."""
+    """One write in a batch. `key` is the engine's handle for matching outcomes to ops.
+
+    `uncertain_since` is set when this write may already have reached the app: it was being
+    sent when the daemon stopped, and no answer was recorded. It holds when the write was
+    decided; the app cannot hold its effect from before then. A connector whose creates are
+    not idempotent by themselves (no `idempotency_key` the app honours, no unique key to upsert
+    on) should look for the record the first send made before creating again, and answer with
+    it: that is what keeps a crash from making a second record (DESIGN rule 5).
+    """
 
     key: str
     op: Literal["create", "update", "delete"]
     app_record_id: str | None = None
     fields: Mapping[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = None
+    uncertain_since: datetime | None = None
 
 
 class WriteOutcome(_Value):
