@@ -76,6 +76,18 @@ def _simulator(n: int, rate_limit: tuple[int, float] | None, conn: Any) -> None:
     served.stop()
 
 
+def python_loop_s() -> float:
+    """Seconds this machine takes for a fixed pure-Python loop (best of three): a yardstick
+    for comparing runs made on different machines, or on one machine at different moments."""
+    best = float("inf")
+    for _ in range(3):
+        t0, total = time.perf_counter(), 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best, 3)
+
+
 def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, history: bool,
            with_target: bool = False) -> dict:
     calls, window = rate_limit or (1_000_000, 1.0)  # no limit: a client limiter that never waits
@@ -108,6 +120,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
     from customer_sync.store.tables import CustomerRow, OutboxItem
 
     configure_logging(level="warning", fmt="json")
+    yardstick = python_loop_s()
     ours, theirs = mp.Pipe()
     child = mp.get_context("spawn").Process(target=_simulator, args=(n, rate_limit, theirs))
     child.start()
@@ -154,6 +167,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
         "statuses": served["statuses"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_poll_mb": round(rss_before / 1024, 1), "error": error,
+        "python_loop_s": yardstick,
     }
     if rate_limit:
         calls, window = rate_limit
