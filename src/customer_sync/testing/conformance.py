@@ -213,6 +213,22 @@ class ConnectorConformance:
         again = await connector.create(fields, idempotency_key="conformance-450")
         assert first.app_record_id == again.app_record_id
 
+    async def test_a_create_resent_after_a_crash_makes_no_second_record(self, connector, fake_api) -> None:
+        """A create without an email, sent again as the engine re-sends one it was sending when
+        the daemon stopped (`uncertain_since` set, same idempotency key), answers with the record
+        the first send made. An app whose create honours no key must look for that record."""
+        fields = {k: v for k, v in fake_api.sample_fields(470).items()
+                  if k not in _identity_keys(fake_api.sample_fields(470))}
+        op = WriteOp(key="k", op="create", fields=fields, idempotency_key="conformance-470")
+        (first,) = await connector.write_many([op])
+        if isinstance(first.error, RecordRejected):
+            pytest.skip("this app creates no record without an email")
+        assert first.receipt is not None, first.error
+        resent = op.model_copy(update={"uncertain_since": datetime(2000, 1, 1, tzinfo=UTC)})
+        (again,) = await connector.write_many([resent])
+        assert again.receipt is not None, again.error
+        assert first.receipt.app_record_id == again.receipt.app_record_id
+
     async def test_batch_write_with_a_partial_failure(self, connector, fake_api) -> None:
         """One refused record in a batch fails alone; the others are written."""
         bad = fake_api.rejected_fields()
