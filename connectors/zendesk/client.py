@@ -100,14 +100,28 @@ class ZendeskClient:
 
     async def show_many(self, ids: Sequence[int]) -> list[User]:
         """Users by id, at most `MAX_SHOW_MANY`; unknown ids are left out."""
+        users, _ = await self.show_many_with(ids, include=None)
+        return users
+
+    async def show_many_with(
+        self, ids: Sequence[int], *, include: str | None
+    ) -> tuple[list[User], list[Identity] | None]:
+        """`show_many`, asking for side-loads (`include`); the identities are None unless
+        Zendesk side-loaded them."""
         if len(ids) > MAX_SHOW_MANY:
             raise ValueError(f"show_many takes at most {MAX_SHOW_MANY} ids")
+        params = {"ids": ",".join(str(i) for i in ids)}
+        if include:
+            params["include"] = include
         response = await self.http.request(
-            "GET", "/api/v2/users/show_many", operation="users.show_many",
-            params={"ids": ",".join(str(i) for i in ids)},
+            "GET", "/api/v2/users/show_many", operation="users.show_many", params=params,
         )
-        return [User.model_validate(u) for u in
-                self._json(response, "users", operation="users.show_many")]
+        users = [User.model_validate(u) for u in
+                 self._json(response, "users", operation="users.show_many")]
+        body = json_body(response)
+        raw = body.get("identities") if isinstance(body, Mapping) else None
+        identities = [Identity.model_validate(i) for i in raw] if isinstance(raw, list) else None
+        return users, identities
 
     async def identities(self, user_id: int) -> list[Identity]:
         """Every identity of a user, following `next_page` (100 per page)."""

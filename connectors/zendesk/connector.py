@@ -8,10 +8,14 @@ API notes (shared/specs/CONTRACTS.md section 2, and Zendesk's OAS beside it):
   not a time. Deleted users are reported when the export shows them with `active: false`
   (UNVERIFIED: Zendesk may leave them out, in which case the `user.deleted` webhook and a
   404 on the next write report the delete).
-- **Identities** (extra emails and phones) are not in a user's payload and no side-load for them
-  is documented in CONTRACTS.md, so they cost one `GET /users/{id}/identities` per live end
-  user listed or read, at most `identity_concurrency` at a time (`fetch_identities = false`
-  turns them off; `other_emails` / `other_phones` are then absent, which is never a change).
+- **Identities** (extra emails and phones) are not in a user's payload. The export and
+  show_many are asked to side-load them (`include=identities`): both document "Users
+  sideloads", but which those are is not in CONTRACTS.md (UNVERIFIED). A page that carries an
+  `identities` array gives every listed user's identities at once; a page without one costs a
+  `GET /users/{id}/identities` per live end user, at most `identity_concurrency` at a time, and a
+  request Zendesk refuses for the `include` is sent again without it, which is then never asked
+  for again (`sideload_identities = false` never asks). `fetch_identities = false` turns
+  identities off; `other_emails` / `other_phones` are then absent, which is never a change.
 - **Writes**: creates are `create_or_update` (one) and `create_or_update_many` (up to 100, a
   background job polled to completion); both match an existing user by email or external id,
   so a re-sent create never makes a second user (a customer without an email is created with
@@ -119,6 +123,8 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         self.http: ApiClient | None = None
         self._staff = Staff()
         self._bulk_disabled = False
+        # `include=identities` is asked for until Zendesk refuses it once
+        self._sideload = settings.fetch_identities and settings.sideload_identities
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -175,8 +181,11 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         seen = {since.value} if since is not None else set()
         while True:
             try:
-                page = await self.api.export_page(params)
+                page = await self.api.export_page(self._with_sideload(params))
             except RecordRejected as exc:
+                if self._sideload:
+                    self._refuse_sideload(exc, "users.export")
+                    continue  # the same page again, without the include
                 # A 4xx on an export page is no record's fault; the likely cause is a stored
                 # cursor Zendesk no longer accepts (its lifetime is UNVERIFIED).
                 raise self.error(ConnectorError, f"Zendesk refused the export cursor ({exc}); "
@@ -186,7 +195,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             if not cursor:
                 raise self.error(ConnectorError, "an export page carries no cursor",
                                  operation="users.export")
-            records = await self._records(page.users)
+            records = await self._records(page.users, sideloaded=page.identities)
             self.log.info("app.page_fetched", count=len(records),
                           deleted=sum(r.deleted for r in records),
                           skipped=len(page.users) - len(records), end=page.end_of_stream)
@@ -205,9 +214,27 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         ids = [int(i) for i in dict.fromkeys(app_record_ids) if _is_user_id(i)]
         records: list[AppRecord] = []
         for chunk in _chunks(ids, MAX_SHOW_MANY):
-            users = await self.api.show_many(chunk)
-            records += [r for r in await self._records(users) if not r.deleted]
+            users, sideloaded = await self._show_many(chunk)
+            records += [r for r in await self._records(users, sideloaded=sideloaded) if not r.deleted]
         return records
+
+    async def _show_many(self, ids: Sequence[int]) -> tuple[list[User], list[Identity] | None]:
+        while True:
+            include = "identities" if self._sideload else None
+            try:
+                return await self.api.show_many_with(ids, include=include)
+            except RecordRejected as exc:
+                if include is None:
+                    raise
+                self._refuse_sideload(exc, "users.show_many")
+
+    def _with_sideload(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**params, "include": "identities"} if self._sideload else dict(params)
+
+    def _refuse_sideload(self, exc: Exception, operation: str) -> None:
+        self._sideload = False
+        self.log.warning("identities.sideload_refused", operation=operation, error=str(exc),
+                         fallback="one identities request per user")
 
     async def search_by_email(self, email: str) -> list[AppRecord]:
         # The `email:` qualifier form is UNVERIFIED (CONTRACTS.md); matches are re-checked here.
@@ -224,15 +251,27 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                 found.append(record)
         return found
 
-    async def _records(self, users: Iterable[User]) -> list[AppRecord]:
-        """App records for users in the order given; staff are left out with end_users_only."""
+    async def _records(
+        self, users: Iterable[User], *, sideloaded: Sequence[Identity] | None = None
+    ) -> list[AppRecord]:
+        """App records for users in the order given; staff are left out with end_users_only.
+
+        `sideloaded`: the identities Zendesk side-loaded with these users (all of them: a user
+        with none there has none); None reads each user's identities."""
         kept: list[User] = []
         for user in users:
             self._staff.note(user)
             if self.settings.end_users_only and not user.is_end_user:
                 continue
             kept.append(user)
-        identities = await self._identities_of([u for u in kept if u.active])
+        live = [u for u in kept if u.active]
+        if sideloaded is not None and self.settings.fetch_identities:
+            identities: dict[int, list[Identity] | None] = {u.id: [] for u in live}
+            for identity in sideloaded:
+                if identity.user_id in identities:
+                    identities[identity.user_id].append(identity)  # type: ignore[union-attr]
+        else:
+            identities = await self._identities_of(live)
         return [
             AppRecord(app_record_id=str(u.id), modified_at=u.updated_at, deleted=True)
             if not u.active else

@@ -67,11 +67,13 @@ class Identity(_Payload):
 
 
 class ExportPage(_Payload):
-    """One page of `GET /api/v2/incremental/users/cursor`."""
+    """One page of `GET /api/v2/incremental/users/cursor`; `identities` only when Zendesk
+    side-loaded them (`include=identities`)."""
 
     users: list[User]
     after_cursor: str | None = None
     end_of_stream: bool = False
+    identities: list[Identity] | None = None
 
 
 class JobResult(_Payload):

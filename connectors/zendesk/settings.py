@@ -36,7 +36,11 @@ class ZendeskSettings(ConnectorSettings):
         end_users_only: list, read and search end users only.
         webhook_max_age_s: deliveries signed longer ago (or further ahead) are refused.
         fetch_identities: read extra emails and phones, one request per live end user listed
-            or read (no side-load for identities is documented).
+            or read, unless Zendesk side-loads them (`sideload_identities`).
+        sideload_identities: ask the export and show_many for `include=identities`. The
+            endpoints document "Users sideloads", but which those are is not in CONTRACTS.md
+            (UNVERIFIED). A page that comes back with an `identities` array needs no request
+            per user; one without it falls back to them, and a refused one turns this off.
         identity_concurrency: identity and update requests in flight at once.
         timeout_s: timeout of each HTTP attempt.
     """
@@ -56,6 +60,7 @@ class ZendeskSettings(ConnectorSettings):
     end_users_only: bool = True
     webhook_max_age_s: float = Field(300.0, gt=0)
     fetch_identities: bool = True
+    sideload_identities: bool = True
     identity_concurrency: int = Field(8, ge=1, le=64)
     timeout_s: float = Field(30.0, gt=0)
 

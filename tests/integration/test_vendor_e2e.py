@@ -311,10 +311,14 @@ def seed_many(v: Vendors, n: int) -> None:
                            updated_at=earlier + timedelta(seconds=i))
 
 
-async def test_steady_state_stays_under_hubspot_rate_limit_and_batches(store):
+@pytest.mark.parametrize("sideload", [False, True], ids=["zendesk-no-sideload", "zendesk-sideloads"])
+async def test_steady_state_stays_under_hubspot_rate_limit_and_batches(store, sideload):
     """Under HubSpot's documented 100 per 10 s, a full sync draws no 429, and HubSpot's
-    requests per synced customer stay far below one (batch endpoints)."""
+    requests per synced customer stay far below one (batch endpoints). Zendesk's stay at
+    about one (an identities request per user) unless it side-loads identities (UNVERIFIED),
+    when they are far below one too."""
     v = Vendors(store, hubspot_limit=(100, 10.0))
+    v.zendesk.sideload_identities = sideload
     n = 250
     seed_many(v, n)
     async with v.engine() as engine:
@@ -335,6 +339,8 @@ async def test_steady_state_stays_under_hubspot_rate_limit_and_batches(store):
     print(f"requests per synced customer: {per_customer}; hubspot by route: "
           f"{dict(v.hubspot.count_by_route)}; zendesk by route: {dict(v.zendesk.count_by_route)}")
     assert per_customer["crm"] < 0.1
+    if sideload:
+        assert per_customer["desk"] < 0.1
 
 
 async def test_limiter_spreads_a_busy_sync_under_hubspot_rate_limit(store):

@@ -209,6 +209,64 @@ async def test_requests_for_a_full_pass_over_a_thousand_users(
     assert 1000 == identity_requests
 
 
+async def test_side_loaded_identities_need_no_request_per_user(
+    sim: ZendeskSimulator, make_connector: MakeConnector, transport: RecordingTransport,
+) -> None:
+    """When Zendesk side-loads identities (`include=identities`, UNVERIFIED: the simulator's
+    `sideload_identities`), listing and reading give the same fields as reading each user's
+    identities, with no identities request."""
+    rid = sim.add_user(name="Ann Lee", email="ann@example.com", phone="+15551234567")
+    sim.add_identity(rid, "email", "Ann.Work@example.com")
+    sim.add_identity(rid, "phone_number", "+15557654321")
+    seed_users(sim, 3)
+    async with make_connector() as connector:
+        per_user = [r for p in await collect(connector) for r in p.records]
+    sim.sideload_identities = True
+    before = len(transport.paths())
+    async with make_connector() as connector:
+        sideloaded = [r for p in await collect(connector) for r in p.records]
+        (read,) = await connector.read([str(rid)])
+    paths = transport.paths()[before:]
+
+    assert 0 == paths.count(IDENTITIES)
+    assert [dict(r.fields) for r in per_user] == [dict(r.fields) for r in sideloaded]
+    assert (["Ann.Work@example.com"], ["+15557654321"]) == (
+        read.fields["other_emails"], read.fields["other_phones"])
+    assert all("include=identities" in str(req.url) for req, _ in transport.exchanges[before:]
+               if req.url.path.endswith(("/cursor", "/show_many")))
+
+
+class RefuseSideloads(httpx.AsyncBaseTransport):
+    """Answers 400 to any request asking for a side-load, as an account might (UNVERIFIED)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "include" in request.url.params:
+            self.refused += 1
+            return httpx.Response(400, json={"error": "InvalidValue", "description": "Invalid include"})
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_refused_side_load_is_never_asked_for_again(
+    sim: ZendeskSimulator, transport: RecordingTransport, clock: ManualClock, fake_sleep: FakeSleep,
+) -> None:
+    """A 400 for the include makes the connector send the same page again without it, and
+    read identities per user from then on: listing and reading still work."""
+    seed_users(sim, 3)
+    refusing = RefuseSideloads(transport)
+    connector = ZendeskConnector(settings_for(sim, page_size=2), app="helpdesk",
+                                 transport=refusing, clock=clock, sleep=fake_sleep)
+    async with connector:
+        records = [r for p in await collect(connector) for r in p.records]
+        read = await connector.read([r.app_record_id for r in records])
+    assert 1 == refusing.refused
+    assert 3 == len(records) == len(read)
+    assert 3 + 3 == transport.paths().count(IDENTITIES)
+
+
 # ---------------------------------------------------------------------------- reads and search
 
 

@@ -239,6 +239,11 @@ class ZendeskSimulator:
             `active: false`. CONTRACTS.md marks this UNVERIFIED, so test both ways.
         bulk_import_enabled: False makes create_or_update_many answer 403, as on accounts
             where Zendesk has not enabled bulk imports.
+        sideload_identities: whether `include=identities` on the user exports and show_many
+            adds the listed users' identities as a top-level `identities` array. Those
+            endpoints document "Users sideloads" without CONTRACTS.md saying which they are
+            (UNVERIFIED), so by default the include is ignored, as Zendesk ignores sideloads it
+            does not know (also UNVERIFIED); test both ways.
 
     The account owner (`owner_id`, role "admin", `agent_email`) is a user like any other: it
     shows in exports and search, as it does in Zendesk.
@@ -260,6 +265,7 @@ class ZendeskSimulator:
         export_deleted: bool = True,
         bulk_import_enabled: bool = True,
         account_id: int = 12514403,
+        sideload_identities: bool = False,
     ) -> None:
         self.clock: Clock = clock or utcnow
         self.webhook_secret = webhook_secret
@@ -273,6 +279,7 @@ class ZendeskSimulator:
         self.export_deleted = export_deleted
         self.bulk_import_enabled = bulk_import_enabled
         self.account_id = account_id
+        self.sideload_identities = sideload_identities
 
         self.request_count = 0
         self.count_by_route: Counter[str] = Counter()
@@ -599,8 +606,10 @@ class ZendeskSimulator:
         if len(keys) > _MAX_SHOW_MANY:
             # "up to 100" is documented; what Zendesk does with more is UNVERIFIED.
             return _error(400, "InvalidValue", "Too many ids (maximum is 100)")
-        users = [self._render(u, base) for u in found if u is not None]
-        return JSONResponse(_offset_page(users, "users", next_page=None, previous_page=None))
+        listed = [u for u in found if u is not None]
+        body = _offset_page([self._render(u, base) for u in listed], "users",
+                            next_page=None, previous_page=None)
+        return JSONResponse(self._sideloaded(body, q, listed, base))
 
     async def _search(self, request: Request, base: str) -> Response:
         q = request.query_params
@@ -682,14 +691,15 @@ class ZendeskSimulator:
             position = (start_time, -1)
 
         i = bisect.bisect_right(self._order, position)
-        users: list[Json] = []
+        listed: list[_User] = []
         last = position
-        while i < len(self._order) and len(users) < per_page:
+        while i < len(self._order) and len(listed) < per_page:
             last = self._order[i]
             user = self._users[self._by_seq[last[1]]]
             if user.active or self.export_deleted:
-                users.append(self._render(user, base))
+                listed.append(user)
             i += 1
+        users = [self._render(user, base) for user in listed]
         cursor = _encode_cursor(last)
         body = {
             "users": users,
@@ -700,7 +710,7 @@ class ZendeskSimulator:
             "before_url": None,
             "end_of_stream": i >= len(self._order),
         }
-        return JSONResponse(body)
+        return JSONResponse(self._sideloaded(body, q, listed, base))
 
     async def _export_time(self, request: Request, base: str) -> Response:
         """IncrementalUserExportTime: users with updated_at >= start_time, oldest first.
@@ -727,19 +737,25 @@ class ZendeskSimulator:
         end_time = keys[-1][0] if keys else start_time
         if len(keys) >= per_page and keys[0][0] == keys[-1][0]:
             end_time += 1
-        users = [
-            self._render(u, base)
-            for u in (self._users[self._by_seq[seq]] for _, seq in keys)
+        listed = [
+            u for u in (self._users[self._by_seq[seq]] for _, seq in keys)
             if u.active or self.export_deleted
         ]
         body = {
-            "users": users,
-            "count": len(users),
+            "users": [self._render(u, base) for u in listed],
+            "count": len(listed),
             "end_time": end_time,
             "next_page": f"{base}/api/v2/incremental/users.json?start_time={end_time}",
             "end_of_stream": len(keys) < per_page,
         }
-        return JSONResponse(body)
+        return JSONResponse(self._sideloaded(body, q, listed, base))
+
+    def _sideloaded(self, body: Json, query: Any, users: list[_User], base: str) -> Json:
+        """`body` with the users' identities side-loaded, when asked for and simulated."""
+        if self.sideload_identities and "identities" in _split_csv(query.get("include") or ""):
+            body["identities"] = [self._render_identity(i, base) for u in users
+                                  for i in u.identities]
+        return body
 
     def _start_time(self, raw: str | None) -> tuple[int, Response | None]:
         if raw is None or not raw.lstrip("-").isdigit():
