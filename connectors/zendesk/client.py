@@ -69,13 +69,17 @@ class ZendeskClient:
                               operation=operation)
 
     def _json(self, response: httpx.Response, key: str, *, operation: str) -> Any:
+        return self._body(response, key, operation=operation)[key]
+
+    def _body(self, response: httpx.Response, key: str, *, operation: str) -> Mapping[str, Any]:
+        """The JSON object of a response, which must hold `key`."""
         try:
             body = json_body(response)
         except ValueError:
             body = None
         if not isinstance(body, Mapping) or key not in body:
             raise self._error(f"the response has no {key!r}", operation=operation)
-        return body[key]
+        return body
 
     async def me(self) -> User | None:
         """The authenticated user; None when Zendesk answers as for an anonymous caller."""
@@ -116,10 +120,9 @@ class ZendeskClient:
         response = await self.http.request(
             "GET", "/api/v2/users/show_many", operation="users.show_many", params=params,
         )
-        users = [User.model_validate(u) for u in
-                 self._json(response, "users", operation="users.show_many")]
-        body = json_body(response)
-        raw = body.get("identities") if isinstance(body, Mapping) else None
+        body = self._body(response, "users", operation="users.show_many")
+        users = [User.model_validate(u) for u in body["users"]]
+        raw = body.get("identities")
         identities = [Identity.model_validate(i) for i in raw] if isinstance(raw, list) else None
         return users, identities
 
