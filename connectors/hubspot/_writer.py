@@ -87,9 +87,7 @@ class ContactWriter:
         outcomes, valid = self._prepare(ops, creating=True)
         with_email = [op for op in valid if w.email_of(op) is not None]
         made, without = await self._made_before([op for op in valid if w.email_of(op) is None])
-        if made:
-            self._log.info("record.adopted", count=len(made), reason="made by an unconfirmed create")
-            outcomes += await self._split_on_refusal(made, self._update_chunk)
+        outcomes += await self._adopt(made, reason="made by an unconfirmed create")
         for chunk in w.chunks_without_repeats(with_email, size=self._batch_size, key=_email_key):
             outcomes += await self._split_on_refusal(chunk, self._upsert_chunk)
         for start in range(0, len(without), self._batch_size):
@@ -117,7 +115,7 @@ class ContactWriter:
             if found is None:
                 rest.append(op)
             else:
-                made.append(op.model_copy(update={"op": "update", "app_record_id": found}))
+                made.append(_update_of(op, found))
         return made, rest
 
     async def _find_made(self, op: WriteOp) -> str | None:
@@ -288,7 +286,7 @@ class ContactWriter:
                 and (existing := w.existing_id(error)) is not None
                 and not updating
             ):
-                adopt.append(op.model_copy(update={"op": "update", "app_record_id": existing}))
+                adopt.append(_update_of(op, existing))
             elif error is not None:
                 cls = RecordGone if error.category == "OBJECT_NOT_FOUND" else RecordRejected
                 outcomes.append(
@@ -319,12 +317,15 @@ class ContactWriter:
                         ),
                     )
                 )
-        if adopt:
-            self._log.info(
-                "record.adopted", count=len(adopt), reason="existing contact with this email"
-            )
-            outcomes += await self._split_on_refusal(adopt, self._update_chunk)
+        outcomes += await self._adopt(adopt, reason="existing contact with this email")
         return outcomes
+
+    async def _adopt(self, ops: list[WriteOp], *, reason: str) -> list[WriteOutcome]:
+        """Write creates to the contacts they turned out to have (ops from `_update_of`)."""
+        if not ops:
+            return []
+        self._log.info("record.adopted", count=len(ops), reason=reason)
+        return await self._split_on_refusal(ops, self._update_chunk)
 
     def _op_error(
         self,
@@ -344,6 +345,11 @@ class ContactWriter:
 _CLOCK_SKEW_MS = 5 * 60 * 1000
 # Properties that tell one contact without an email from another, most telling first.
 _TELLING = ("phone", "mobilephone", "lastname", "firstname", "company", "address", "city")
+
+
+def _update_of(op: WriteOp, contact_id: str) -> WriteOp:
+    """A create turned into an update of the contact it is found to have already."""
+    return op.model_copy(update={"op": "update", "app_record_id": contact_id})
 
 
 def _email_key(op: WriteOp) -> str | None:
