@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from customer_sync.store.tables import stored_utc
 
 __all__ = [
     "EMPTY",
@@ -28,7 +30,7 @@ ARROW = "→"
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return _as_utc(value).isoformat()
+        return stored_utc(value).isoformat()
     if isinstance(value, set | frozenset):
         return sorted(value)
     return str(value)
@@ -37,11 +39,6 @@ def _json_default(value: Any) -> Any:
 def to_json(data: Any) -> str:
     """Pretty JSON; datetimes become ISO 8601 UTC strings."""
     return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default)
-
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands timezone-aware columns back naive; every time we store is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def format_time(value: datetime | str | None) -> str:
@@ -53,7 +50,7 @@ def format_time(value: datetime | str | None) -> str:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return _as_utc(value).strftime("%Y-%m-%d %H:%M:%SZ")
+    return stored_utc(value).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def format_lag(seconds: float | None) -> str:

@@ -28,6 +28,7 @@ from customer_sync.store.tables import (
     LinkRow,
     OutboxItem,
     PendingDelete,
+    stored_utc,
 )
 from customer_sync.store.uow import UnitOfWork
 
@@ -260,8 +261,8 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
     for app in config.apps:
         st = states.get(app, {})
         last_ok = st.get("last_success_at")
-        if last_ok is not None and last_ok.tzinfo is None:
-            last_ok = last_ok.replace(tzinfo=UTC)
+        if last_ok is not None:
+            last_ok = stored_utc(last_ok)
         out.append({
             "app": app,
             "connector": config.apps[app].config.connector,

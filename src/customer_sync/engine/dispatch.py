@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
@@ -27,7 +27,7 @@ from customer_sync.engine.plan import plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, RecordGone, RecordRejected, TransientError
 from customer_sync.sdk.connector import AppRecord, WriteOp
-from customer_sync.store.tables import DeadLetter, InboxItem, OutboxItem
+from customer_sync.store.tables import DeadLetter, InboxItem, OutboxItem, stored_utc
 from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
@@ -212,10 +212,7 @@ async def _build_ops(
 def _uncertain_since(row: Mapping[str, Any]) -> datetime | None:
     """When a row claimed again from `sending` was decided: its write may have reached the app
     before the daemon stopped, and not before this time. None for a row never sent."""
-    if row["state"] != "sending":
-        return None
-    at: datetime = row["created_at"]
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite keeps UTC, naive
+    return stored_utc(row["created_at"]) if row["state"] == "sending" else None
 
 
 def _confirm(uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], app_record_id: str, stats: DispatchStats) -> None:

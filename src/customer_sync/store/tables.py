@@ -10,7 +10,7 @@ The SQL is portable: SQLite (embedded default, WAL) and PostgreSQL (several repl
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, UniqueConstraint
@@ -30,6 +30,7 @@ __all__ = [
     "PendingDelete",
     "SnapshotRow",
     "metadata",
+    "stored_utc",
 ]
 
 metadata = SQLModel.metadata
@@ -40,6 +41,12 @@ _SEQ = BigInteger().with_variant(Integer(), "sqlite")
 
 def _ts(**kw: Any) -> Any:
     return Field(sa_column=Column(DateTime(timezone=True), **kw))
+
+
+def stored_utc(value: datetime) -> datetime:
+    """A time read back from a `_ts` column, as aware UTC: every time we store is UTC, and
+    SQLite hands these columns back naive (PostgreSQL aware, in the session's zone)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _json(**kw: Any) -> Any:
