@@ -45,7 +45,7 @@ from customer_sync.sdk.pagination import (
     LinkPaginator,
     OffsetPaginator,
 )
-from customer_sync.sdk.ratelimit import Limiter, MultiLimiter, RateLimiter
+from customer_sync.sdk.ratelimit import Limiter, LimiterGate, MultiLimiter, RateLimiter, collecting, defer_to
 from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_policy
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "ErrorTable",
     "FullJitterBackoff",
     "Limiter",
+    "LimiterGate",
     "LinkPaginator",
     "MultiLimiter",
     "OffsetPaginator",
@@ -80,6 +81,8 @@ __all__ = [
     "WriteReceipt",
     "classify_response",
     "classify_transport_error",
+    "collecting",
+    "defer_to",
     "fingerprint",
     "json_body",
     "parse_retry_after",

@@ -9,6 +9,13 @@ allow it (per 10 s *and* per day; or a lower limit for one endpoint on top of th
 One limiter is shared by every request of one app; the engine never sleeps for rate limits
 itself. Size limits a little under the vendor's: the vendor counts arrivals, we count departures,
 and the network moves them closer together.
+
+That holds across processes too. The engine may rebuild a connector in a worker process to list
+an app there (see `Connector.lists_in_worker`). It creates the connector inside `collecting()`
+both times. The worker's limiters are then bound to a `LimiterGate` with `defer_to`: each of
+their calls waits for the daemon's limiter at the same position, so the app keeps one budget.
+Connectors need do nothing for this beyond creating their limiters while they are constructed
+or opened, in the same order every time.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Limiter", "MultiLimiter", "RateLimiter"]
+__all__ = ["Limiter", "LimiterGate", "MultiLimiter", "RateLimiter", "collecting", "defer_to"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -36,6 +44,37 @@ class Limiter(Protocol):
     async def acquire(self, n: int = 1) -> None: ...
 
     def penalize(self, retry_after_s: float) -> None: ...
+
+
+@runtime_checkable
+class LimiterGate(Protocol):
+    """Where limiters bound by `defer_to` take their turns: the limiters at these positions of
+    another process's `collecting()` list (see `engine.listing`)."""
+
+    async def acquire(self, positions: Sequence[int], n: int) -> None: ...
+
+    def penalize(self, positions: Sequence[int], retry_after_s: float) -> None: ...
+
+
+_collected: ContextVar[list[RateLimiter] | None] = ContextVar("customer_sync_limiters", default=None)
+
+
+@contextmanager
+def collecting() -> Iterator[list[RateLimiter]]:
+    """Collect the `RateLimiter`s created inside the block, in the order they are created."""
+    made: list[RateLimiter] = []
+    token = _collected.set(made)
+    try:
+        yield made
+    finally:
+        _collected.reset(token)
+
+
+def defer_to(limiters: Sequence[RateLimiter], gate: LimiterGate) -> None:
+    """From now on, each of these limiters (a `collecting()` list) counts nothing itself: its
+    calls wait at `gate` for the limiter at the same position there, and its penalties go there."""
+    for position, limiter in enumerate(limiters):
+        limiter._gate, limiter._position = gate, position
 
 
 class _Window:
@@ -121,6 +160,10 @@ class RateLimiter:
         self._paused_until = float("-inf")
         self._lock = asyncio.Lock()  # asyncio.Lock hands over in FIFO order: no caller starves
         self._order = next(_ids)  # global lock order, so MultiLimiters never deadlock
+        self._gate: LimiterGate | None = None  # see `defer_to`
+        self._position = -1
+        if (made := _collected.get()) is not None:
+            made.append(self)
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.max_calls}, {self.per_s})"
@@ -133,11 +176,19 @@ class RateLimiter:
         """
         await _acquire_all([self], n, self._clock, self._sleep)
 
+    def try_acquire(self, n: int = 1) -> bool:
+        """Count `n` calls as started and return True if they may start now and nobody is
+        waiting; else count nothing and return False."""
+        return _try_acquire_all([self], n, self._clock)
+
     def penalize(self, retry_after_s: float) -> None:
         """Hold every caller back for `retry_after_s` seconds (the vendor answered 429).
 
         A later, shorter penalty never shortens a pause already in force.
         """
+        if self._gate is not None:
+            self._gate.penalize([self._position], retry_after_s)
+            return
         self._paused_until = max(self._paused_until, self._clock() + max(0.0, retry_after_s))
 
     def _wait_s(self, now: float, n: int) -> float:
@@ -177,15 +228,39 @@ class MultiLimiter:
         first = self.limiters[0]
         await _acquire_all(self.limiters, n, first._clock, first._sleep)
 
+    def try_acquire(self, n: int = 1) -> bool:
+        """Count `n` calls as started and return True if every limiter allows them now and
+        nobody is waiting; else count nothing and return False."""
+        return _try_acquire_all(self.limiters, n, self.limiters[0]._clock)
+
     def penalize(self, retry_after_s: float) -> None:
         """Pause every component: a 429 does not say which of the limits was hit."""
         for limiter in self.limiters:
             limiter.penalize(retry_after_s)
 
 
+def _try_acquire_all(limiters: Sequence[RateLimiter], n: int, clock: Clock) -> bool:
+    for limiter in limiters:
+        limiter._check(n)
+    if any(limiter._gate is not None or limiter._lock.locked() for limiter in limiters):
+        return False  # someone is queued (or the count is kept elsewhere): wait in line
+    now = clock()
+    if any(limiter._wait_s(now, n) > 0 for limiter in limiters):
+        return False
+    for limiter in limiters:
+        limiter._record(now, n)
+    return True
+
+
 async def _acquire_all(limiters: Sequence[RateLimiter], n: int, clock: Clock, sleep: Sleep) -> None:
     for limiter in limiters:
         limiter._check(n)
+    gate = limiters[0]._gate
+    if gate is not None:
+        if any(limiter._gate is not gate for limiter in limiters):
+            raise ValueError("limiters deferring to different gates cannot be acquired together")
+        await gate.acquire([limiter._position for limiter in limiters], n)
+        return
     async with AsyncExitStack() as stack:
         # The head of each queue holds its lock while it sleeps: the next caller cannot slip in
         # ahead, and re-checking after every sleep picks up a penalty that arrived meanwhile.

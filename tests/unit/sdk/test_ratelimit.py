@@ -199,3 +199,71 @@ def test_limiters_satisfy_the_limiter_protocol() -> None:
     limiter = RateLimiter(1, 1.0)
 
     assert isinstance(limiter, Limiter) and isinstance(MultiLimiter(limiter), Limiter)
+
+
+async def test_try_acquire_counts_only_what_may_start_now(clock: FakeClock) -> None:
+    """try_acquire takes free slots at once and refuses, counting nothing, when the window is
+    full or a caller is already waiting in line."""
+    app_limiter = RateLimiter(3, 1.0, clock=clock, sleep=clock.sleep)
+    search = MultiLimiter(app_limiter, RateLimiter(1, 1.0, clock=clock, sleep=clock.sleep))
+
+    assert search.try_acquire()
+    assert not search.try_acquire()  # the search limit is used up; the app limit is untouched
+    assert app_limiter.try_acquire(2)
+    assert not app_limiter.try_acquire()
+    clock.now = 1.0
+    async with app_limiter._lock:  # someone is waiting for a turn: do not jump the queue
+        assert not app_limiter.try_acquire()
+    assert app_limiter.try_acquire(3)
+    assert 1.0 == clock() and [] == clock.sleeps
+
+
+def test_collecting_gathers_the_limiters_made_inside_in_order() -> None:
+    from customer_sync.sdk.ratelimit import collecting
+
+    outside = RateLimiter(1, 1.0)
+    with collecting() as made:
+        first, second = RateLimiter(1, 1.0), RateLimiter(2, 1.0)
+        with collecting() as inner:
+            third = RateLimiter(3, 1.0)
+    after = RateLimiter(4, 1.0)
+
+    assert made == [first, second] and inner == [third]
+    assert outside not in made and after not in made
+
+
+class RecordingGate:
+    def __init__(self) -> None:
+        self.acquired: list[tuple[list[int], int]] = []
+        self.penalized: list[tuple[list[int], float]] = []
+
+    async def acquire(self, positions, n):  # type: ignore[no-untyped-def]
+        self.acquired.append((list(positions), n))
+
+    def penalize(self, positions, retry_after_s):  # type: ignore[no-untyped-def]
+        self.penalized.append((list(positions), retry_after_s))
+
+
+async def test_limiters_deferring_to_a_gate_count_nothing_themselves(clock: FakeClock) -> None:
+    """Bound by defer_to, limiters wait at the gate (by position) instead of in their own window,
+    and pass penalties on; they never take a slot of their own."""
+    from customer_sync.sdk.ratelimit import LimiterGate, collecting, defer_to
+
+    with collecting() as made:
+        app_limiter = RateLimiter(1, 10.0, clock=clock, sleep=clock.sleep)
+        search_limiter = RateLimiter(1, 1.0, clock=clock, sleep=clock.sleep)
+    gate = RecordingGate()
+    assert isinstance(gate, LimiterGate)
+    defer_to(made, gate)
+
+    for _ in range(3):  # three calls through a limit of one per 10 s: no wait here
+        await app_limiter.acquire()
+    await MultiLimiter(app_limiter, search_limiter).acquire(1)
+    MultiLimiter(app_limiter, search_limiter).penalize(2.0)
+
+    assert gate.acquired == [([0], 1)] * 3 + [([0, 1], 1)]
+    assert gate.penalized == [([0], 2.0), ([1], 2.0)]
+    assert [] == clock.sleeps
+    assert not app_limiter.try_acquire()  # the count is kept at the gate
+    with pytest.raises(ValueError):
+        await app_limiter.acquire(2)  # still more than the limit could ever grant
