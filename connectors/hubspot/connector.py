@@ -88,6 +88,9 @@ class HubSpotConnector(Connector[HubSpotSettings]):
     )
     object_types = ("contact",)
     batch_size = 100
+    # Listing keeps its state in the cursor, and a page of 50-100 contacts (with property
+    # history) costs more to read and parse than to decide: worth a process of its own.
+    lists_in_worker = True
     #: how far one search query can page (HubSpot's ceiling; UNVERIFIED in CONTRACTS.md)
     search_result_cap: ClassVar[int] = 10_000
 

@@ -67,6 +67,11 @@ class DaemonConfig(_Block):
         None, ge=0, le=32,
         description="processes normalizing large polled pages; default 1 on 2+ cores, 0 turns it off",
     )
+    list_in_worker: bool | None = Field(
+        None,
+        description="list apps whose connector allows it in a worker process; default on when "
+                    "there is a normalizing worker",
+    )
 
 
 class Condition(_Block):

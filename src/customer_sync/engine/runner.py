@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
@@ -27,10 +27,13 @@ from sqlalchemy import delete, func, insert, select, update
 
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
 from customer_sync.engine._gc import collect_young, gc_deferred, gc_paused
+from customer_sync.engine._list_worker import ListSpec
+from customer_sync.engine.listing import ListingWorker, WorkerGone, can_list_in_worker
 from customer_sync.engine.normalizing import Normalized, PageNormalizer, default_workers
 from customer_sync.engine.process import ProcessStats, process_items, process_records, record_fingerprint
 from customer_sync.errors import AuthError, ConnectorError
 from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor
+from customer_sync.sdk.ratelimit import collecting
 from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, OutboxItem
 from customer_sync.store.uow import UnitOfWork
 
@@ -121,6 +124,9 @@ class Engine:
         workers = config.daemon.normalize_workers
         self.normalizer = PageNormalizer(default_workers() if workers is None else workers,
                                          identity_key=self.identity_key)
+        listing = config.daemon.list_in_worker
+        self._list_in_worker = self.normalizer.workers > 0 if listing is None else listing
+        self.listing: dict[str, ListingWorker] = {}  # app -> its listing worker, when it has one
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -128,8 +134,16 @@ class Engine:
         for name, rt in self.apps.items():
             with structlog.contextvars.bound_contextvars(app=name, run_id=self.run_id):
                 try:
-                    connector = self._given.get(name) or rt.make_connector()
-                    self.connectors[name] = await self._stack.enter_async_context(connector)
+                    with collecting() as limiters:  # its limiters, for a listing worker to share
+                        connector = self._given.get(name) or rt.make_connector()
+                        self.connectors[name] = await self._stack.enter_async_context(connector)
+                    if self._list_in_worker and name not in self._given and can_list_in_worker(connector):
+                        d = self.config.daemon
+                        self.listing[name] = ListingWorker(
+                            ListSpec(app=name, connector_cls=type(connector), settings=connector.settings,
+                                     limiters=len(limiters), mapping=rt.mapping,
+                                     identity_key=self.identity_key),
+                            limiters, (d.log_level, d.log_format, d.redact_logs))
                 except Exception as exc:  # per-app failure, as in _guarded
                     self.unopened[name] = f"{type(exc).__name__}: {exc}"
                     self._record_app_error(name, exc, parked=isinstance(exc, AuthError))
@@ -141,6 +155,8 @@ class Engine:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
+            for worker in self.listing.values():
+                await worker.aclose()
             await self._stack.aclose()
         finally:
             await asyncio.to_thread(self.normalizer.close)
@@ -152,7 +168,8 @@ class Engine:
         were received.
 
         Pages are read ahead (up to two batches' worth of records, and `_READ_AHEAD` pages)
-        while earlier ones are decided, so waiting for the app overlaps with our own work. Pages already waiting are decided
+        while earlier ones are decided, so waiting for the app overlaps with our own work. A
+        listing worker (see `engine.listing`) reads up to one batch more. Pages already waiting are decided
         together, up to `daemon.batch_size` records, in one transaction that also stores the
         cursor of the last of them: a crash before that commit re-reads them all.
 
@@ -164,8 +181,8 @@ class Engine:
         with self.store.transaction() as conn:
             raw = conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
         cursor = Cursor(value=raw) if raw is not None else None
-        mapping = self.apps[app].mapping
-        # each page comes with its normalization, started in a worker as soon as it was read
+        # each page comes with its normalization: under way in a worker as soon as it was read,
+        # or done already by the app's listing worker
         pages: asyncio.Queue[tuple[ChangePage, asyncio.Future[Any] | None] | None] = asyncio.Queue(
             maxsize=_READ_AHEAD)
         failed: list[BaseException] = []
@@ -178,12 +195,12 @@ class Engine:
         async def read() -> None:
             nonlocal queued
             try:
-                async for page in connector.list_changes(cursor):
+                async for page, normalizing in self._listed(app, connector, cursor, self.config.daemon.batch_size):
                     while queued >= budget:
                         room.clear()
                         await room.wait()
                     queued += len(page.records)
-                    await pages.put((page, self.normalizer.submit(mapping, page.records)))
+                    await pages.put((page, normalizing))
             except Exception as exc:  # re-raised by poll once what came before is committed
                 failed.append(exc)
             finally:
@@ -236,6 +253,44 @@ class Engine:
         if failed:
             raise failed[0]
         return count
+
+    async def _listed(
+        self, app: str, connector: Connector, cursor: Cursor | None, max_ahead: int,  # type: ignore[type-arg]
+    ) -> AsyncIterator[tuple[ChangePage, asyncio.Future[Any] | None]]:
+        """The app's pages from `cursor`, each with its normalization under way (or None).
+
+        Listed in the engine's process until the app's listing worker is ready (a page of 50+
+        records starts it), then in the worker from the cursor of the last page listed here. A
+        worker that dies hands the listing back the same way.
+        """
+        worker = self.listing.get(app)
+        mapping = self.apps[app].mapping
+        loop = asyncio.get_running_loop()
+        while True:
+            if worker is not None and worker.ready:
+                try:
+                    async for page, wire in worker.pages(cursor, max_ahead):
+                        done: asyncio.Future[Any] = loop.create_future()
+                        done.set_result(wire)
+                        yield page, done
+                        cursor = page.cursor
+                    return
+                except WorkerGone:
+                    pass  # go on here from the last page the worker sent
+            listed = connector.list_changes(cursor)
+            try:
+                async for page in listed:
+                    yield page, self.normalizer.submit(mapping, page.records)
+                    cursor = page.cursor
+                    if worker is not None:
+                        if len(page.records) >= self.normalizer.min_records:
+                            worker.start()
+                        if worker.ready:
+                            break  # hand over at this page's cursor
+                else:
+                    return
+            finally:
+                await listed.aclose()  # type: ignore[attr-defined]
 
     def _take_pages(
         self, app: str, pages: Sequence[ChangePage], normalized: Mapping[int, Normalized] | None = None
@@ -587,12 +642,15 @@ class Engine:
                           max_instances=1, coalesce=True)
         scheduler.add_job(inbox_job, "interval", seconds=dispatch_interval_s, id="inbox",
                           max_instances=1, coalesce=True)
-        # The normalizing worker takes about a second to spawn and import; started now, the
-        # initial pull's first pages find it ready instead of being normalized in this process.
+        # The workers take about a second to spawn and import; started now, the initial pull's
+        # first pages find them ready instead of being read and normalized in this process.
         await self.normalizer.start()
+        for worker in self.listing.values():
+            await worker.wait_ready()
         scheduler.start()
         log.info("sync.daemon_started", apps=sorted(self.apps), run_id=self.run_id,
-                 normalize_workers=self.normalizer.workers if self.normalizer.ready else 0)
+                 normalize_workers=self.normalizer.workers if self.normalizer.ready else 0,
+                 listing_workers=sorted(app for app, w in self.listing.items() if w.ready))
         try:
             await stop.wait()
         finally:

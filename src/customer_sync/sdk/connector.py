@@ -172,6 +172,14 @@ class Connector(Generic[S]):
         capabilities: `Capability` flags.
         object_types: the vendor objects synced (informational).
         batch_size: how many writes `create_many`/`update_many` send per call.
+        lists_in_worker: the engine may run `list_changes` in a worker process, on a second
+            instance it builds there from the same settings, while this one does everything
+            else. Declare it only when listing depends on nothing but the settings and the
+            cursor (it learns nothing that other methods read later), the settings pickle, and
+            every rate limiter is created in `__init__` or `open`, so that the worker's instance
+            shares this one's budget (see `sdk.ratelimit`). It pays off for connectors whose
+            pages are costly to read and parse; records and errors cross the process boundary
+            by pickle.
 
     Lifecycle: the engine constructs the connector with its validated settings, enters it as an
     async context manager (`open` / `close`), and calls the coroutines below. Override `open`
@@ -183,6 +191,7 @@ class Connector(Generic[S]):
     capabilities: ClassVar[Capability] = Capability.NONE
     object_types: ClassVar[tuple[str, ...]] = ("contact",)
     batch_size: ClassVar[int] = 100
+    lists_in_worker: ClassVar[bool] = False
 
     def __init__(self, settings: S, *, app: str) -> None:
         import structlog
