@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import subprocess
@@ -70,9 +71,11 @@ def _simulator(n: int, rate_limit: tuple[int, float] | None, conn: Any) -> None:
 
     served = serve(counted)
     conn.send(served.base_url)
+    cpu0 = time.process_time()  # serving only, not seeding
     conn.recv()  # stop
     conn.send({"request_count": sim.request_count, "by_route": dict(sim.count_by_route),
-               "statuses": {str(k): v for k, v in sorted(statuses.items())}})
+               "statuses": {str(k): v for k, v in sorted(statuses.items())},
+               "cpu_s": time.process_time() - cpu0})
     served.stop()
 
 
@@ -86,6 +89,19 @@ def python_loop_s() -> float:
             total += i
         best = min(best, time.perf_counter() - t0)
     return round(best, 3)
+
+
+def _cpu_s_of(pids: list[int]) -> float | None:
+    """CPU seconds (user + system) the processes have used so far; None where /proc is not."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, history: bool,
@@ -140,13 +156,22 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
             t_start = time.perf_counter()
             if not cold_worker:
                 await engine.normalizer.start()
+                for lister in engine.listing.values():
+                    await lister.wait_ready()
             worker_start_s = time.perf_counter() - t_start
+            pool = engine.normalizer._pool
+            listers = [w._process.pid for w in engine.listing.values() if w._process is not None]
+            workers = lambda: [*(pool._processes if pool is not None and pool._processes else []), *listers]  # noqa: E731
+            wcpu0 = _cpu_s_of(workers())
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 received = await engine.poll("hubspot")
             except Exception as exc:  # a failed run is a result too
                 received, error = 0, f"{type(exc).__name__}: {exc}"
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            wcpu1 = _cpu_s_of(workers())
+            worker_cpu = (None if wcpu1 is None or cold_worker
+                          else round(wcpu1 - (wcpu0 or 0.0), 2))
     finally:
         ours.send("stop")
         served = ours.recv()
@@ -161,7 +186,8 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
         "rate_limit": f"{rate_limit[0]}/{rate_limit[1]:g}" if rate_limit else None,
         "received": received, "customers_in_store": customers, "creates_planned": planned,
         "seconds": round(elapsed, 2), "records_per_s": round(received / elapsed) if elapsed else None,
-        "daemon_cpu_s": round(cpu, 2),
+        "daemon_cpu_s": round(cpu, 2), "worker_cpu_s": worker_cpu,
+        "simulator_cpu_s": round(served["cpu_s"], 2),
         "worker": "cold" if cold_worker else "started", "worker_start_s": round(worker_start_s, 2),
         "requests": served["request_count"], "requests_by_route": served["by_route"],
         "statuses": served["statuses"],
