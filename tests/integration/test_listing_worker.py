@@ -27,7 +27,14 @@ from customer_sync.errors import AuthError
 from customer_sync.sandbox._common import serve
 from customer_sync.sandbox.hubspot import HubSpotSimulator
 from customer_sync.store.db import Store, open_store
-from customer_sync.store.tables import ConflictRow, CursorRow, CustomerRow, IdentityRow, LinkRow, SnapshotRow
+from customer_sync.store.tables import (
+    ConflictRow,
+    CursorRow,
+    CustomerRow,
+    IdentityRow,
+    LinkRow,
+    SnapshotRow,
+)
 
 TOKEN = "listing-worker-token"
 START = datetime(2025, 6, 1, tzinfo=UTC)

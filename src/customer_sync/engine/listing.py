@@ -40,7 +40,6 @@ from customer_sync.sdk.ratelimit import MultiLimiter, RateLimiter
 
 if TYPE_CHECKING:
     from customer_sync.engine._normalize_worker import Wire
-    from customer_sync.mapping.compile import AppMapping
 
 __all__ = ["ListingWorker", "WorkerGone"]
 
