@@ -159,17 +159,18 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
                 for lister in engine.listing.values():
                     await lister.wait_ready()
             worker_start_s = time.perf_counter() - t_start
+            # the workers started above (none yet with --cold-worker, which reports no CPU)
             pool = engine.normalizer._pool
-            listers = [w._process.pid for w in engine.listing.values() if w._process is not None]
-            workers = lambda: [*(pool._processes if pool is not None and pool._processes else []), *listers]  # noqa: E731
-            wcpu0 = _cpu_s_of(workers())
+            worker_pids = [*(pool._processes if pool is not None and pool._processes else []),
+                           *(w._process.pid for w in engine.listing.values() if w._process is not None)]
+            wcpu0 = _cpu_s_of(worker_pids)
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 received = await engine.poll("hubspot")
             except Exception as exc:  # a failed run is a result too
                 received, error = 0, f"{type(exc).__name__}: {exc}"
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            wcpu1 = _cpu_s_of(workers())
+            wcpu1 = _cpu_s_of(worker_pids)
             worker_cpu = (None if wcpu1 is None or cold_worker
                           else round(wcpu1 - (wcpu0 or 0.0), 2))
     finally:
