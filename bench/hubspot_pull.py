@@ -161,18 +161,20 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
             worker_start_s = time.perf_counter() - t_start
             # the workers started above (none yet with --cold-worker, which reports no CPU)
             pool = engine.normalizer._pool
-            worker_pids = [*(pool._processes if pool is not None and pool._processes else []),
-                           *(w._process.pid for w in engine.listing.values() if w._process is not None)]
-            wcpu0 = _cpu_s_of(worker_pids)
+            lister_pids = [w._process.pid for w in engine.listing.values() if w._process is not None]
+            worker_pids = [*(pool._processes if pool is not None and pool._processes else []), *lister_pids]
+            wcpu0, lcpu0 = _cpu_s_of(worker_pids), _cpu_s_of(lister_pids)
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 received = await engine.poll("hubspot")
             except Exception as exc:  # a failed run is a result too
                 received, error = 0, f"{type(exc).__name__}: {exc}"
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            wcpu1 = _cpu_s_of(worker_pids)
+            wcpu1, lcpu1 = _cpu_s_of(worker_pids), _cpu_s_of(lister_pids)
             worker_cpu = (None if wcpu1 is None or cold_worker
                           else round(wcpu1 - (wcpu0 or 0.0), 2))
+            lister_cpu = (None if lcpu1 is None or cold_worker or not lister_pids
+                          else round(lcpu1 - (lcpu0 or 0.0), 2))
     finally:
         ours.send("stop")
         served = ours.recv()
@@ -187,7 +189,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
         "rate_limit": f"{rate_limit[0]}/{rate_limit[1]:g}" if rate_limit else None,
         "received": received, "customers_in_store": customers, "creates_planned": planned,
         "seconds": round(elapsed, 2), "records_per_s": round(received / elapsed) if elapsed else None,
-        "daemon_cpu_s": round(cpu, 2), "worker_cpu_s": worker_cpu,
+        "daemon_cpu_s": round(cpu, 2), "worker_cpu_s": worker_cpu, "lister_cpu_s": lister_cpu,
         "simulator_cpu_s": round(served["cpu_s"], 2),
         "worker": "cold" if cold_worker else "started", "worker_start_s": round(worker_start_s, 2),
         "requests": served["request_count"], "requests_by_route": served["by_route"],
