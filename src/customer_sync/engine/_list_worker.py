@@ -11,8 +11,7 @@ daemon -> worker
     ("exit",)                               close the connector and end
 worker -> daemon
     ("ready",)                              imports done: send work
-    ("page", seq, page, wire)               a `ChangePage` and its normalization (`Wire`),
-                                            or None: the daemon has it normalized
+    ("page", seq, page, wire)               a `ChangePage` and its normalization (`Wire`)
     ("end", seq, error)                     listing `seq` ended; error None or the exception
     ("acquire", request, positions, n)      wait for the daemon's limiters at these positions
     ("penalize", positions, retry_after_s)  the vendor answered 429
@@ -128,10 +127,7 @@ class _Worker:
         reader = asyncio.create_task(self._read(spec, cursor, read))
         try:
             while (page := await read.get()) is not None:
-                # Normalize here while the daemon has pages in hand; when it is waiting for
-                # pages, send this one as it is, for the normalizing worker to do.
-                wire = (normalize_fields(spec.mapping, [r.fields for r in page.records], spec.identity_key)
-                        if self.unacked >= max_ahead // 2 else None)
+                wire = normalize_fields(spec.mapping, [r.fields for r in page.records], spec.identity_key)
                 while self.unacked >= max_ahead:
                     self.room.clear()
                     await self.room.wait()

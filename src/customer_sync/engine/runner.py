@@ -270,12 +270,9 @@ class Engine:
             if worker is not None and worker.ready:
                 try:
                     async for page, wire in worker.pages(cursor, max_ahead):
-                        if wire is None:
-                            yield page, self.normalizer.submit(mapping, page.records)
-                        else:
-                            done: asyncio.Future[Any] = loop.create_future()
-                            done.set_result(wire)
-                            yield page, done
+                        done: asyncio.Future[Any] = loop.create_future()
+                        done.set_result(wire)
+                        yield page, done
                         cursor = page.cursor
                     return
                 except WorkerGone:
