@@ -9,8 +9,8 @@ to back, see the same drift; the ratio B/A per pair is what to read.
     python bench/compare.py main --bench sync_sql.py -- --n 20000
 
 Each version runs from a temporary git worktree of that revision (the working tree, as it is,
-when B is not given), with its own `src/` first on PYTHONPATH and its own copy of the benchmark
-script. The benchmark must print one JSON object with `seconds` on its last line.
+when B is not given), with its own `src/` and its own bundled connectors (`connectors/`, imported
+as `customer_sync_connectors`) first on PYTHONPATH, and its own copy of the benchmark script. The benchmark must print one JSON object with `seconds` on its last line.
 """
 
 from __future__ import annotations
@@ -35,8 +35,21 @@ def _worktree(rev: str, into: Path) -> Path:
     return into
 
 
+def _imports(tree: Path) -> list[str]:
+    """PYTHONPATH entries that make `tree`'s code the one imported. `src/` holds
+    `customer_sync` under its own name; the bundled connectors live in `connectors/` and are
+    installed as `customer_sync_connectors`, so they are reached through a link of that name
+    (without it, both sides would import the installed checkout's connectors)."""
+    links = tree / ".compare-imports"
+    link = links / "customer_sync_connectors"
+    if not link.exists():
+        links.mkdir(exist_ok=True)
+        link.symlink_to(tree / "connectors", target_is_directory=True)
+    return [str(tree / "src"), str(links)]
+
+
 def _run(tree: Path, bench: str, args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree / "src"), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [*_imports(tree), os.environ.get("PYTHONPATH")])))
     script = tree / "bench" / bench
     done = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tree, check=False,
                           capture_output=True, text=True)
