@@ -37,13 +37,29 @@ class _Shape(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
+# The text of times parsed lately -> their value. A contact's properties mostly change together
+# (a form, an import, a workflow), so a page with property history holds each time several
+# times: parsing it once and sharing the (immutable) datetime saves the parsing, and the pickle
+# that carries a page to the engine's process writes a shared object once.
+_TIMES: dict[str, datetime] = {}
+_TIMES_MAX = 4096
+
+
 def parse_time(value: Any) -> datetime | None:
     """A HubSpot time (ISO 8601, or epoch milliseconds as text or number) as aware UTC."""
     if type(value) is str and value[-1:] == "Z":  # the usual form, e.g. 2025-01-01T00:00:00.000Z
+        known = _TIMES.get(value)
+        if known is not None:
+            return known
         try:
-            return datetime.fromisoformat(value)  # aware, tzinfo=UTC
+            parsed = datetime.fromisoformat(value)  # aware, tzinfo=UTC
         except ValueError:
             pass  # not ISO after all: the general path below says why
+        else:
+            if len(_TIMES) >= _TIMES_MAX:
+                _TIMES.clear()
+            _TIMES[value] = parsed
+            return parsed
     if value is None or value == "":
         return None
     if isinstance(value, datetime):

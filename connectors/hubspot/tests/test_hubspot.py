@@ -362,6 +362,25 @@ async def test_property_history_gives_per_field_modified_times(portal: Portal) -
     assert Capability.FIELD_MODIFIED_AT in connector.capabilities
 
 
+def test_a_time_seen_again_is_the_same_value_and_the_memory_of_times_is_bounded() -> None:
+    """HubSpot times are parsed once per text and shared (so a page's pickle writes each once);
+    the answers are those of parsing every time, and the memory of texts stays bounded."""
+    from customer_sync_connectors.hubspot import models
+
+    text = "2025-03-04T05:06:07.089Z"
+    first, again = models.parse_time(text), models.parse_time(text)
+    assert first is again
+    assert datetime(2025, 3, 4, 5, 6, 7, 89_000, tzinfo=UTC) == first
+    assert datetime.fromisoformat(text) == models.parse_time("2025-03-04T05:06:07.089Z")
+    for i in range(models._TIMES_MAX + 10):
+        ms = 1_700_000_000_000 + i
+        stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+        assert models.time_of_ms(ms) == models.parse_time(stamp)
+    assert len(models._TIMES) <= models._TIMES_MAX
+    with pytest.raises(ValueError):
+        models.parse_time("not a timeZ")
+
+
 async def test_without_field_history_no_history_is_asked_for(portal: Portal) -> None:
     """field_history = false drops the capability and never asks for propertiesWithHistory."""
     (rid,) = portal.seed(1)
