@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -147,7 +148,9 @@ def _invalid(message: str) -> _ApiError:
 
 
 def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    # orjson: compact UTF-8, as HubSpot answers; a 50-contact page with property history is
+    # ~70 KB, and json.dumps was a third of the simulator's time serving one.
+    body = orjson.dumps(payload)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
