@@ -10,7 +10,8 @@ to back, see the same drift; the ratio B/A per pair is what to read.
 
 Each version runs from a temporary git worktree of that revision (the working tree, as it is,
 when B is not given), with its own `src/` and its own bundled connectors (`connectors/`, imported
-as `customer_sync_connectors`) first on PYTHONPATH, and its own copy of the benchmark script. The benchmark must print one JSON object with `seconds` on its last line.
+as `customer_sync_connectors`) first on PYTHONPATH, and its own copy of the benchmark script.
+The benchmark must print one JSON object with `seconds` on its last line.
 """
 
 from __future__ import annotations
