@@ -1,16 +1,22 @@
 """The collector is paused while batches are decided, collected between them, and always
-turned back on."""
+turned back on; the listing worker lists with it paused too."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import threading
 import weakref
+from typing import ClassVar
 
 import pytest
 
 from customer_sync.engine._gc import gc_paused
+from customer_sync.engine._list_worker import ListSpec, _Worker
+from customer_sync.errors import TransientError
+from customer_sync.mapping.compile import compile_mapping
+from customer_sync.testing.fake_connector import FakeApp, FakeConnector, FakeSettings
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +131,68 @@ async def test_a_deferred_block_collects_everything_every_so_often(monkeypatch):
     assert generations.count(2) >= 2
     assert generations[:3] == [1, 1, 2], "two young collections, then a full one"
     assert gc.isenabled()
+
+
+class _WatchingConnector(FakeConnector):
+    """The fake, noting at each page whether the cyclic collector is running."""
+
+    collector_on_at_pages: ClassVar[list[bool]] = []
+
+    async def list_changes(self, since):  # type: ignore[override]
+        async for page in super().list_changes(since):
+            type(self).collector_on_at_pages.append(gc.isenabled())
+            yield page
+
+
+def _listing_spec(data: str, *, fail: bool = False) -> ListSpec:
+    app = FakeApp(data)
+    for i in range(5):
+        app.put({"email": f"person{i}@example.com", "phone": "+14155552671"})
+    if fail:
+        app.fail_next("list", TransientError("503 from the app", app="crm"))
+    mapping, problems = compile_mapping("crm", {"email": "email", "phone": "phone"}, custom_fields={})
+    assert [] == problems
+    return ListSpec(app="crm", connector_cls=_WatchingConnector, settings=FakeSettings(page_size=2, data=data),
+                    limiters=0, mapping=mapping, identity_key=b"k" * 32)
+
+
+def _sent(conn) -> list[tuple]:
+    out = []
+    while conn.poll():
+        out.append(conn.recv())
+    return out
+
+
+async def test_the_listing_worker_lists_with_the_collector_paused_and_turns_it_back_on():
+    """The listing worker's pages are parsed and normalized with the collector paused (by its
+    thresholds it walked every page again and again), and it is on again once the listing ends."""
+    _WatchingConnector.collector_on_at_pages = []
+    ours, theirs = multiprocessing.Pipe()
+    worker = _Worker(theirs)
+    try:
+        await worker._list(1, _listing_spec("gc-watch"), None, 1_000)
+        assert [False, False, False] == _WatchingConnector.collector_on_at_pages
+        assert gc.isenabled()
+        sent = _sent(ours)
+        assert ["page", "page", "page", "end"] == [m[0] for m in sent]
+        assert [2, 2, 1] == [len(m[2].records) for m in sent[:3]]
+        assert sent[-1][2] is None
+    finally:
+        if worker.connector is not None:
+            await worker.connector.close()
+        ours.close()
+        theirs.close()
+
+
+async def test_the_listing_worker_turns_the_collector_back_on_when_the_listing_fails():
+    ours, theirs = multiprocessing.Pipe()
+    worker = _Worker(theirs)
+    try:
+        await worker._list(1, _listing_spec("gc-watch-failing", fail=True), None, 1_000)
+        assert gc.isenabled()
+        (end,) = _sent(ours)
+        assert "end" == end[0]
+        assert isinstance(end[2], TransientError)
+    finally:
+        ours.close()
+        theirs.close()
