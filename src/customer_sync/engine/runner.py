@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 import uuid
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from customer_sync.engine.dispatch import DispatchStats, dispatch_app
 from customer_sync.engine._gc import collect_young, gc_deferred, gc_paused
@@ -674,10 +675,20 @@ def _inbox_row(app: str, rec: AppRecord | None, source: str, now: datetime, *, a
 
 def _upsert(conn: Any, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
     """Portable upsert by primary key (update, insert when nothing was updated)."""
-    cond = [table.c[k] == v for k, v in key.items()]
-    result = conn.execute(update(table).where(*cond).values(**values))
-    if result.rowcount == 0:
-        conn.execute(insert(table).values(**key, **values))
+    update_stmt, insert_stmt = _upsert_statements(table, tuple(key), tuple(values))
+    params = {**{f"k_{k}": v for k, v in key.items()}, **{f"v_{k}": v for k, v in values.items()}}
+    if conn.execute(update_stmt, params).rowcount == 0:
+        conn.execute(insert_stmt, params)
+
+
+@functools.cache
+def _upsert_statements(table: Any, key: tuple[str, ...], names: tuple[str, ...]) -> tuple[Any, Any]:
+    """`_upsert`'s statements for these columns, built once: the cursor is upserted with every
+    polled transaction, and building them cost more than running them (~0.3 ms a time)."""
+    keys = {k: bindparam(f"k_{k}") for k in key}
+    values = {k: bindparam(f"v_{k}") for k in names}
+    return (update(table).where(*(table.c[k] == p for k, p in keys.items())).values(values),
+            insert(table).values({**keys, **values}))
 
 
 class _OneTransaction:
