@@ -10,8 +10,9 @@ to back, see the same drift; the ratio B/A per pair is what to read.
 
 Each version runs from a temporary git worktree of that revision (the working tree, as it is,
 when B is not given), with its own `src/` and its own bundled connectors (`connectors/`, imported
-as `customer_sync_connectors`) first on PYTHONPATH, and its own copy of the benchmark script.
-The benchmark must print one JSON object with `seconds` on its last line.
+as `customer_sync_connectors`) first on PYTHONPATH, and its own copy of the benchmark script (a
+revision older than the script runs this checkout's copy). The benchmark must print one JSON
+object with `seconds` on its last line.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _imports(tree: Path) -> list[str]:
 def _run(tree: Path, bench: str, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [*_imports(tree), os.environ.get("PYTHONPATH")])))
     script = tree / "bench" / bench
+    if not script.is_file():  # a benchmark newer than the revision: run this checkout's copy
+        script = ROOT / "bench" / bench
     done = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tree, check=False,
                           capture_output=True, text=True)
     if done.returncode != 0:
