@@ -46,8 +46,9 @@ def _chunks(items: list[Any]) -> Iterable[list[Any]]:
         yield items[i : i + _CHUNK]
 
 
-def _in(column: Any, name: str = "values") -> Any:
-    return column.in_(bindparam(name, expanding=True))
+def _in(column: Any) -> Any:
+    """`column IN :values`, the list expanded at execution."""
+    return column.in_(bindparam("values", expanding=True))
 
 
 # The batch's reads, built once. A statement built for every query cost ~0.15 ms of SQLAlchemy
@@ -59,10 +60,9 @@ _LINKS_OF_RECORDS = select(links_t).where(links_t.c.app == bindparam("key"), _in
 # an IN on value_hash alone scans the whole table.
 _IDENTITIES_BY_HASH = select(identities_t).where(
     identities_t.c.kind == bindparam("key"), _in(identities_t.c.value_hash))
-_SNAPSHOTS_OF_PAIRS = select(snapshots_t).where(
-    snapshots_t.c.app == bindparam("key"), _in(snapshots_t.c.customer_id))
-_DELETE_SNAPSHOTS_OF_PAIRS = delete(snapshots_t).where(
-    snapshots_t.c.app == bindparam("key"), _in(snapshots_t.c.customer_id))
+_SNAPSHOT_PAIRS = (snapshots_t.c.app == bindparam("key"), _in(snapshots_t.c.customer_id))
+_SNAPSHOTS_OF_PAIRS = select(snapshots_t).where(*_SNAPSHOT_PAIRS)
+_DELETE_SNAPSHOTS_OF_PAIRS = delete(snapshots_t).where(*_SNAPSHOT_PAIRS)
 _CUSTOMERS = select(customers_t).where(_in(customers_t.c.customer_id))
 _LINKS_OF_CUSTOMERS = select(links_t).where(_in(links_t.c.customer_id))
 _SNAPSHOTS_OF_CUSTOMERS = select(snapshots_t).where(_in(snapshots_t.c.customer_id))
@@ -389,7 +389,7 @@ class UnitOfWork:
             insert_rows(c, customers_t, [self.customers[k] for k in self._new_customers])
         if self._dirty_customers:
             c.execute(
-                update(customers_t).where(customers_t.c.customer_id == _b("k")),
+                update(customers_t).where(customers_t.c.customer_id == bindparam("k")),
                 [_rekey(self.customers[k], "customer_id") for k in self._dirty_customers],
             )
         new_ids = [r for r in self._new_identities if r["customer_id"] not in self._dropped_identities]
@@ -428,12 +428,6 @@ class UnitOfWork:
         rows = [self.snapshots[k] for k in self._dirty_snapshots if self.snapshots.get(k) is not None]
         if rows:
             insert_rows(c, snapshots_t, rows)
-
-
-def _b(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name)
 
 
 def _rekey(row: Mapping[str, Any], key: str) -> dict[str, Any]:
