@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 
 from customer_sync.engine.plan import plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
-from customer_sync.errors import AuthError, RecordGone, RecordRejected, TransientError
+from customer_sync.errors import AuthError, RecordGone, TransientError
 from customer_sync.sdk.connector import AppRecord, WriteOp
 from customer_sync.store.tables import DeadLetter, InboxItem, OutboxItem, stored_utc
 from customer_sync.store.uow import UnitOfWork

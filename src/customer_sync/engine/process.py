@@ -24,7 +24,7 @@ from customer_sync.canonical import identity_values
 from customer_sync.conflicts.three_way import merge_record
 from customer_sync.engine._normalize_worker import fields_fingerprint
 from customer_sync.engine.plan import plan_customer
-from customer_sync.sdk.connector import AppRecord, Capability, fingerprint
+from customer_sync.sdk.connector import AppRecord, Capability
 
 if TYPE_CHECKING:
     from customer_sync.config import AppRuntime, ConflictsConfig
