@@ -273,6 +273,20 @@ class Connector(Generic[S]):
         """Records holding this email (Capability.SEARCH_BY_EMAIL)."""
         raise NotImplementedError
 
+    async def search_by_emails(self, emails: Sequence[str]) -> list[AppRecord]:
+        """Live records holding any of these emails (Capability.SEARCH_BY_EMAIL).
+
+        The engine calls it before it creates records, to link a record the app already holds
+        instead of creating a second one. The default asks `search_by_email` once per email;
+        override it when the vendor can look several up in one call (an `IN` query, a batch
+        read by email). A record found twice is returned once.
+        """
+        found: dict[str, AppRecord] = {}
+        for email in dict.fromkeys(emails):
+            for rec in await self.search_by_email(email):
+                found.setdefault(rec.app_record_id, rec)
+        return list(found.values())
+
     def verify_webhook(
         self, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
     ) -> bool:
