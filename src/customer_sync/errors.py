@@ -4,6 +4,7 @@
 SyncError
 ├── ConfigError            bad settings, mapping or plugin; fail at startup, exit non-zero
 ├── StoreError             the store cannot be reached or migrated
+│   └── StoreLocked        another daemon works this store; stop it or use another store
 ├── ConnectorError         carries app, connector, operation, status_code (never a payload)
 │   ├── TransientError     network, timeouts, 5xx; retried by the policy
 │   │   └── RateLimited    429 / quota; carries retry_after_s
@@ -28,6 +29,7 @@ __all__ = [
     "RecordGone",
     "RecordRejected",
     "StoreError",
+    "StoreLocked",
     "SyncError",
     "TransientError",
 ]
@@ -50,6 +52,10 @@ class ConfigError(SyncError):
 
 class StoreError(SyncError):
     """The store cannot be opened, reached or migrated."""
+
+
+class StoreLocked(StoreError):
+    """Another daemon already works this store: two would send every write twice."""
 
 
 class ConnectorError(SyncError):

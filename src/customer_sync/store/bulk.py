@@ -1,4 +1,5 @@
-"""Inserting many rows at once with less work per row than `Connection.execute(insert(t), rows)`.
+"""Inserting many rows at once with less work per row than `Connection.execute(insert(t), rows)`,
+and the portable upsert of one row by its key (`upsert_row`).
 
 A unit of work flushes several thousand rows per batch on the hot path of an initial pull. Given
 a list of dicts, SQLAlchemy builds each row's parameters one key at a time through its generic
@@ -10,16 +11,16 @@ hands the driver ready parameters through `exec_driver_sql`, still in the caller
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from datetime import datetime
-
-from sqlalchemy import Connection, DateTime, Table, insert
+from sqlalchemy import Connection, DateTime, Table, bindparam, insert, update
 from sqlalchemy.dialects.sqlite.base import DATETIME as SQLITE_DATETIME
 
-__all__ = ["insert_rows"]
+__all__ = ["insert_rows", "upsert_row"]
 
 _Processor = Callable[[Any], Any] | None
 
@@ -119,3 +120,25 @@ def _memo(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 _UNSEEN = object()
+
+
+def upsert_row(conn: Connection, table: Table, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Portable upsert by primary key: update, and insert when nothing was updated.
+
+    Safe without a race only where one writer holds the table's row (SQLite's transactions
+    take the write lock when they begin; one daemon per store).
+    """
+    update_stmt, insert_stmt = _upsert_statements(table, tuple(key), tuple(values))
+    params = {**{f"k_{k}": v for k, v in key.items()}, **{f"v_{k}": v for k, v in values.items()}}
+    if conn.execute(update_stmt, params).rowcount == 0:
+        conn.execute(insert_stmt, params)
+
+
+@functools.cache
+def _upsert_statements(table: Table, key: tuple[str, ...], names: tuple[str, ...]) -> tuple[Any, Any]:
+    """`upsert_row`'s statements for these columns, built once: the cursor is upserted with every
+    polled transaction, and building them cost more than running them (~0.3 ms a time)."""
+    keys = {k: bindparam(f"k_{k}") for k in key}
+    values = {k: bindparam(f"v_{k}") for k in names}
+    return (update(table).where(*(table.c[k] == p for k, p in keys.items())).values(values),
+            insert(table).values({**keys, **values}))

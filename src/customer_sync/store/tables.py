@@ -172,6 +172,8 @@ class OutboxItem(SQLModel, table=True):
     next_attempt_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts(nullable=False)
     error: str | None = Field(sa_column=Column(String(1000), nullable=True))
+    # set when a send ended without a clear answer: the write may have reached the app
+    sent_at: datetime | None = _ts(nullable=True)
 
 
 class CursorRow(SQLModel, table=True):
@@ -237,7 +239,10 @@ class PendingDelete(SQLModel, table=True):
 
 
 class AppState(SQLModel, table=True):
-    """Per-app health for `status` and `check`: last poll, last error, parked."""
+    """Per-app health for `status` and `check` (last poll, last error, parked), and what the
+    daemon must remember about an app across restarts: when its first complete listing was
+    processed (`listed_at`: no create is sent to it before), when it was last reconciled, and
+    until when it is paused (`resume_at`: the vendor asked to wait)."""
 
     __tablename__ = "app_state"
     app: str = Field(sa_column=Column(String(64), primary_key=True))
@@ -246,3 +251,6 @@ class AppState(SQLModel, table=True):
     last_error: str | None = Field(sa_column=Column(String(1000), nullable=True))
     parked: bool = Field(default=False, nullable=False)
     consecutive_failures: int = Field(default=0, nullable=False)
+    listed_at: datetime | None = _ts(nullable=True)
+    reconciled_at: datetime | None = _ts(nullable=True)
+    resume_at: datetime | None = _ts(nullable=True)
