@@ -34,14 +34,14 @@ async def run(n: int, rounds: int) -> dict:
     store = open_store(cfg.daemon.store_url)
     plain, scanned, written = [], [], 0
     async with Engine(cfg, store) as engine:
-        await engine.run_once(scan_deletes=False)  # the initial sync, not timed
+        await engine.run_once(reconcile=False)  # the initial sync, not timed
         for _ in range(rounds):
             t0 = time.perf_counter()
-            summary = await engine.run_once(scan_deletes=False)
+            summary = await engine.run_once(reconcile=False)
             plain.append(time.perf_counter() - t0)
             written += summary.dispatch.written
             t0 = time.perf_counter()
-            summary = await engine.run_once(scan_deletes=True)
+            summary = await engine.run_once(reconcile=True)
             scanned.append(time.perf_counter() - t0)
             written += summary.dispatch.written
     store.close()

@@ -81,7 +81,7 @@ async def run(n: int, quiet: bool) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     async with Engine(cfg, store) as engine:
         t0 = time.perf_counter()
-        summary = await engine.run_once(scan_deletes=False)
+        summary = await engine.run_once(reconcile=False)
         elapsed = time.perf_counter() - t0
         result = {
             "n": n, "seconds": round(elapsed, 2), "records_per_s": round(n / elapsed),
@@ -92,11 +92,11 @@ async def run(n: int, quiet: bool) -> dict:
         }
         if quiet:
             t0 = time.perf_counter()
-            q = await engine.run_once(scan_deletes=False)
+            q = await engine.run_once(reconcile=False)
             result["quiet_round_s"] = round(time.perf_counter() - t0, 3)
             result["quiet_round_written"] = q.dispatch.written
             t0 = time.perf_counter()
-            q = await engine.run_once(scan_deletes=True)
+            q = await engine.run_once(reconcile=True)
             result["quiet_round_with_id_scan_s"] = round(time.perf_counter() - t0, 3)
     store.close()
     target = sqlite3.connect(tmp / "target.db").execute("select count(*) from people").fetchone()[0]

@@ -137,6 +137,9 @@ class SqlConnector(Connector[SqlSettings]):
     )
     object_types = ("row",)
     batch_size = 500
+    # The modified column is set by whoever writes the table, on their own clock, and hard
+    # deletes leave no row to list: compare the whole table with the store every 10 minutes.
+    reconcile_interval_s = 600.0
 
     def __init__(
         self, settings: SqlSettings, *, app: str, clock: Callable[[], datetime] | None = None

@@ -179,22 +179,33 @@ def _root(
 @_expected_errors
 def run(
     config_path: ConfigOption = DEFAULT_CONFIG,
-    once: Annotated[bool, typer.Option("--once", help="One pass over every app, then exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Run until quiet, then exit.")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Read every app and show the writes; write nothing.")
     ] = False,
+    reconcile: Annotated[
+        bool, typer.Option("--reconcile", help="With --once: compare every app whole with the "
+                           "store now (hard deletes, edits with old modified times), not only "
+                           "those whose reconcile_interval_s has passed.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the daemon (until SIGTERM or Ctrl-C), one pass (--once), or a dry run (--dry-run).
+    """Run the daemon (until SIGTERM or Ctrl-C), run until quiet (--once), or a dry run (--dry-run).
 
-    --once exits 1 when an app failed during the pass.
+    --once runs the daemon's own rounds until one is quiet; it exits 1 when an app failed. Only
+    one daemon (or --once) runs on a store at a time: a second exits 1 and says who holds it.
     """
     if once and dry_run:
         raise typer.BadParameter("use --once or --dry-run, not both", param_hint="--once/--dry-run")
     if as_json and not (once or dry_run):
         raise typer.BadParameter("--json goes with --once or --dry-run", param_hint="--json")
+    if reconcile and not once:
+        raise typer.BadParameter("--reconcile goes with --once (the daemon reconciles on its "
+                                 "interval)", param_hint="--reconcile")
     config = _setup(config_path)
-    with _opened_store(config, migrate=True) as store:
+    from customer_sync.store.lock import daemon_lock
+
+    with _opened_store(config, migrate=True) as store, daemon_lock(store):
         if dry_run:
             plan = asyncio.run(_dry_run(config, store))
             _print_plan(plan, as_json=as_json)
@@ -202,7 +213,7 @@ def run(
             if any(entry.get("op") == "error" for entry in plan):
                 raise typer.Exit(1)
         elif once:
-            summary = asyncio.run(_run_once(config, store))
+            summary = asyncio.run(_run_once(config, store, reconcile=reconcile or None))
             _print_summary(summary, as_json=as_json)
             if summary.failed_apps:
                 raise typer.Exit(1)
@@ -215,9 +226,9 @@ async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
         return await engine.dry_run()
 
 
-async def _run_once(config: Config, store: Store) -> RunSummary:
+async def _run_once(config: Config, store: Store, *, reconcile: bool | None) -> RunSummary:
     async with Engine(config, store) as engine:
-        return await engine.run_once()
+        return await engine.run_once(reconcile=reconcile)
 
 
 async def _run_daemon(config: Config, store: Store) -> None:
@@ -359,7 +370,7 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
         _print_json(rows)
         return
     typer.echo(table(
-        ["app", "connector", "last poll", "lag", "linked", "inbox", "pending", "dead", "parked",
+        ["app", "connector", "last poll", "lag", "linked", "inbox", "pending", "dead", "state",
          "last error"],
         [[
             row["app"] + ("" if row["enabled"] else " (disabled)"),
@@ -370,7 +381,7 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
             row["inbox"],
             row["pending_writes"],
             row["dead_letters"],
-            "PARKED" if row["parked"] else "no",
+            _app_state(row),
             row["last_error"] or EMPTY,
         ] for row in rows],
     ))
@@ -378,6 +389,18 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
     open_conflicts = rows[0]["open_conflicts"] if rows else 0
     typer.echo(f"open conflicts: {open_conflicts}"
                + ("  (see: customer-sync conflicts)" if open_conflicts else ""))
+
+
+def _app_state(row: dict[str, Any]) -> str:
+    """PARKED (needs an operator), PAUSED until a time (the vendor asked to wait), "not listed
+    yet" (no create is sent to it before its first complete listing), or ok."""
+    if row["parked"]:
+        return "PARKED"
+    if row["paused_until"] is not None:
+        return f"PAUSED until {format_time(row['paused_until'])}"
+    if not row["listed"]:
+        return "not listed yet"
+    return "ok"
 
 
 # -- conflicts -----------------------------------------------------------------------------------

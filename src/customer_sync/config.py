@@ -72,6 +72,11 @@ class DaemonConfig(_Block):
         description="list apps whose connector allows it in a worker process; default on when "
                     "there is a normalizing worker",
     )
+    poll_slice_s: float = Field(
+        30.0, gt=0,
+        description="a poll stops taking pages after this long and goes on in the next round, "
+                    "so one long listing does not hold up the other apps' writes",
+    )
 
 
 class Condition(_Block):
@@ -94,6 +99,11 @@ class AppConfig(_Block):
     filters: list[Condition] = Field(default_factory=list)
     on_delete: DeletePolicy = "unlink"
     default_region: str | None = None
+    reconcile_interval_s: float | None = Field(
+        None, ge=0,
+        description="compare the whole app with the store this often (hard deletes, edits saved "
+                    "with old modified times); 0 turns it off; default: the connector's",
+    )
 
 
 class FieldRule(_Block):
@@ -198,6 +208,14 @@ class Config:
 
     def poll_interval_s(self, app: str) -> float:
         return self.apps[app].poll_interval_s or self.daemon.poll_interval_s
+
+    def reconcile_interval_s(self, app: str) -> float | None:
+        """How often the app is reconciled (None or 0: never): its own setting, else what its
+        connector declares."""
+        rt = self.apps[app]
+        if rt.config.reconcile_interval_s is not None:
+            return rt.config.reconcile_interval_s or None
+        return rt.connector_cls.reconcile_interval_s
 
 
 def load_config(

@@ -118,7 +118,7 @@ def _config(folder: Path) -> Config:
 
 async def _sync(config: Config, store: Any) -> Any:
     async with Engine(config, store) as engine:
-        return await engine.run_once()
+        return await engine.run_once(reconcile=True)  # hard deletes are found by reconciling
 
 
 async def _scenario(folder: Path, ops: list[tuple[Any, ...]]) -> None:

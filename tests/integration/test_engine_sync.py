@@ -222,8 +222,11 @@ async def test_transient_failure_is_retried_later_without_loss(world):
     first = await w.run()
     assert 1 == first.waiting          # backing off: 1 s, 2 s, 4 s ...
     assert 1 <= first.dispatch.retried
-    w.clock.t += timedelta(minutes=10)
-    await w.run()
+    for _ in range(3):  # each later run finds the backoff over and tries again
+        if w.by_email("desk"):
+            break
+        w.clock.t += timedelta(minutes=10)
+        await w.run()
     assert {"m@x.io"} == set(w.by_email("desk"))
     assert 1 == len(w.apps["desk"].live())
 

@@ -129,7 +129,7 @@ async def pull(cfg: Config, store: Store, *, ready: bool = True) -> tuple[int, E
         if ready:
             for worker in engine.listing.values():
                 assert await worker.wait_ready()
-        return await engine.poll("crm"), engine
+        return (await engine.poll("crm")).fresh, engine
 
 
 async def test_a_pull_listed_in_the_worker_stores_what_a_pull_in_place_stores(hubspot: Served, tmp_path: Path):
@@ -160,7 +160,7 @@ async def test_a_poll_hands_over_to_the_worker_once_it_is_ready(hubspot: Served,
                 time.sleep(0.02)
 
         hubspot.on_list = second_page_waits_for_the_worker
-        assert await engine.poll("crm") == 240
+        assert (await engine.poll("crm")).fresh == 240
         assert worker.listings == 1  # pages 3 to 5
     assert stored(store)["links"] == 206  # 240 but the 34 parked
     assert hubspot.lists == 5  # 240 contacts in pages of 50, each read once
@@ -183,7 +183,7 @@ async def test_the_worker_and_the_engine_share_one_rate_limit_budget(store: Stor
             assert await engine.listing["crm"].wait_ready()
             connector = engine.connectors["crm"]
             checks = [asyncio.create_task(connector.check()) for _ in range(30)]  # type: ignore[attr-defined]
-            assert await engine.poll("crm") == 300
+            assert (await engine.poll("crm")).fresh == 300
             await asyncio.gather(*checks)
             assert engine.listing["crm"].listings == 1
     finally:
@@ -219,7 +219,7 @@ async def test_a_worker_that_dies_hands_the_listing_back_to_the_engine(hubspot: 
                 os.kill(pid, signal.SIGKILL)
 
         hubspot.on_list = kill_worker
-        assert await engine.poll("crm") >= 240  # a page may be read twice, never lost
+        assert (await engine.poll("crm")).fresh >= 240  # a page may be read twice, never lost
         assert worker.failed and not worker.ready
         hubspot.on_list = None
         await engine.poll("crm")  # in place now; it re-reads the last contacts (lookback)

@@ -80,7 +80,7 @@ async def test_waiting_pages_are_decided_together_up_to_the_batch_size(world):
     async with scripted_engine(w, pages) as engine:
         take = engine._take_pages
         engine._take_pages = lambda app, group, *rest: groups.append(len(group)) or take(app, group, *rest)  # type: ignore[method-assign]
-        assert 25 == await engine.poll("crm")
+        assert 25 == (await engine.poll("crm")).fresh
     assert [2, 2, 1] == groups
     assert 25 == len(w.customers())
     assert "after-page-5" == stored_cursor(w)
@@ -139,7 +139,7 @@ async def test_pages_normalized_by_the_worker_decide_as_pages_normalized_in_plac
             engine.normalizer.min_records = 1
             await engine.normalizer.start()
             assert engine.normalizer.ready is bool(workers)
-            assert 23 == await engine.poll("crm")
+            assert 23 == (await engine.poll("crm")).fresh
         customers = sorted((c["values"] for c in w.customers()), key=lambda v: v.get("phone", ""))
         errors = sorted((e["app_record_id"], e["reason"]) for e in w.changelog("error"))
         # identity hashes and fingerprints made in the worker are the ones made in place
@@ -183,7 +183,7 @@ async def test_read_ahead_is_bounded_in_records(world):
             return take(app, group, *rest)
 
         engine._take_pages = watch  # type: ignore[method-assign]
-        assert 100 == await engine.poll("crm")
+        assert 100 == (await engine.poll("crm")).fresh
     assert max(ahead) <= 2 * 7 + 2 * 5
     assert 100 == len(w.customers())
 
@@ -194,6 +194,7 @@ async def test_the_daemon_starts_its_normalizing_worker_before_the_first_poll(wo
     import asyncio
 
     from customer_sync.engine.normalizing import PageNormalizer
+    from customer_sync.engine.poll import PollResult
 
     w = world(apps=("crm", "desk"))
     async with scripted_engine(w, [page(1, [("11", "A")])]) as engine:
@@ -201,10 +202,10 @@ async def test_the_daemon_starts_its_normalizing_worker_before_the_first_poll(wo
         stop = asyncio.Event()
         ready_at_poll: list[bool] = []
 
-        async def poll(app: str) -> int:
+        async def poll(app: str, **kw: object) -> PollResult:
             ready_at_poll.append(engine.normalizer.ready)
             stop.set()
-            return 0
+            return PollResult(fresh=0, complete=True)
 
         engine.poll = poll  # type: ignore[method-assign]
         await asyncio.wait_for(engine.run_forever(stop, dispatch_interval_s=60), timeout=60)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +32,7 @@ log_level = "{log_level}"
 log_format = "json"
 redact_logs = {redact}
 poll_interval_s = 0.2
+listen = "127.0.0.1:{port}"
 
 [conflicts]
 default = "{rule}"
@@ -80,7 +82,7 @@ class Setup:
                      a_extra: str = "", log_level: str = "warning", redact: bool = True) -> Path:
         self.config.write_text(CONFIG.format(
             tmp=self.tmp.as_posix(), rule=rule, a_on_delete=a_on_delete, a_extra=a_extra,
-            log_level=log_level, redact="true" if redact else "false",
+            log_level=log_level, redact="true" if redact else "false", port=_free_port(),
         ), encoding="utf-8")
         return self.config
 
@@ -119,6 +121,13 @@ class Setup:
     def store_count(self, table: str) -> int:
         with sqlite3.connect(self.tmp / "store.db") as db:
             return db.execute(f"select count(*) from {table}").fetchone()[0]
+
+
+def _free_port() -> int:
+    """A port nobody listens on now, so that parallel runs never share the daemon's address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 _clock = [datetime.now(UTC)]
@@ -577,7 +586,7 @@ def test_resync_of_an_unknown_app_exits_2(synced: Setup) -> None:
 def _hold_a_delete(s: Setup) -> dict[str, Any]:
     s.write_config(a_on_delete="approve")
     s.execute("a", "delete from contacts where id = 'a1'")
-    s.ok("run", "--once")
+    s.ok("run", "--once", "--reconcile")  # a hard delete leaves no row: the id scan finds it
     held = s.json("deletes")
     assert 1 == len(held), held
     return held[0]

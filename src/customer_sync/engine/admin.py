@@ -245,7 +245,9 @@ def resync(store: Store, config: Config, app: str) -> None:
 
 
 def app_status(store: Store, config: Config, *, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Per app: last poll, lag since the last successful poll, pending writes, errors, conflicts."""
+    """Per app: last poll, lag since the last successful poll, pending writes, errors, conflicts,
+    whether its first complete listing is done, and until when it is paused (a vendor's
+    `Retry-After` longer than the daemon will sleep on one request)."""
     now = now or _now()
     out = []
     with store.transaction() as conn:
@@ -263,10 +265,15 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
         last_ok = st.get("last_success_at")
         if last_ok is not None:
             last_ok = stored_utc(last_ok)
+        resume_at = st.get("resume_at")
+        if resume_at is not None:
+            resume_at = stored_utc(resume_at)
         out.append({
             "app": app,
             "connector": config.apps[app].config.connector,
             "enabled": config.apps[app].config.enabled,
+            "listed": st.get("listed_at") is not None,
+            "paused_until": resume_at if resume_at is not None and resume_at > now else None,
             "last_poll_at": st.get("last_poll_at"),
             "lag_s": round((now - last_ok).total_seconds(), 1) if last_ok else None,
             "linked": linked.get(app, 0),

@@ -1,14 +1,24 @@
 """Dispatch the outbox to one app: claim, check, send, confirm.
 
 1. **claim** a batch: rows go `pending -> sending` in a committed transaction. Rows found in
-   `sending` (a crash between send and confirm) are claimed again first.
-2. **check** updates against the app (no blind overwrites): the target records are read; a field
-   the app itself changed since its base is not overwritten, the record goes back to the inbox
-   and the merge decides.
+   `sending` (a crash between send and confirm) are claimed again first. No create is claimed
+   for an app whose first complete listing has not been processed (`app_state.listed_at`): a
+   record the app already holds would be created a second time.
+2. **check** against the app:
+   - updates (no blind overwrites): the target records are read; a field the app itself
+     changed since its base is not overwritten, the record goes back to the inbox and the
+     merge decides;
+   - creates (no duplicates): the emails they carry are looked up in the app
+     (`search_by_emails`, for connectors with `SEARCH_BY_EMAIL`). A record the app already
+     holds and no customer is linked to is **adopted** instead of created: linked to the
+     customer and sent to the inbox, so the merge decides its fields against ours by the
+     conflict rules. A record linked to another customer is not created twice: the write is
+     refused as a dead letter for an operator.
 3. **send** through `connector.write_many`. Creates carry an idempotency key derived from
-   (customer, app), and a create claimed again from `sending` says so (`uncertain_since`):
-   the connector either relies on the app's idempotency or looks for what the first send
-   made, so re-sending an uncertain create never makes a second record.
+   (customer, app), and a create that may already have reached the app says so
+   (`uncertain_since`: it was being sent when the daemon stopped, or its send failed without a
+   clear answer): the connector either relies on the app's idempotency or looks for what the
+   first send made, so re-sending an uncertain create never makes a second record.
 4. **confirm** in one transaction: links for new records, the app's base and the fingerprint of
    what it now holds (how the echo is recognised), the change log, and the outbox row removed.
 Transient failures back off and retry; a record the app refuses becomes a dead letter.
@@ -21,13 +31,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
+from customer_sync.canonical import identity_values
 from customer_sync.engine.plan import plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, RecordGone, TransientError
-from customer_sync.sdk.connector import AppRecord, WriteOp
-from customer_sync.store.tables import DeadLetter, InboxItem, OutboxItem, stored_utc
+from customer_sync.sdk.connector import AppRecord, Capability, WriteOp
+from customer_sync.store import app_state
+from customer_sync.store.inbox import inbox_row
+from customer_sync.store.tables import DeadLetter, InboxItem, LinkRow, OutboxItem, stored_utc
 from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
@@ -35,11 +48,12 @@ if TYPE_CHECKING:
     from customer_sync.sdk.connector import Connector
     from customer_sync.store.db import Store
 
-__all__ = ["DispatchStats", "dispatch_app", "expected_app_fields", "idempotency_key"]
+__all__ = ["DispatchStats", "dispatch_app", "expected_app_fields", "idempotency_key", "ready_writes"]
 
 outbox_t = OutboxItem.__table__
 inbox_t = InboxItem.__table__
 dead_t = DeadLetter.__table__
+links_t = LinkRow.__table__
 
 
 @dataclass
@@ -50,6 +64,7 @@ class DispatchStats(Counts):
     deferred: int = 0
     rejected: int = 0
     retried: int = 0
+    adopted: int = 0  # creates answered by linking a record the app already held
 
 
 def idempotency_key(customer_id: str, app: str) -> str:
@@ -80,8 +95,9 @@ async def dispatch_app(
 ) -> DispatchStats:
     """Send every ready outbox row of one app; returns counts."""
     stats = DispatchStats()
+    creates = bool(app_state.listed_apps(store, [rt.name]))
     while True:
-        rows = _claim(store, rt.name, now(), batch_size)
+        rows = _claim(store, rt.name, now(), batch_size, creates=creates)
         if not rows:
             return stats
         faults("mid_dispatch")
@@ -90,13 +106,16 @@ async def dispatch_app(
         with store.transaction() as conn:
             uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
             uow.load_bases(updates)
-        ops, rechecks, gone = await _build_ops(rt, connector, rows, uow)
+        adopted, refused = await _look_up_creates(store, rt, connector, rows)
+        sending = [r for r in rows if r["seq"] not in adopted and r["seq"] not in refused]
+        ops, rechecks, gone = await _build_ops(rt, connector, sending, uow)
         outcomes = []
         if ops:
             try:
                 outcomes = await connector.write_many(ops)
             except TransientError as exc:
-                _release(store, rows, now(), max_attempts, f"{type(exc).__name__}: {exc}", rt.name)
+                _release(store, rows, now(), max_attempts, f"{type(exc).__name__}: {exc}", rt.name,
+                         maybe_sent={op.key for op in ops if op.op == "create"})
                 stats.retried += len(rows)
                 return stats
             except AuthError:
@@ -121,6 +140,14 @@ async def dispatch_app(
                     stats.rejected += 1
                     _dead(conn, row, str(outcome.error), uow)
                     done.append(row["seq"])
+            for seq, record in adopted.items():
+                _adopt(conn, uow, rt, by_key[str(seq)], record)
+                stats.adopted += 1
+                done.append(seq)
+            for seq, reason in refused.items():
+                stats.rejected += 1
+                _dead(conn, by_key[str(seq)], reason, uow)
+                done.append(seq)
             for row in gone:
                 done.append(row["seq"])
                 if rt.config.on_delete == "ignore":
@@ -130,9 +157,10 @@ async def dispatch_app(
                     plan_customer(uow, row["customer_id"], {rt.name: rt}, now=uow.now, reason="re-create: record gone")
                     continue
                 # The record vanished from the app: handle it as a delete seen there.
-                conn.execute(insert(inbox_t), [_inbox_row(rt.name, row["app_record_id"], None, True, uow.now)])
+                conn.execute(insert(inbox_t), [inbox_row(
+                    rt.name, AppRecord(app_record_id=row["app_record_id"], deleted=True), "recheck", uow.now)])
             for row, record in rechecks:
-                conn.execute(insert(inbox_t), [_inbox_row(rt.name, record.app_record_id, record, False, uow.now)])
+                conn.execute(insert(inbox_t), [inbox_row(rt.name, record, "recheck", uow.now)])
                 stats.deferred += 1
                 if row["seq"] not in done and not any(o.key == str(row["seq"]) for o in outcomes):
                     done.append(row["seq"])
@@ -141,18 +169,38 @@ async def dispatch_app(
                 conn.execute(delete(outbox_t).where(outbox_t.c.seq.in_(done)))
 
 
-def _claim(store: Store, app: str, now: datetime, limit: int) -> list[dict[str, Any]]:
+def ready_writes(store: Store, apps: list[str], now: datetime, *, ready_only: bool = True) -> int:
+    """Outbox rows of these apps waiting to be sent: with `ready_only`, those that a dispatch
+    would send now (due, and no create to an app not listed yet); else all of them."""
+    if not apps:
+        return 0
+    waiting = (outbox_t.c.state.in_(("pending", "sending")), outbox_t.c.app.in_(apps))
+    if not ready_only:
+        with store.transaction() as conn:
+            return conn.execute(select(func.count()).select_from(outbox_t).where(*waiting)).scalar_one()
+    listed = list(app_state.listed_apps(store, apps))
+    with store.transaction() as conn:
+        return conn.execute(select(func.count()).select_from(outbox_t).where(
+            *waiting,
+            or_(outbox_t.c.next_attempt_at.is_(None), outbox_t.c.next_attempt_at <= now),
+            or_(outbox_t.c.op != "create", outbox_t.c.app.in_(listed)),
+        )).scalar_one()
+
+
+def _claim(store: Store, app: str, now: datetime, limit: int, *, creates: bool) -> list[dict[str, Any]]:
     """Claim up to `limit` rows: uncertain ones (`sending`, left by a crash) first, then ready
-    pending ones. Two index searches on (app, state, seq); one OR would sort the whole outbox."""
+    pending ones; creates only when `creates` (the app has been listed). Two index searches on
+    (app, state, seq); one OR would sort the whole outbox."""
+    kinds = () if creates else (outbox_t.c.op != "create",)
     with store.transaction() as conn:
         rows = [dict(r) for r in conn.execute(
-            select(outbox_t).where(outbox_t.c.app == app, outbox_t.c.state == "sending")
+            select(outbox_t).where(outbox_t.c.app == app, outbox_t.c.state == "sending", *kinds)
             .order_by(outbox_t.c.seq).limit(limit)
         ).mappings()]
         if len(rows) < limit:
             rows += [dict(r) for r in conn.execute(
                 select(outbox_t).where(
-                    outbox_t.c.app == app, outbox_t.c.state == "pending",
+                    outbox_t.c.app == app, outbox_t.c.state == "pending", *kinds,
                     or_(outbox_t.c.next_attempt_at.is_(None), outbox_t.c.next_attempt_at <= now),
                 ).order_by(outbox_t.c.seq).limit(limit - len(rows))
             ).mappings()]
@@ -210,9 +258,66 @@ async def _build_ops(
 
 
 def _uncertain_since(row: Mapping[str, Any]) -> datetime | None:
-    """When a row claimed again from `sending` was decided: its write may have reached the app
-    before the daemon stopped, and not before this time. None for a row never sent."""
-    return stored_utc(row["created_at"]) if row["state"] == "sending" else None
+    """When a row that may already have reached the app was decided (claimed again from
+    `sending` after a crash, or sent before without a clear answer): the app cannot hold its
+    effect from before then. None for a row never sent."""
+    if row["state"] == "sending" or row["sent_at"] is not None:
+        return stored_utc(row["created_at"])
+    return None
+
+
+async def _look_up_creates(
+    store: Store, rt: AppRuntime, connector: Connector, rows: list[dict[str, Any]],  # type: ignore[type-arg]
+) -> tuple[dict[int, AppRecord], dict[int, str]]:
+    """Look the emails of the batch's creates up in the app before creating anything.
+
+    Returns the rows to answer by adopting a record the app holds (seq -> that record), and the
+    rows refused because the app holds the email on a record linked to another customer
+    (seq -> why). A create whose email the app does not hold is in neither.
+    """
+    creates = {r["seq"]: r["fields"].get("email") for r in rows if r["op"] == "create"}
+    emails = sorted({e for e in creates.values() if isinstance(e, str) and e})
+    if not emails or Capability.SEARCH_BY_EMAIL not in connector.capabilities:
+        return {}, {}
+    holders: dict[str, list[AppRecord]] = {}
+    for rec in await connector.search_by_emails(emails):
+        if rec.deleted:
+            continue
+        values, _ = rt.mapping.to_canonical(rec.fields)
+        for kind, value in identity_values(values):
+            if kind == "email":
+                holders.setdefault(value, []).append(rec)
+    if not holders:
+        return {}, {}
+    found_ids = sorted({rec.app_record_id for recs in holders.values() for rec in recs})
+    with store.transaction() as conn:
+        linked = dict(conn.execute(select(links_t.c.app_record_id, links_t.c.customer_id).where(
+            links_t.c.app == rt.name, links_t.c.app_record_id.in_(found_ids))).all())
+    adopted: dict[int, AppRecord] = {}
+    refused: dict[int, str] = {}
+    taken: set[str] = set()
+    for seq, email in creates.items():
+        recs = sorted(holders.get(email, []), key=lambda r: r.app_record_id) if email else []
+        free = [r for r in recs if r.app_record_id not in linked and r.app_record_id not in taken]
+        if free:
+            adopted[seq] = free[0]
+            taken.add(free[0].app_record_id)
+        elif recs:
+            refused[seq] = (f"not created: {rt.name} already holds this email on record "
+                            f"{recs[0].app_record_id}, which is linked to another customer")
+    return adopted, refused
+
+
+def _adopt(conn: Any, uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], record: AppRecord) -> None:
+    """Answer a create with the record the app already holds: link it to the customer (with no
+    base yet) and queue it for the merge, which decides each field against ours by the rules
+    and plans whatever the app still needs."""
+    cid = row["customer_id"]
+    uow.add_link(rt.name, record.app_record_id, cid)
+    uow.drop_snapshot(cid, rt.name)
+    conn.execute(insert(inbox_t), [inbox_row(rt.name, record, "adopt", uow.now)])
+    uow.log("decided", app=rt.name, app_record_id=record.app_record_id, customer_id=cid,
+            reason=f"linked to the record {rt.name} already holds (same email) instead of creating one")
 
 
 def _confirm(uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], app_record_id: str, stats: DispatchStats) -> None:
@@ -249,10 +354,16 @@ def _dead(conn: Any, row: dict[str, Any], error: str, uow: UnitOfWork) -> None:
 
 
 def _release(store: Store, rows: list[dict[str, Any]], now: datetime, max_attempts: int | None,
-             error: str, app: str) -> None:
-    """Put claimed rows back with a backoff; rows out of attempts become dead letters."""
+             error: str, app: str, *, maybe_sent: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Put claimed rows back with a backoff; rows out of attempts become dead letters.
+
+    `maybe_sent` are the keys of creates whose send ended without a clear answer: the app may
+    hold what they made, so they are re-sent as uncertain (`sent_at`), never as fresh creates.
+    """
     with store.transaction() as conn:
         for row in rows:
+            if str(row["seq"]) in maybe_sent and row["sent_at"] is None:
+                conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(sent_at=now))
             attempts = row["attempts"] + 1
             if max_attempts is not None and attempts >= max_attempts:
                 conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(state="dead", error=error[:1000]))
@@ -264,10 +375,3 @@ def _release(store: Store, rows: list[dict[str, Any]], now: datetime, max_attemp
                 continue
             conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(
                 state="pending", error=error[:1000], next_attempt_at=now + _backoff(attempts)))
-
-
-def _inbox_row(app: str, app_record_id: str, record: AppRecord | None, deleted: bool, now: datetime) -> dict[str, Any]:
-    payload = record.model_dump(mode="json") if record is not None else (
-        AppRecord(app_record_id=app_record_id, deleted=True).model_dump(mode="json") if deleted else None)
-    return {"app": app, "app_record_id": app_record_id, "payload": payload, "deleted": deleted,
-            "source": "recheck", "received_at": now, "state": "pending", "error": None}

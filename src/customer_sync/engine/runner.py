@@ -1,61 +1,64 @@
-"""The engine: polls apps into the inbox, processes it, dispatches the outbox — once or forever.
+"""The engine and its one loop: rounds of poll, reconcile, intake and dispatch.
 
-`Engine.run_once()` repeats rounds (poll every app, process the inbox, dispatch the outbox)
-until a round finds nothing to write: that is "quiet". `Engine.run_forever()` schedules one poll
-job per app at its interval and one dispatcher with APScheduler, and stops gracefully.
+A **round** does each stage once, in this order, every stage committing before the next:
+1. poll the apps that are due (concurrently; a long listing stops at its time slice and goes on
+   in the next round),
+2. reconcile the apps whose reconciliation is due (`engine.reconcile`),
+3. process the inbox (`engine.intake`),
+4. dispatch every app's ready writes (`engine.dispatch`; no create goes to an app before its
+   first complete listing has been processed).
 
-Every stage commits before the next begins, so a crash anywhere resumes without losing or
-duplicating a change. `faults` is a test hook called at the named points between stages
-(`after_inbox`, `after_merge`, `mid_dispatch`, `before_confirm`).
+There is one loop that runs rounds (`Engine._loop`), and two schedules that tell it when:
+- `run_once()` (`customer-sync run --once`, cron, tests): every app is due in every round, and
+  the loop ends at the first quiet round (nothing read that changed anything, nothing planned or
+  written, no write ready, nothing waiting in the inbox);
+- `run_forever()` (`customer-sync run`, the daemon): APScheduler marks each app due at its poll
+  interval, and a tick every `dispatch_interval_s` sends ready writes and the inbox; the first
+  round at start polls every app. A round that did something is followed by another at once.
+So the daemon and `run --once` decide, order and commit the same work the same way.
+
+A failure in one app is caught in `_guarded` (the one place that catches broad exceptions),
+recorded on the app, and the other apps go on. `faults` is a test hook called at the named
+points between stages (`after_inbox`, `after_merge`, `mid_dispatch`, `before_confirm`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from customer_sync.engine.dispatch import DispatchStats, dispatch_app
-from customer_sync.engine._gc import collect_young, gc_deferred, gc_paused
 from customer_sync.engine._list_worker import ListSpec
-from customer_sync.engine.listing import ListingWorker, WorkerGone, can_list_in_worker
+from customer_sync.engine.dispatch import DispatchStats, dispatch_app, ready_writes
+from customer_sync.engine.dry_run import dry_run
+from customer_sync.engine.intake import pending_inbox, process_inbox
+from customer_sync.engine.listing import ListingWorker, can_list_in_worker
 from customer_sync.engine.normalizing import Normalized, PageNormalizer, default_workers
-from customer_sync.engine.process import ProcessStats, process_items, process_records, record_fingerprint
-from customer_sync.errors import AuthError, ConnectorError
-from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor
+from customer_sync.engine.poll import PollResult, poll_app, take_pages
+from customer_sync.engine.process import ProcessStats
+from customer_sync.engine.reconcile import due_for_reconcile, reconcile_app, scan_ids
+from customer_sync.errors import AuthError, RateLimited
+from customer_sync.sdk.connector import ChangePage, Connector
 from customer_sync.sdk.ratelimit import collecting
-from customer_sync.store.tables import AppState, CursorRow, InboxItem, LinkRow, OutboxItem
-from customer_sync.store.uow import UnitOfWork
+from customer_sync.store import app_state
 
 if TYPE_CHECKING:
     from customer_sync.config import Config
     from customer_sync.store.db import Store
 
-__all__ = ["Engine", "RunSummary", "default_identity_key"]
+__all__ = ["Engine", "RoundResult", "RunSummary", "default_identity_key"]
 
 log = structlog.get_logger("customer_sync.engine")
-inbox_t = InboxItem.__table__
-outbox_t = OutboxItem.__table__
-cursors_t = CursorRow.__table__
-app_state_t = AppState.__table__
-links_t = LinkRow.__table__
-
-# Pages a poll reads ahead of the one being decided. Memory is bounded in records (two batches,
-# see `poll`); this cap only stops a run of empty pages from queueing without end. It is high
-# enough that the records bound is the one that binds: with HubSpot's 50-contact history pages,
-# a cap of 8 pages held each transaction to 400 records instead of a full batch.
-_READ_AHEAD = 32
+T = TypeVar("T")
 
 
 def default_identity_key() -> bytes:
@@ -95,6 +98,52 @@ class RunSummary:
         }
 
 
+@dataclass
+class Due:
+    """What a round is to do: the apps to poll and to reconcile (every app is dispatched)."""
+
+    polls: set[str] = field(default_factory=set)
+    reconciles: set[str] = field(default_factory=set)
+
+
+@dataclass
+class RoundResult:
+    """What one round did, and whether it was quiet."""
+
+    number: int
+    started_at: float  # time.monotonic()
+    polled: set[str] = field(default_factory=set)
+    reconciled: set[str] = field(default_factory=set)
+    more: set[str] = field(default_factory=set)  # polls cut at their slice: more is waiting
+    fresh: int = 0
+    found: int = 0  # changes found by reconciliation
+    process: ProcessStats = field(default_factory=ProcessStats)
+    dispatch: DispatchStats = field(default_factory=DispatchStats)
+    waiting: int = 0  # writes ready and inbox items pending after the round
+    failed: set[str] = field(default_factory=set)
+
+    @property
+    def active(self) -> bool:
+        """The round changed something, or left work that is ready now."""
+        p, d = self.process, self.dispatch
+        return bool(self.more or self.waiting or p.planned or p.updated or p.created or p.deleted
+                    or d.written or d.created or d.deleted or d.deferred or d.adopted)
+
+    @property
+    def quiet(self) -> bool:
+        return not self.active
+
+
+class _Schedule(Protocol):
+    """When the loop runs a round, and when it ends."""
+
+    summary: RunSummary
+
+    async def next_round(self, engine: Engine) -> Due | None: ...
+
+    def finished(self, engine: Engine, result: RoundResult) -> None: ...
+
+
 class Engine:
     """Wires the config, the store and one connector per app; use as an async context manager."""
 
@@ -120,7 +169,7 @@ class Engine:
         self.run_id = str(uuid.uuid4())
         self.unopened: dict[str, str] = {}  # app -> why its connector could not open
         self._offload = True  # process batches in a worker thread (not in dry-run)
-        self._inbox_lock = asyncio.Lock()  # one inbox processor per process
+        self._inbox_lock = asyncio.Lock()  # one processor of changes per process
         self.intake = ProcessStats()  # what polled pages did (processed as they were read)
         workers = config.daemon.normalize_workers
         self.normalizer = PageNormalizer(default_workers() if workers is None else workers,
@@ -128,6 +177,12 @@ class Engine:
         listing = config.daemon.list_in_worker
         self._list_in_worker = self.normalizer.workers > 0 if listing is None else listing
         self.listing: dict[str, ListingWorker] = {}  # app -> its listing worker, when it has one
+        self.rounds = 0
+        self.last_round: RoundResult | None = None
+        self._round_done = asyncio.Condition()
+        self._failing: set[str] = set()  # apps with an error recorded since they last succeeded
+        self._wake: asyncio.Event | None = None  # set by `notify` while the daemon runs
+        self.stopping: asyncio.Event | None = None  # the daemon's stop: polls end at a page
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -151,9 +206,6 @@ class Engine:
                     log.error("app.open_failed", reason=type(exc).__name__, error=str(exc))
         return self
 
-    def _live_apps(self) -> list[str]:
-        return [a for a in self.apps if a in self.connectors]
-
     async def __aexit__(self, *exc: object) -> None:
         try:
             for worker in self.listing.values():
@@ -162,282 +214,37 @@ class Engine:
         finally:
             await asyncio.to_thread(self.normalizer.close)
 
-    # -- stages ------------------------------------------------------------------------------------
+    def live_apps(self) -> list[str]:
+        """The enabled apps whose connector opened."""
+        return [a for a in self.apps if a in self.connectors]
 
-    async def poll(self, app: str) -> int:
-        """Read an app's changes since its cursor and decide them; returns how many records
-        were received.
+    # -- the stages (each in its own module) ------------------------------------------------------
 
-        Pages are read ahead (up to two batches' worth of records, and `_READ_AHEAD` pages)
-        while earlier ones are decided, so waiting for the app overlaps with our own work. A
-        listing worker (see `engine.listing`) reads up to one batch more. Pages already waiting are decided
-        together, up to `daemon.batch_size` records, in one transaction that also stores the
-        cursor of the last of them: a crash before that commit re-reads them all.
-
-        Raises:
-            Whatever the connector raised, after the pages it listed before failing are
-            committed.
-        """
-        connector = self.connectors[app]
-        with self.store.transaction() as conn:
-            raw = conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
-        cursor = Cursor(value=raw) if raw is not None else None
-        # each page comes with its normalization: under way in a worker as soon as it was read,
-        # or done already by the app's listing worker
-        pages: asyncio.Queue[tuple[ChangePage, asyncio.Future[Any] | None] | None] = asyncio.Queue(
-            maxsize=_READ_AHEAD)
-        failed: list[BaseException] = []
-        # Read-ahead is bounded in records too, so memory does not grow with the page size:
-        # the reader waits while two batches' worth are queued and not yet taken.
-        budget = 2 * self.config.daemon.batch_size
-        queued = 0
-        room = asyncio.Event()
-
-        async def read() -> None:
-            nonlocal queued
-            try:
-                async for page, normalizing in self._listed(app, connector, cursor, self.config.daemon.batch_size):
-                    while queued >= budget:
-                        room.clear()
-                        await room.wait()
-                    queued += len(page.records)
-                    await pages.put((page, normalizing))
-            except Exception as exc:  # re-raised by poll once what came before is committed
-                failed.append(exc)
-            finally:
-                with contextlib.suppress(asyncio.QueueFull):
-                    pages.put_nowait(None)  # the reader is done (a full queue is drained first)
-
-        reader = asyncio.create_task(read(), name=f"poll-{app}")
-        count = 0
-        try:
-            # the collector runs between batches, not by its own thresholds (see `_gc`)
-            async with gc_deferred():
-                done = False
-                while not done:
-                    first = await pages.get()
-                    if first is None:
-                        break
-                    group = [first]
-                    size = len(first[0].records)
-                    while size < self.config.daemon.batch_size and not pages.empty():
-                        item = pages.get_nowait()
-                        if item is None:
-                            done = True
-                            break
-                        group.append(item)
-                        size += len(item[0].records)
-                    if done is False and reader.done() and pages.empty():
-                        done = True  # the end marker did not fit: the queue was full when it ended
-                    queued -= size
-                    room.set()
-                    normalized: dict[int, Normalized] = {}
-                    for page, pending in group:
-                        normalized.update(await self.normalizer.collect(app, page.records, pending))
-                    taken = [page for page, _ in group]
-                    async with self._inbox_lock:  # one processor of changes per process
-                        if self._offload:
-                            fresh = await asyncio.to_thread(self._take_pages, app, taken, normalized)
-                        else:
-                            fresh = self._take_pages(app, taken, normalized)
-                    count += fresh
-                    self.faults("after_inbox")  # the pages are durable...
-                    self.faults("after_merge")  # ...and so is what was decided from them
-                    log.debug("app.pages_taken", app=app, pages=len(group), count=size, fresh=fresh)
-                    del group, taken, normalized  # freed before the collector walks what is alive
-                    collect_young()
-        finally:
-            if not reader.done():
-                reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if failed:
-            raise failed[0]
-        return count
-
-    async def _listed(
-        self, app: str, connector: Connector, cursor: Cursor | None, max_ahead: int,  # type: ignore[type-arg]
-    ) -> AsyncIterator[tuple[ChangePage, asyncio.Future[Any] | None]]:
-        """The app's pages from `cursor`, each with its normalization under way (or None).
-
-        Listed in the engine's process until the app's listing worker is ready (a page of 50+
-        records starts it), then in the worker from the cursor of the last page listed here. A
-        worker that dies hands the listing back the same way.
-        """
-        worker = self.listing.get(app)
-        mapping = self.apps[app].mapping
-        loop = asyncio.get_running_loop()
-        while True:
-            if worker is not None and worker.ready:
-                try:
-                    async for page, wire in worker.pages(cursor, max_ahead):
-                        done: asyncio.Future[Any] = loop.create_future()
-                        done.set_result(wire)
-                        yield page, done
-                        cursor = page.cursor
-                    return
-                except WorkerGone:
-                    pass  # go on here from the last page the worker sent
-            listed = connector.list_changes(cursor)
-            try:
-                async for page in listed:
-                    yield page, self.normalizer.submit(mapping, page.records)
-                    cursor = page.cursor
-                    if worker is not None:
-                        if len(page.records) >= self.normalizer.min_records:
-                            worker.start()
-                        if worker.ready:
-                            break  # hand over at this page's cursor
-                else:
-                    return
-            finally:
-                await listed.aclose()  # type: ignore[attr-defined]
+    async def poll(self, app: str, *, full: bool = False, slice_s: float | None = None) -> PollResult:
+        """Read an app's changes since its cursor and decide them (see `engine.poll`)."""
+        return await poll_app(self, app, full=full, slice_s=slice_s)
 
     def _take_pages(
-        self, app: str, pages: Sequence[ChangePage], normalized: Mapping[int, Normalized] | None = None
+        self, app: str, pages: Sequence[ChangePage], normalized: Mapping[int, Normalized] | None = None,
+        full: bool = False,
     ) -> int:
-        """Commit polled pages with the cursor after the last of them, in one transaction.
+        """Commit polled pages with their cursor (see `engine.poll.take_pages`)."""
+        return take_pages(self, app, pages, normalized, full)
 
-        Echoes are dropped; records with older changes still waiting in the inbox queue up
-        behind them there; everything else is processed right here, so the pages' effects and
-        their cursor commit together (a crash before the commit re-reads the pages).
-        `normalized` holds records' canonical values already worked out, by `id(record)`.
-        """
-        now = self.clock()
-        records = [rec for page in pages for rec in page.records]
-        with self.store.transaction() as conn:  # the poll has the collector paused already
-            # one unit of work: what the echo check loaded serves the processing too
-            uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
-            fresh, waiting = self._drop_echoes(uow, app, records, normalized)
-            queued = [rec for rec in fresh if rec.app_record_id in waiting]
-            direct = [rec for rec in fresh if rec.app_record_id not in waiting]
-            if queued:
-                conn.execute(insert(inbox_t), [_inbox_row(app, rec, "poll", now) for rec in queued])
-            if direct:
-                self.intake.add(process_records(uow, [(app, rec) for rec in direct], self.apps,
-                                                self.config.conflicts, now=now, normalized=normalized))
-                uow.flush()
-            _upsert(conn, cursors_t, {"app": app}, {"value": pages[-1].cursor.value, "updated_at": now})
-        return len(fresh)
-
-    def _drop_echoes(
-        self, uow: UnitOfWork, app: str, records: Sequence[AppRecord],
-        normalized: Mapping[int, Normalized] | None = None,
-    ) -> tuple[list[AppRecord], set[str]]:
-        """Records that are not our own writes coming back (nor unchanged re-reads), and the
-        ids among them with older changes still waiting in the inbox.
-
-        An echo matches its base's fingerprint and needs no processing. A record with an older
-        change waiting in the inbox is kept, and goes behind it: that change must not be
-        applied after the record's current state.
-        """
-        if not records:
-            return [], set()
-        rt = self.apps[app]
-        conn = uow.conn
-        keys = [(app, rec.app_record_id) for rec in records]
-        uow.prefetch_links(keys)
-        linked = {k: lk for k in keys if (lk := uow.link(*k)) is not None and lk["state"] == "active"}
-        if not linked:
-            return list(records), set()
-        uow.load_bases([(lk["customer_id"], app) for lk in linked.values()])
-        waiting: set[str] = set()
-        ids = [rid for _, rid in linked]
-        for i in range(0, len(ids), 400):
-            waiting.update(conn.execute(select(inbox_t.c.app_record_id).where(
-                inbox_t.c.app == app, inbox_t.c.app_record_id.in_(ids[i:i + 400]),
-                inbox_t.c.state == "pending")).scalars())
-        fresh = []
-        for rec in records:
-            link = linked.get((app, rec.app_record_id))
-            snap = uow.snapshot(link["customer_id"], app) if link is not None else None
-            if (snap is not None and not rec.deleted and rec.merged_into is None
-                    and rec.app_record_id not in waiting
-                    and snap["app_fingerprint"] == record_fingerprint(
-                        rt, rec, normalized.get(id(rec)) if normalized else None)):
-                self.intake.echoes += 1
-                self.intake.read += 1
-                continue
-            fresh.append(rec)
-        return fresh, waiting
+    async def reconcile(self, app: str) -> int:
+        """Compare the whole app with the store: hard deletes and missed edits (see `engine.reconcile`)."""
+        return await reconcile_app(self, app)
 
     async def scan_deletes(self, app: str) -> int:
         """Compare an app's live ids with its links; a linked record that is gone is a delete."""
-        connector = self.connectors[app]
-        if Capability.ID_SCAN not in connector.capabilities:
-            return 0
-        live: set[str] = set()
-        async for chunk in connector.list_ids():
-            live.update(chunk)
-        now = self.clock()
-        with self.store.transaction() as conn:
-            linked = conn.execute(
-                select(links_t.c.app_record_id).where(links_t.c.app == app, links_t.c.state == "active")
-            ).scalars().all()
-            gone = [rid for rid in linked if rid not in live]
-            if gone:
-                conn.execute(insert(inbox_t), [
-                    _inbox_row(app, AppRecord(app_record_id=rid, deleted=True, modified_at=now), "scan", now)
-                    for rid in gone
-                ])
-        return len(gone)
+        return await scan_ids(self, app)
 
     async def process_inbox(self, *, limit: int | None = None) -> ProcessStats:
-        """Process pending inbox items in batches, each batch in one transaction."""
-        async with self._inbox_lock:
-            return await self._process_inbox(limit)
-
-    async def _process_inbox(self, limit: int | None) -> ProcessStats:
-        total = ProcessStats()
-        batch = self.config.daemon.batch_size
-        done = 0
-        after = -1
-        while limit is None or done < limit:
-            with self.store.transaction() as conn:
-                items = [dict(r) for r in conn.execute(
-                    select(inbox_t).where(inbox_t.c.state == "pending", inbox_t.c.seq > after)
-                    .order_by(inbox_t.c.seq).limit(batch)
-                ).mappings()]
-            if not items:
-                break
-            after = items[-1]["seq"]
-            await self._hydrate(items)
-            # A notification that still needs a read from an app that is not open waits.
-            ready = [i for i in items if i["payload"] is not None]
-            if not ready:
-                continue
-            if self._offload:
-                stats = await asyncio.to_thread(self._process_batch, ready)
-            else:
-                stats = self._process_batch(ready)
-            total.add(stats)
-            done += len(ready)
-            self.faults("after_merge")
-        return total
-
-    def _process_batch(self, items: list[dict[str, Any]]) -> ProcessStats:
-        with gc_paused(), self.store.transaction() as conn:
-            now = self.clock()
-            uow = UnitOfWork(conn, identity_key=self.identity_key, now=now, run_id=self.run_id)
-            stats = process_items(uow, items, self.apps, self.config.conflicts, now=now)
-            uow.flush()
-            conn.execute(delete(inbox_t).where(inbox_t.c.seq.in_([i["seq"] for i in items])))
-        return stats
-
-    async def _hydrate(self, items: list[dict[str, Any]]) -> None:
-        """Webhook notifications may carry only an id: read those records from their app."""
-        missing: dict[str, list[dict[str, Any]]] = {}
-        for item in items:
-            if item["payload"] is None and item["app"] in self.connectors:
-                missing.setdefault(item["app"], []).append(item)
-        for app, group in missing.items():
-            found = {r.app_record_id: r for r in await self.connectors[app].read([i["app_record_id"] for i in group])}
-            for item in group:
-                rec = found.get(item["app_record_id"]) or AppRecord(app_record_id=item["app_record_id"], deleted=True)
-                item["payload"] = rec.model_dump(mode="json")
+        """Process pending inbox items in batches (see `engine.intake`)."""
+        return await process_inbox(self, limit=limit)
 
     async def dispatch(self, app: str) -> DispatchStats:
-        """Send one app's ready outbox rows."""
+        """Send one app's ready outbox rows (see `engine.dispatch`)."""
         return await dispatch_app(
             self.store, self.apps[app], self.connectors[app], now=self.clock,
             identity_key=self.identity_key, run_id=self.run_id,
@@ -456,267 +263,277 @@ class Engine:
             ConnectorError: the app is unknown, takes no webhooks, or the body is malformed.
             AuthError: the signature does not verify (or is stale).
         """
-        connector = self.connectors.get(app)
-        if connector is None:
-            raise ConnectorError("no such app is open", app=app)
-        if Capability.WEBHOOKS not in connector.capabilities:
-            raise ConnectorError("app does not take webhooks", app=app, connector=connector.name)
-        if not connector.verify_webhook(headers, body, url=url, method=method):
-            log.warning("webhook.rejected", app=app, reason="bad signature")
-            raise AuthError("webhook signature rejected", app=app, connector=connector.name)
-        changes = connector.parse_webhook(body)
-        now = self.clock()
-        rows = []
-        for ch in changes:
-            rec = ch.record
-            if ch.kind == "delete":
-                rec = AppRecord(app_record_id=ch.app_record_id, deleted=True, modified_at=ch.occurred_at)
-            rows.append(_inbox_row(app, rec, "webhook", now, app_record_id=ch.app_record_id))
-        with self.store.transaction() as conn:
-            if rows:
-                conn.execute(insert(inbox_t), rows)
-        return len(rows)
+        from customer_sync.engine.webhooks import accept_webhook
+
+        count = await accept_webhook(self, app, headers, body, url=url, method=method)
+        self.notify()
+        return count
 
     async def dry_run(self) -> list[dict[str, Any]]:
-        """Read every app and decide, but write nothing, to the apps or to the store.
+        """Read every app and decide, but write nothing (see `engine.dry_run`)."""
+        return await dry_run(self)
 
-        Everything runs in one transaction that is rolled back. Returns the plan: one entry per
-        write (customer, app, operation, fields old -> new, and why).
+    def notify(self) -> None:
+        """Something arrived (a webhook): the daemon runs a round soon instead of at its tick."""
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run_once(self, *, max_rounds: int = 100, reconcile: bool | None = None) -> RunSummary:
+        """Run rounds, every app due in each, until a round is quiet (at most `max_rounds`).
+
+        Args:
+            reconcile: None (the default) reconciles the apps whose interval has passed, as the
+                daemon would now; True every app that has reconciliation on, in the first
+                round (`run --once --reconcile`); False none.
         """
-        real = self.store
-        with real.engine.connect() as conn:
-            outer = conn.begin()
-            self.store = _OneTransaction(conn)  # type: ignore[assignment]
-            self._offload = False
-            try:
-                summary = RunSummary()
-                for app in self._live_apps():
-                    await self._guarded(app, summary, self.poll(app), record=False)
-                await self.process_inbox()
-                plan = _read_plan(conn)
-                for app, error in {**self.unopened, **summary.failed_apps}.items():
-                    plan.append({"app": app, "op": "error", "reason": error})
-                return plan
-            finally:
-                outer.rollback()
-                self.store = real
-                self._offload = True
-
-    # -- passes ------------------------------------------------------------------------------------
-
-    async def run_once(self, *, max_rounds: int = 25, scan_deletes: bool = True) -> RunSummary:
-        """Poll, process and dispatch in rounds until a round has nothing left to write."""
-        summary = RunSummary()
-        summary.failed_apps.update(self.unopened)
+        schedule = _UntilQuiet(max_rounds=max_rounds, reconcile=reconcile)
+        schedule.summary.failed_apps.update(self.unopened)
         started = time.perf_counter()
-        intake_before = ProcessStats()
-        intake_before.add(self.intake)
-        if scan_deletes:
-            for app in self._live_apps():
-                await self._guarded(app, summary, self.scan_deletes(app))
-        for _ in range(max_rounds):
-            summary.rounds += 1
-            for app in self._live_apps():
-                polled = await self._guarded(app, summary, self.poll(app))
-                summary.polled += polled or 0
-            stats = await self.process_inbox()
-            stats.add(self._intake_since(intake_before))
-            intake_before = ProcessStats()
-            intake_before.add(self.intake)
-            summary.process.add(stats)
-            wrote = DispatchStats()
-            for app in self._live_apps():
-                if app in summary.failed_apps:
-                    continue
-                result = await self._guarded(app, summary, self.dispatch(app))
-                if result is not None:
-                    wrote.add(result)
-            summary.dispatch.add(wrote)
-            activity = stats.planned + stats.updated + stats.created + stats.deleted + wrote.written + wrote.deleted
-            if activity == 0 and self._ready_outbox() == 0:
-                break
-        summary.waiting = self._waiting_outbox()
+        await self._loop(schedule)
+        summary = schedule.summary
+        summary.waiting = ready_writes(self.store, self.live_apps(), self.clock(), ready_only=False)
         summary.duration_s = time.perf_counter() - started
         line = {k: v for k, v in summary.as_dict().items() if k != "failed_apps"}
         line["failed_apps"] = sorted(summary.failed_apps)
         log.info("sync.pass_finished", run_id=self.run_id, **line)
         return summary
 
-    def _intake_since(self, before: ProcessStats) -> ProcessStats:
-        delta = ProcessStats()
-        delta.add(self.intake)
-        for f in dataclass_fields(ProcessStats):
-            setattr(delta, f.name, getattr(delta, f.name) - getattr(before, f.name))
-        return delta
-
-    async def _guarded(self, app: str, summary: RunSummary, work: Any, *, record: bool = True) -> Any:
-        """The one place a per-app failure is caught: logged, recorded, and the others go on."""
-        if app in summary.failed_apps:
-            work.close()
-            return None
-        with structlog.contextvars.bound_contextvars(app=app, run_id=self.run_id):
-            try:
-                result = await work
-            except AuthError as exc:
-                if record:
-                    self._record_app_error(app, exc, parked=True)
-                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
-                log.error("app.parked", reason=type(exc).__name__, error=str(exc))
-                return None
-            except Exception as exc:  # per-app pass: log with traceback, mark failed, go on
-                if record:
-                    self._record_app_error(app, exc, parked=False)
-                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
-                log.exception("sync.pass_failed", reason=type(exc).__name__)
-                return None
-            if record:
-                self._record_app_ok(app)
-            return result
-
-    def _record_app_ok(self, app: str) -> None:
-        now = self.clock()
-        with self.store.transaction() as conn:
-            _upsert(conn, app_state_t, {"app": app}, {
-                "last_poll_at": now, "last_success_at": now, "last_error": None,
-                "parked": False, "consecutive_failures": 0})
-
-    def _record_app_error(self, app: str, exc: Exception, *, parked: bool) -> None:
-        now = self.clock()
-        with self.store.transaction() as conn:
-            row = conn.execute(select(app_state_t).where(app_state_t.c.app == app)).mappings().first()
-            failures = (row["consecutive_failures"] if row else 0) + 1
-            _upsert(conn, app_state_t, {"app": app}, {
-                "last_poll_at": now, "last_error": f"{type(exc).__name__}: {exc}"[:1000],
-                "parked": parked, "consecutive_failures": failures,
-                "last_success_at": row["last_success_at"] if row else None})
-
-    def _ready_outbox(self) -> int:
-        now = self.clock()
-        with self.store.transaction() as conn:
-            return conn.execute(select(func.count()).select_from(outbox_t).where(
-                outbox_t.c.state.in_(("pending", "sending")),
-                (outbox_t.c.next_attempt_at.is_(None)) | (outbox_t.c.next_attempt_at <= now),
-                outbox_t.c.app.in_([a for a in self.apps]),
-            )).scalar_one()
-
-    def _waiting_outbox(self) -> int:
-        with self.store.transaction() as conn:
-            return conn.execute(select(func.count()).select_from(outbox_t).where(
-                outbox_t.c.state.in_(("pending", "sending")))).scalar_one()
-
     async def run_forever(self, stop: asyncio.Event, *, dispatch_interval_s: float = 2.0) -> None:
-        """Schedule one poll job per app and one dispatcher until `stop` is set."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        summary = RunSummary()
-
-        async def poll_job(app: str) -> None:
-            started = time.perf_counter()
-            before = ProcessStats()
-            before.add(self.intake)
-            await self._guarded(app, summary, self.poll(app))
-            summary.failed_apps.pop(app, None)
-            stats = await self.process_inbox()
-            stats.add(self._intake_since(before))
-            if stats.read or stats.echoes:  # the canonical log line of one app's pass
-                log.info("sync.pass_finished", app=app, run_id=self.run_id, **stats.as_dict(),
-                         duration_ms=round((time.perf_counter() - started) * 1000))
-
-        async def dispatch_job() -> None:
-            for app in self._live_apps():
-                result = await self._guarded(app, summary, self.dispatch(app))
-                summary.failed_apps.pop(app, None)
-                if result is not None and (result.written or result.deleted):
-                    log.info("dispatch.finished", app=app, **result.as_dict())
-
-        for app in self._live_apps():
-            scheduler.add_job(poll_job, "interval", args=[app], seconds=self.config.poll_interval_s(app),
-                              id=f"poll:{app}", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
-        async def inbox_job() -> None:
-            # webhook deliveries land in the inbox between polls
-            stats = await self.process_inbox()
-            if stats.read:
-                log.info("sync.inbox_processed", **stats.as_dict())
-
-        scheduler.add_job(dispatch_job, "interval", seconds=dispatch_interval_s, id="dispatch",
-                          max_instances=1, coalesce=True)
-        scheduler.add_job(inbox_job, "interval", seconds=dispatch_interval_s, id="inbox",
-                          max_instances=1, coalesce=True)
+        """Run rounds on a clock until `stop` is set: each app polled at its interval, ready
+        writes and the inbox every `dispatch_interval_s`, at once after a webhook."""
         # The workers take about a second to spawn and import; started now, the initial pull's
         # first pages find them ready instead of being read and normalized in this process.
         await self.normalizer.start()
         for worker in self.listing.values():
             await worker.wait_ready()
-        scheduler.start()
+        self.stopping = stop
+        schedule = _OnClock(self, stop, dispatch_interval_s=dispatch_interval_s)
         log.info("sync.daemon_started", apps=sorted(self.apps), run_id=self.run_id,
                  normalize_workers=self.normalizer.workers if self.normalizer.ready else 0,
                  listing_workers=sorted(app for app, w in self.listing.items() if w.ready))
         try:
-            await stop.wait()
+            await self._loop(schedule)
         finally:
-            scheduler.shutdown(wait=False)
-            # let in-flight jobs finish within a grace period
-            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and "job" in repr(t.get_coro())]
-            if pending:
-                await asyncio.wait(pending, timeout=30)
-            log.info("sync.daemon_stopped", run_id=self.run_id)
+            schedule.close()
+            log.info("sync.daemon_stopped", run_id=self.run_id, rounds=self.rounds)
+
+    async def _loop(self, schedule: _Schedule) -> None:
+        """The one loop: ask the schedule for a round, run it, tell the schedule how it went."""
+        while (due := await schedule.next_round(self)) is not None:
+            result = await self._round(due, schedule.summary)
+            schedule.finished(self, result)
+            async with self._round_done:
+                self.last_round = result
+                self._round_done.notify_all()
+
+    async def wait_round(self, predicate: Callable[[RoundResult], bool]) -> RoundResult:
+        """Wait until a round ends for which `predicate` holds (tests drive the daemon by this)."""
+        async with self._round_done:
+            await self._round_done.wait_for(
+                lambda: self.last_round is not None and predicate(self.last_round))
+            assert self.last_round is not None
+            return self.last_round
+
+    async def _round(self, due: Due, summary: RunSummary) -> RoundResult:
+        self.rounds += 1
+        summary.rounds += 1
+        result = RoundResult(number=self.rounds, started_at=time.monotonic())
+        paused = app_state.paused_until(self.store, self.clock())
+        live = [a for a in self.live_apps() if a not in paused]
+        slice_s = self.config.daemon.poll_slice_s
+        intake_before = _copy(self.intake)
+
+        polls = [a for a in live if a in due.polls and a not in summary.failed_apps]
+        polled = await asyncio.gather(*(
+            self._guarded(a, summary, self.poll(a, slice_s=slice_s)) for a in polls))
+        for app, outcome in zip(polls, polled, strict=True):
+            if outcome is None:
+                continue
+            result.polled.add(app)
+            result.fresh += outcome.fresh
+            summary.polled += outcome.fresh
+            if not outcome.complete:
+                result.more.add(app)
+
+        if self._stopped():
+            return result  # what is committed stays; the rest waits for the next start
+        for app in (a for a in live if a in due.reconciles and a not in summary.failed_apps):
+            found = await self._guarded(app, summary, self.reconcile(app))
+            if found is not None:
+                result.reconciled.add(app)
+                result.found += found
+
+        stats = await self.process_inbox()
+        stats.add(_since(self.intake, intake_before))
+        result.process = stats
+        summary.process.add(stats)
+
+        if self._stopped():
+            return result
+        targets = [a for a in live if a not in summary.failed_apps]
+        sent = await asyncio.gather(*(
+            self._guarded(a, summary, self.dispatch(a), record_ok=False) for a in targets))
+        for outcome in sent:
+            if outcome is not None:
+                result.dispatch.add(outcome)
+        summary.dispatch.add(result.dispatch)
+
+        ready = [a for a in live if a not in summary.failed_apps]
+        result.waiting = (ready_writes(self.store, ready, self.clock())
+                          + pending_inbox(self, ready))
+        result.failed = {a for a in summary.failed_apps if a in self.apps}
+        if result.active:
+            log.info("sync.round_finished", round=result.number, polled=sorted(result.polled),
+                     reconciled=sorted(result.reconciled), fresh=result.fresh, found=result.found,
+                     **stats.as_dict(), **{f"dispatch_{k}": v for k, v in result.dispatch.as_dict().items()},
+                     waiting=result.waiting, more=sorted(result.more),
+                     duration_ms=round((time.monotonic() - result.started_at) * 1000))
+        return result
+
+    def _stopped(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
+
+    # -- per-app failures -------------------------------------------------------------------------
+
+    async def _guarded(self, app: str, summary: RunSummary, work: Awaitable[T], *,
+                       record: bool = True, record_ok: bool = True) -> T | None:
+        """The one place a per-app failure is caught: logged, recorded, and the others go on.
+
+        Args:
+            record: write the outcome to the app's state (not in a dry run).
+            record_ok: write a success too (a dispatch with nothing to send writes none,
+                unless the app was failing).
+        """
+        if app in summary.failed_apps:
+            work.close()  # type: ignore[attr-defined]
+            return None
+        with structlog.contextvars.bound_contextvars(app=app, run_id=self.run_id):
+            try:
+                result = await work
+            except AuthError as exc:
+                self._record_app_error(app, exc, parked=True, record=record)
+                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
+                log.error("app.parked", reason=type(exc).__name__, error=str(exc))
+                return None
+            except RateLimited as exc:
+                # The vendor asked to wait longer than one request may sleep (the SDK's cap):
+                # leave the app alone until then; the other apps go on.
+                wait_s = exc.retry_after_s if exc.retry_after_s else self.config.daemon.poll_interval_s
+                resume_at = self.clock() + timedelta(seconds=wait_s)
+                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
+                if record:
+                    app_state.pause_until(self.store, app, resume_at, f"{type(exc).__name__}: {exc}",
+                                          self.clock())
+                    self._failing.add(app)
+                log.warning("app.paused", reason=type(exc).__name__, resume_at=resume_at.isoformat(),
+                            retry_after_s=wait_s)
+                return None
+            except Exception as exc:  # per-app pass: log with traceback, mark failed, go on
+                self._record_app_error(app, exc, parked=False, record=record)
+                summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
+                log.exception("sync.pass_failed", reason=type(exc).__name__)
+                return None
+            if record and (record_ok or app in self._failing):
+                app_state.record_ok(self.store, app, self.clock())
+                self._failing.discard(app)
+            return result
+
+    def _record_app_error(self, app: str, exc: Exception, *, parked: bool, record: bool = True) -> None:
+        if record:
+            app_state.record_error(self.store, app, f"{type(exc).__name__}: {exc}", self.clock(),
+                                   parked=parked)
+            self._failing.add(app)
 
 
-def _inbox_row(app: str, rec: AppRecord | None, source: str, now: datetime, *, app_record_id: str | None = None) -> dict[str, Any]:
-    return {
-        "app": app,
-        "app_record_id": rec.app_record_id if rec is not None else app_record_id,
-        "payload": rec.model_dump(mode="json") if rec is not None else None,
-        "deleted": bool(rec is not None and rec.deleted),
-        "source": source, "received_at": now, "state": "pending", "error": None,
-    }
+class _UntilQuiet:
+    """`run --once`: every app due in every round; the loop ends at the first quiet round."""
+
+    def __init__(self, *, max_rounds: int, reconcile: bool | None) -> None:
+        self.summary = RunSummary()
+        self.max_rounds = max_rounds
+        self.reconcile = reconcile
+        self.last: RoundResult | None = None
+
+    async def next_round(self, engine: Engine) -> Due | None:
+        if self.last is not None and (self.last.quiet or self.summary.rounds >= self.max_rounds):
+            return None
+        apps = engine.live_apps()
+        due = Due(polls=set(apps))
+        if self.reconcile is not False:
+            # reconcile=True: in the first round every app that has reconciliation on, whatever
+            # its interval (then it is not due again in this run)
+            force = self.reconcile is True and self.last is None
+            due.reconciles = due_for_reconcile(engine, apps, engine.clock(), force=force)
+        return due
+
+    def finished(self, engine: Engine, result: RoundResult) -> None:
+        self.last = result
 
 
-def _upsert(conn: Any, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
-    """Portable upsert by primary key (update, insert when nothing was updated)."""
-    update_stmt, insert_stmt = _upsert_statements(table, tuple(key), tuple(values))
-    params = {**{f"k_{k}": v for k, v in key.items()}, **{f"v_{k}": v for k, v in values.items()}}
-    if conn.execute(update_stmt, params).rowcount == 0:
-        conn.execute(insert_stmt, params)
+class _OnClock:
+    """The daemon: APScheduler marks apps due at their poll intervals and ticks the dispatcher;
+    the loop waits between rounds for one of those, a webhook, or the stop."""
+
+    def __init__(self, engine: Engine, stop: asyncio.Event, *, dispatch_interval_s: float) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self.summary = RunSummary()
+        self.stop = stop
+        self.wake = engine._wake = asyncio.Event()
+        self.due: set[str] = set(engine.live_apps())  # the first round polls every app at start
+        self.wake.set()
+        # The jobs only mark work due and wake the loop; they never do the work themselves, so
+        # they run the moment they fire (no misfire to drop) and never overlap with a round.
+        self.scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={
+            "misfire_grace_time": None, "coalesce": True, "max_instances": 1})
+        for app in engine.live_apps():
+            self.scheduler.add_job(self._mark_due, "interval", args=[app], id=f"poll:{app}",
+                                   seconds=engine.config.poll_interval_s(app))
+        self.scheduler.add_job(self._tick, "interval", id="tick", seconds=dispatch_interval_s)
+        self.scheduler.start()
+        self._stop_waiter = asyncio.ensure_future(stop.wait())
+
+    # coroutines, so that APScheduler runs them on the loop (a plain function runs in a thread)
+    async def _mark_due(self, app: str) -> None:
+        self.due.add(app)
+        self.wake.set()
+
+    async def _tick(self) -> None:
+        self.wake.set()
+
+    async def next_round(self, engine: Engine) -> Due | None:
+        if not self.stop.is_set() and not self.wake.is_set():
+            waker = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait({waker, self._stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+        if self.stop.is_set():
+            return None
+        self.wake.clear()
+        self.summary = RunSummary()  # a round's failures keep an app out of that round only
+        due, self.due = self.due, set()
+        apps = engine.live_apps()
+        return Due(polls=due & set(apps), reconciles=due_for_reconcile(engine, apps, engine.clock()))
+
+    def finished(self, engine: Engine, result: RoundResult) -> None:
+        self.due |= result.more  # a listing cut at its slice goes on in the next round
+        if result.active:
+            self.wake.set()
+
+    def close(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        self._stop_waiter.cancel()
 
 
-@functools.cache
-def _upsert_statements(table: Any, key: tuple[str, ...], names: tuple[str, ...]) -> tuple[Any, Any]:
-    """`_upsert`'s statements for these columns, built once: the cursor is upserted with every
-    polled transaction, and building them cost more than running them (~0.3 ms a time)."""
-    keys = {k: bindparam(f"k_{k}") for k in key}
-    values = {k: bindparam(f"v_{k}") for k in names}
-    return (update(table).where(*(table.c[k] == p for k, p in keys.items())).values(values),
-            insert(table).values({**keys, **values}))
-
-
-class _OneTransaction:
-    """A store stand-in whose every transaction is one outer transaction (dry-run)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.engine = conn.engine
-
-    @contextlib.contextmanager
-    def transaction(self) -> Any:
-        yield self.conn
-
-
-def _read_plan(conn: Any) -> list[dict[str, Any]]:
-    from customer_sync.store.tables import CustomerRow, SnapshotRow
-
-    customers_t, snapshots_t = CustomerRow.__table__, SnapshotRow.__table__
-    out = []
-    rows = conn.execute(select(outbox_t).where(outbox_t.c.state == "pending").order_by(outbox_t.c.seq)).mappings()
-    for row in rows:
-        values = conn.execute(select(customers_t.c["values"]).where(
-            customers_t.c.customer_id == row["customer_id"])).scalar() or {}
-        base = conn.execute(select(snapshots_t.c["values"]).where(
-            snapshots_t.c.customer_id == row["customer_id"], snapshots_t.c.app == row["app"])).scalar() or {}
-        out.append({
-            "customer_id": row["customer_id"], "customer": values.get("email") or values.get("phone"),
-            "app": row["app"], "op": row["op"], "app_record_id": row["app_record_id"],
-            "fields": {f: [base.get(f), v] for f, v in row["fields"].items()}, "reason": row["reason"],
-        })
+def _copy(stats: ProcessStats) -> ProcessStats:
+    out = ProcessStats()
+    out.add(stats)
     return out
+
+
+def _since(now: ProcessStats, before: ProcessStats) -> ProcessStats:
+    delta = _copy(now)
+    for f in dataclass_fields(ProcessStats):
+        setattr(delta, f.name, getattr(delta, f.name) - getattr(before, f.name))
+    return delta

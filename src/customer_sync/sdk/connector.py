@@ -172,6 +172,10 @@ class Connector(Generic[S]):
         capabilities: `Capability` flags.
         object_types: the vendor objects synced (informational).
         batch_size: how many writes `create_many`/`update_many` send per call.
+        reconcile_interval_s: how often the engine compares the whole app with its store by
+            default (None: never; an operator's `reconcile_interval_s` overrides it). Declare it
+            when listing from a cursor can miss changes: the cursor follows a time that writers
+            other than the vendor set (a database column), or deletes leave no trace to list.
         lists_in_worker: the engine may run `list_changes` in a worker process, on a second
             instance it builds there from the same settings, while this one does everything
             else. Declare it only when listing depends on nothing but the settings and the
@@ -191,6 +195,7 @@ class Connector(Generic[S]):
     capabilities: ClassVar[Capability] = Capability.NONE
     object_types: ClassVar[tuple[str, ...]] = ("contact",)
     batch_size: ClassVar[int] = 100
+    reconcile_interval_s: ClassVar[float | None] = None
     lists_in_worker: ClassVar[bool] = False
 
     def __init__(self, settings: S, *, app: str) -> None:
