@@ -18,7 +18,11 @@ from pydantic import SecretStr
 
 from customer_sync.sandbox._common import epoch_ms
 from customer_sync.sandbox.hubspot import HubSpotSimulator, sign_v3
-from customer_sync.testing.conformance import ConnectorConformance, WebhookDelivery
+from customer_sync.testing.conformance import (
+    ConnectorConformance,
+    LostAnswerTransport,
+    WebhookDelivery,
+)
 from customer_sync_connectors.hubspot import HubSpotConnector, HubSpotSettings
 
 TOKEN = "conformance-token-0001"
@@ -27,6 +31,8 @@ WEBHOOK_URL = "https://sync.example.org/webhooks/crm"
 RATE_LIMIT = (20, 1.0)
 LOOKBACK_S = 2.0
 MAX_AGE_S = 300.0
+
+_WRITES = ("/batch/create", "/batch/upsert", "/batch/update")
 
 _UPSERT_EVENTS = ("contact.creation", "contact.propertyChange", "contact.restore")
 _DELETE_EVENTS = ("contact.deletion", "contact.privacyDeletion")
@@ -55,7 +61,8 @@ class SimulatorApi:
         self.sim = HubSpotSimulator(
             rate_limit=RATE_LIMIT, app_secret=SECRET, access_token=TOKEN, webhook_url=WEBHOOK_URL
         )
-        self.transport = RecordingTransport(httpx.ASGITransport(app=self.sim.app))
+        self.losing = LostAnswerTransport(httpx.ASGITransport(app=self.sim.app))
+        self.transport = RecordingTransport(self.losing)
 
     def sample_fields(self, i: int) -> dict[str, Any]:
         return {
@@ -95,6 +102,13 @@ class SimulatorApi:
 
     def statuses_served(self) -> list[int] | None:
         return list(self.transport.statuses)
+
+    def lose_answers(self, times: int) -> bool:
+        """HubSpot carries out the next `times` batch writes; their answers are lost."""
+        self.losing.lose(
+            times, when=lambda r: r.method == "POST" and r.url.path.endswith(_WRITES)
+        )
+        return True
 
     def webhook(self, app_record_id: str, *, kind: str = "upsert") -> WebhookDelivery | None:
         return self._delivery(app_record_id, kind, datetime.now(UTC))
