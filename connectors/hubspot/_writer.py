@@ -35,7 +35,7 @@ class _Post(Protocol):
 
 class _SearchCreated(Protocol):
     async def __call__(
-        self, since_ms: int | None, equal: Mapping[str, str], properties: Sequence[str]
+        self, since_ms: int | None, equal: Mapping[str, str], properties: Sequence[str], limit: int
     ) -> SearchPage: ...
 
 
@@ -107,18 +107,23 @@ class ContactWriter:
         is not in CONTRACTS.md, and three stays under every figure it has published. A contact
         the search index has not taken in yet is not found, and is created again (the index
         lag is UNVERIFIED; it is seconds, and a restart after a crash usually takes longer).
+        A contact found for one write is not taken for another: look-alikes in one batch each
+        find their own. Each uncertain write costs one search (HubSpot allows about 4 a
+        second).
         """
         made: list[WriteOp] = []
         rest: list[WriteOp] = []
+        claimed: set[str] = set()
         for op in ops:
-            found = await self._find_made(op) if op.uncertain_since is not None else None
+            found = await self._find_made(op, claimed) if op.uncertain_since is not None else None
             if found is None:
                 rest.append(op)
             else:
+                claimed.add(found)
                 made.append(_update_of(op, found))
         return made, rest
 
-    async def _find_made(self, op: WriteOp) -> str | None:
+    async def _find_made(self, op: WriteOp, claimed: set[str]) -> str | None:
         assert op.uncertain_since is not None
         sent = w.properties_for(op, creating=True)
         if not sent:
@@ -126,8 +131,14 @@ class ContactWriter:
         # A create that sets createdate itself makes a contact dated then, not now.
         since = None if "createdate" in sent else ms_of(op.uncertain_since) - _CLOCK_SKEW_MS
         telling = [name for name in _TELLING if name in sent] or sorted(sent)
-        page = await self._search_created(since, {k: sent[k] for k in telling[:2]}, list(sent))
+        # Enough results to get past the look-alikes other writes of this batch claimed.
+        limit = min(_SEARCH_LIMIT, _SEARCH_SPARE + len(claimed))
+        page = await self._search_created(
+            since, {k: sent[k] for k in telling[:2]}, list(sent), limit
+        )
         for contact in page.results:  # oldest first
+            if contact.id in claimed:
+                continue
             if all(w.fold(contact.properties.get(k)) == w.fold(v) for k, v in sent.items()):
                 return contact.id
         return None
@@ -343,6 +354,10 @@ class ContactWriter:
 
 # How far HubSpot's clock may run behind ours, for `createdate >= decided - skew`.
 _CLOCK_SKEW_MS = 5 * 60 * 1000
+# Search results asked for when looking for a create's contact: a few more than the contacts
+# already claimed in the batch, at most the spec's "up to 200".
+_SEARCH_SPARE = 10
+_SEARCH_LIMIT = 200
 # Properties that tell one contact without an email from another, most telling first.
 _TELLING = ("phone", "mobilephone", "lastname", "firstname", "company", "address", "city")
 

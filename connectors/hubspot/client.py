@@ -155,15 +155,20 @@ class HubSpotClient:
         return await self._search(groups, [], properties, limit=10, after=0)
 
     async def search_created(
-        self, since_ms: int | None, equal: Mapping[str, str], *, properties: Sequence[str]
+        self,
+        since_ms: int | None,
+        equal: Mapping[str, str],
+        *,
+        properties: Sequence[str],
+        limit: int = 10,
     ) -> SearchPage:
         """Contacts created at or after `since_ms` (any time with None) whose properties `equal`
-        match (EQ, which HubSpot compares case-insensitively), oldest first, at most 10."""
+        match (EQ, which HubSpot compares case-insensitively), oldest first, at most `limit`."""
         filters = [{"propertyName": k, "operator": "EQ", "value": v} for k, v in equal.items()]
         if since_ms is not None:
             filters.insert(0, {"propertyName": "createdate", "operator": "GTE", "value": str(since_ms)})
         sort = {"propertyName": "createdate", "direction": "ASCENDING"}
-        return await self._search([{"filters": filters}], [sort], properties, limit=10, after=0)
+        return await self._search([{"filters": filters}], [sort], properties, limit=limit, after=0)
 
     async def batch(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse:
         """A batch call (`batch/read`, `batch/upsert`...); 200, 201 and 207 are answers."""

@@ -115,8 +115,8 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                 action, body, idempotent=idempotent
             ),
             archive=lambda ids: self.client.archive(ids),
-            search_created=lambda since, equal, props: self.client.search_created(
-                since, equal, properties=props
+            search_created=lambda since, equal, props, limit: self.client.search_created(
+                since, equal, properties=props, limit=limit
             ),
             error=self.error,
             log=self.log,
