@@ -22,6 +22,7 @@ from customer_sync.sdk import (
     ConnectorError,
     MultiLimiter,
     RateLimiter,
+    RecordRejected,
     json_body,
     retry_policy,
 )
@@ -169,6 +170,24 @@ class HubSpotClient:
             filters.insert(0, {"propertyName": "createdate", "operator": "GTE", "value": str(since_ms)})
         sort = {"propertyName": "createdate", "direction": "ASCENDING"}
         return await self._search([{"filters": filters}], [sort], properties, limit=limit, after=0)
+
+    async def probe_id_property(self, name: str, value: str) -> bool:
+        """Read one contact by `value` of property `name` used as `idProperty` (spec: "The name
+        of a property whose values are unique for this object type"): True when HubSpot takes
+        the property as one (found or 404), False when it refuses it (a 4xx other than 404).
+
+        What HubSpot answers for a property that does not exist or is not unique is
+        UNVERIFIED (the spec shows no example); the simulator answers 400.
+        """
+        params = {"idProperty": name, "properties": "hs_object_id"}
+        try:
+            await self.api.request(
+                "GET", f"{CONTACTS}/{value}", operation="contacts.check_id_property",
+                params=params, accept=(404,),
+            )
+        except RecordRejected:
+            return False
+        return True
 
     async def batch(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse:
         """A batch call (`batch/read`, `batch/upsert`...); 200, 201 and 207 are answers."""

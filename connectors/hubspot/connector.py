@@ -17,6 +17,13 @@ back as deleted records. See `_cursor` for what the cursor holds.
 Per-field modified times (`field_history`): the full pass asks the list endpoint for
 `propertiesWithHistory`; incremental listing makes one extra batch/read per page of changes (per
 `history_page_size` records), because search cannot return history.
+
+Creates are upserts wherever HubSpot has a key for them, so that a create sent again (its
+answer lost, or the daemon stopped before recording it) updates the contact it made: by email,
+and for contacts without an email by the operator's unique-value property `id_property`, which
+holds the engine's idempotency key. Without that property such creates go to batch/create, and
+one that may have been sent already (`WriteOp.uncertain_since`) is looked for through search
+first: best effort, since the search index lags (see `_writer`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from customer_sync.sdk import (
     Capability,
     Change,
     ChangePage,
+    ConfigError,
     Connector,
     ConnectorError,
     Cursor,
@@ -54,6 +62,8 @@ __all__ = ["HubSpotConnector"]
 # and the ids merged into a contact, so that merges show up when the survivor is listed. The
 # latter is not in CONTRACTS.md (UNVERIFIED); HubSpot ignores properties it does not know.
 _ALWAYS_READ = ("lastmodifieddate", "hs_merged_object_ids")
+# The value `check` reads by `id_property`: any value does; no contact needs to hold it.
+_PROBE_KEY = "customer-sync-check"
 
 
 def _utcnow() -> datetime:
@@ -121,6 +131,7 @@ class HubSpotConnector(Connector[HubSpotSettings]):
             error=self.error,
             log=self.log,
             batch_size=self.batch_size,
+            id_property=settings.id_property,
         )
         if not settings.field_history:
             # Capabilities are declared per class; this one depends on a setting.
@@ -158,12 +169,28 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         return self._client
 
     async def check(self) -> None:
-        """Read one contact id: proves the token and the contacts read scope.
+        """Read one contact id: proves the token and the contacts read scope. With
+        `id_property`, also read a contact by that property as `idProperty`, which HubSpot
+        takes only for a property with unique values.
+
+        The properties API, which would say outright whether the property exists and has
+        unique values, is not among the spec files this connector is written from, so it is
+        not called: creating the property is the operator's step (docs/connectors.md). What
+        HubSpot answers for a missing or non-unique `idProperty` is UNVERIFIED; a refusal
+        (400) fails the check, a 404 (no contact holds the probe value) passes it.
 
         Raises:
             AuthError: the token is refused (401/403).
+            ConfigError: HubSpot refuses `id_property` as an `idProperty`.
         """
         await self.client.check()
+        name = self.settings.id_property
+        if name is not None and not await self.client.probe_id_property(name, _PROBE_KEY):
+            raise ConfigError(
+                f"app {self.app}: HubSpot refuses id_property {name!r} as an idProperty; create "
+                "a custom contact property of that internal name with unique values "
+                "(docs/connectors.md, HubSpot)"
+            )
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -440,10 +467,12 @@ class HubSpotConnector(Connector[HubSpotSettings]):
     async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Create contacts, 100 per call (see `ContactWriter.create_many`).
 
-        Writes that carry an email go to batch/upsert keyed by email: sending one again
+        Writes that carry an email go to batch/upsert keyed by email, and with `id_property`
+        set, writes without one go to batch/upsert keyed by that property: sending one again
         updates the contact it made instead of making a second one, which is what makes a
-        retried create safe. Writes without an email go to batch/create, which is not
-        idempotent.
+        retried create safe. Without `id_property`, writes without an email go to
+        batch/create, which is not idempotent; one sent with `uncertain_since` is first looked
+        for through search.
         """
         return await self._writer.create_many(ops)
 
