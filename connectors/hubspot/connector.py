@@ -23,7 +23,8 @@ answer lost, or the daemon stopped before recording it) updates the contact it m
 and for contacts without an email by the operator's unique-value property `id_property`, which
 holds the engine's idempotency key. Without that property such creates go to batch/create, and
 one that may have been sent already (`WriteOp.uncertain_since`) is looked for through search
-first: best effort, since the search index lags (see `_writer`).
+first: best effort, since the search index lags (see `_writer`). `search_by_emails` reads
+contacts by email with batch/read (`idProperty=email`), which needs no search index at all.
 """
 
 from __future__ import annotations
@@ -444,6 +445,35 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         """Contacts whose primary email is `email` (search, `email EQ`)."""
         page = await self.client.search_email(email, properties=self._read_props)
         return [self._record(c, history=False) for c in page.results]
+
+    async def search_by_emails(self, emails: Sequence[str]) -> list[AppRecord]:
+        """Live contacts holding any of these emails: batch/read with `idProperty=email`, 100
+        emails per request (CONTRACTS.md §1: batch read takes `idProperty`; the emails HubSpot
+        does not find come back in a 207's `errors[]`, which is not an error here).
+
+        One request per 100 emails, on the app's rate limit, not search's 4 a second, and no
+        search index in the way: a contact created a moment ago is found. Archived contacts
+        are not read (no `archived=true`). A contact found by two emails is returned once.
+        Whether a secondary email (`hs_additional_emails`) finds its contact here is
+        UNVERIFIED; the simulator finds it, as its search does.
+        """
+        wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e and e.strip()))
+        found: dict[str, AppRecord] = {}
+        for start in range(0, len(wanted), self.batch_size):
+            body = {
+                "inputs": [{"id": e} for e in wanted[start : start + self.batch_size]],
+                "idProperty": "email",
+                "properties": self._read_props,
+                "propertiesWithHistory": [],
+            }
+            try:
+                answer = await self.client.batch("batch/read", body, idempotent=True)
+            except RecordGone:
+                continue  # none of them is held by a contact
+            for contact in answer.results:
+                if not contact.archived:
+                    found.setdefault(contact.id, self._record(contact, history=False))
+        return list(found.values())
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Creates HubSpot carried out but whose answers were lost make one contact each.
+"""Creates HubSpot carried out but whose answers were lost make one contact each, and emails are
+looked up without the search index.
 
 The incident behind these tests: a batch/create of 30 contacts without an email whose answer
 was lost was sent four times and made 120 contacts. Here the simulator carries each write out
@@ -11,6 +12,8 @@ rate limiters and retries sleep on the portal's manual clock, so nothing waits.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -19,10 +22,19 @@ from customer_sync.sdk import ConfigError, RecordRejected, TransientError, Write
 from customer_sync.testing.conformance import LostAnswerTransport
 from customer_sync_connectors.hubspot import HubSpotConnector, HubSpotSettings
 
-from .test_hubspot import CONTACTS, START, TOKEN, Portal  # noqa: TID252
+from .test_hubspot import (  # noqa: TID252
+    CONTACTS,
+    START,
+    TOKEN,
+    Portal,
+    _openapi,
+    _spec_or_skip,
+    _SpecRequest,
+)
 
 KEY = "customer_sync_id"
 UPSERT = f"POST {CONTACTS}/batch/upsert"
+READ = f"POST {CONTACTS}/batch/read"
 
 
 def emailless(n: int) -> list[WriteOp]:
@@ -47,6 +59,10 @@ def uncertain(ops: list[WriteOp]) -> list[WriteOp]:
 @pytest.fixture
 def portal() -> Portal:
     return Portal()
+
+
+def sent_routes(portal: Portal) -> Counter[str]:
+    return Counter(portal.transport.paths())
 
 
 def assert_one_contact_each(
@@ -158,3 +174,72 @@ async def test_a_refused_write_keyed_by_id_property_fails_alone() -> None:
         outcomes = {o.key: o for o in await connector.create_many(ops)}
     assert isinstance(outcomes.pop("bad").error, RecordRejected)
     assert_one_contact_each(portal, ops[:1] + ops[2:], list(outcomes.values()))
+
+
+# --------------------------------------------------------------------------- search_by_emails
+
+
+async def test_search_by_emails_reads_by_email_in_one_request_per_hundred(portal: Portal) -> None:
+    """250 emails (in any case, some twice) cost three batch/reads with idProperty=email and
+    no search; each contact holding one comes back once."""
+    ids = portal.seed(250)
+    emails = [f"PERSON{i}@example.org" for i in range(250)] + ["person0@example.org"]
+    async with portal.connector() as connector:
+        found = await connector.search_by_emails(emails)
+    assert sorted(ids) == sorted(r.app_record_id for r in found)
+    assert {READ: 3} == sent_routes(portal)
+    bodies = [json.loads(r.content) for r in portal.transport.requests]
+    assert [100, 100, 50] == [len(b["inputs"]) for b in bodies]
+    assert {"email"} == {b["idProperty"] for b in bodies}
+
+
+async def test_search_by_emails_leaves_out_the_missing_and_the_archived(portal: Portal) -> None:
+    """A 207 naming the emails no contact holds is an answer, not an error: the found contacts
+    come back, and an archived contact's email finds nothing (archived contacts are not read);
+    none found at all is an empty list."""
+    live, archived = portal.seed(2)
+    portal.sim.archive(archived)
+    async with portal.connector() as connector:
+        mixed = await connector.search_by_emails(
+            ["person0@example.org", "person1@example.org", "nobody@example.org"]
+        )
+        nothing = await connector.search_by_emails(["nobody@example.org"])
+        empty = await connector.search_by_emails([])
+    assert ([live], [], []) == ([r.app_record_id for r in mixed], nothing, empty)
+    assert [207, 207] == portal.transport.statuses
+    assert "person0@example.org" == mixed[0].fields["email"]
+
+
+async def test_search_by_emails_finds_a_contact_created_a_moment_ago(portal: Portal) -> None:
+    """batch/read reads the contact store, not the search index: a contact made by the
+    previous write is found at once (search would need the index to have taken it in)."""
+    async with portal.connector() as connector:
+        (made,) = await connector.create_many(
+            [WriteOp(key="k", op="create", fields={"email": "fresh@example.org"})]
+        )
+        (found,) = await connector.search_by_emails(["fresh@example.org"])
+    assert made.receipt is not None and made.receipt.app_record_id == found.app_record_id
+
+
+# --------------------------------------------------------------------------- the vendor contract
+
+
+async def test_requests_of_keyed_creates_and_email_reads_are_operations_of_the_spec() -> None:
+    """The probe of check(), upserts keyed by `id_property` and batch/read by email are
+    valid operations of HubSpot's contacts v3 OpenAPI file."""
+    openapi = _openapi(_spec_or_skip())
+    portal = Portal(unique_properties=[KEY])
+    portal.seed(2)
+    async with portal.connector(id_property=KEY) as connector:
+        await connector.check()
+        await connector.create_many(emailless(2))
+        await connector.search_by_emails(["person0@example.org", "nobody@example.org"])
+    problems: dict[str, Any] = {}
+    for request in portal.transport.requests:
+        errors = list(openapi.iter_request_errors(_SpecRequest(request)))
+        if errors:
+            problems[f"{request.method} {request.url.path}"] = [str(e) for e in errors]
+    assert {} == problems
+    assert {f"GET {CONTACTS}", f"GET {CONTACTS}/customer-sync-check", UPSERT, READ} == set(
+        portal.transport.paths()
+    )
