@@ -15,6 +15,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -33,8 +34,10 @@ from .test_hubspot import (  # noqa: TID252
 )
 
 KEY = "customer_sync_id"
-UPSERT = f"POST {CONTACTS}/batch/upsert"
-READ = f"POST {CONTACTS}/batch/read"
+CREATE, UPSERT, UPDATE = (f"POST {CONTACTS}/batch/{a}" for a in ("create", "upsert", "update"))
+SEARCH, READ = f"POST {CONTACTS}/search", f"POST {CONTACTS}/batch/read"
+WRITES = ("/batch/create", "/batch/upsert", "/batch/update")
+LOST_ERRORS = [httpx.ReadTimeout, httpx.RemoteProtocolError]
 
 
 def emailless(n: int) -> list[WriteOp]:
@@ -61,6 +64,10 @@ def portal() -> Portal:
     return Portal()
 
 
+def portal_for(id_property: str | None) -> Portal:
+    return Portal(unique_properties=[KEY] if id_property else [])
+
+
 def sent_routes(portal: Portal) -> Counter[str]:
     return Counter(portal.transport.paths())
 
@@ -82,6 +89,75 @@ def assert_one_contact_each(
 
 
 # --------------------------------------------------------------------------- a lost answer
+
+
+@pytest.mark.parametrize("lost_as", LOST_ERRORS, ids=["read-timeout", "connection-closed"])
+@pytest.mark.parametrize("id_property", [KEY, None], ids=["id-property", "search-fallback"])
+async def test_thirty_creates_whose_answer_was_lost_make_thirty_contacts(
+    id_property: str | None, lost_as: type[httpx.TransportError]
+) -> None:
+    """The incident, replayed: HubSpot makes the 30 contacts but the answer is lost, the
+    connector raises TransientError having sent batch/create once (the retry policy never
+    re-sends a create it cannot prove unsent), and the same 30 writes sent again with
+    `uncertain_since` answer with those 30 contacts: no second contact for anyone.
+
+    With `id_property` the writes are upserts keyed by the engine's key, which the retry
+    policy may re-send (each update of the same contact) and the re-send simply updates. Without
+    it the re-send finds each contact through search, one search per write."""
+    portal = portal_for(id_property)
+    losing = LostAnswerTransport(portal.transport, error=lost_as)
+    losing.lose(None, when=lambda r: r.url.path.endswith(WRITES))
+    ops = emailless(30)
+    async with portal.connector(transport=losing, id_property=id_property) as connector:
+        with pytest.raises(TransientError):
+            await connector.create_many(ops)
+        made = portal.sim.contact_ids()
+        first = sent_routes(portal)
+        losing.heal()
+        outcomes = await connector.create_many(uncertain(ops))
+    assert 30 == len(made), "HubSpot carried out the first send"
+    assert_one_contact_each(portal, ops, outcomes)
+    assert made == portal.sim.contact_ids()
+    resent = sent_routes(portal) - first
+    if id_property:
+        # six attempts (the retry policy's limit), every one an upsert of the same 30 contacts
+        assert ({UPSERT: 6}, {UPSERT: 1}) == (first, resent)
+        assert sorted(f"customer-{i}:crm" for i in range(30)) == sorted(
+            (portal.sim.get_contact(i) or {})["properties"][KEY] for i in made
+        )
+    else:
+        assert ({CREATE: 1}, {SEARCH: 30, UPDATE: 1}) == (first, resent)
+
+
+@pytest.mark.parametrize("id_property", [KEY, None], ids=["id-property", "search-fallback"])
+async def test_an_answer_lost_four_times_in_a_row_still_makes_one_contact_each(
+    id_property: str | None,
+) -> None:
+    """The same 30 writes sent four times by the engine, every answer lost (the retry policy's
+    own re-sends included), then a fifth time answered: 30 contacts, none made twice, and
+    batch/create sent once in all. Costs: with `id_property` only upserts (6 per lost send);
+    without it 30 searches per uncertain send, at HubSpot's 4 searches a second."""
+    portal = portal_for(id_property)
+    losing = LostAnswerTransport(portal.transport)
+    losing.lose(None, when=lambda r: r.url.path.endswith(WRITES))
+    ops = emailless(30)
+    async with portal.connector(transport=losing, id_property=id_property) as connector:
+        for attempt in range(4):
+            with pytest.raises(TransientError):
+                await connector.create_many(ops if attempt == 0 else uncertain(ops))
+            assert 30 == len(portal.sim.contact_ids()), f"after send {attempt + 1}"
+        losing.heal()
+        started = portal.clock.now
+        outcomes = await connector.create_many(uncertain(ops))
+        last_send_s = (portal.clock.now - started).total_seconds()
+    assert_one_contact_each(portal, ops, outcomes)
+    routes = sent_routes(portal)
+    if id_property:
+        assert {UPSERT: 4 * 6 + 1} == routes
+        assert 0 == last_send_s
+    else:
+        assert {CREATE: 1, SEARCH: 4 * 30, UPDATE: 3 * 6 + 1} == routes
+        assert 7 <= last_send_s  # 30 searches at 4 a second
 
 
 async def test_look_alike_creates_each_find_their_own_contact() -> None:
