@@ -1,5 +1,6 @@
-"""Batch writes to HubSpot: creates (as upserts by email where possible), updates and archives,
-100 inputs per call, each answer turned into one outcome per write.
+"""Batch writes to HubSpot: creates (as upserts by email, or by the operator's unique key
+property, where possible), updates and archives, 100 inputs per call, each answer turned into
+one outcome per write.
 
 A batch HubSpot refuses whole (one bad input fails it with a 4xx) is halved and sent again until
 the refused writes stand alone, so one bad record never holds back the others. Matching results
@@ -35,7 +36,7 @@ class _Post(Protocol):
 
 class _SearchCreated(Protocol):
     async def __call__(
-        self, since_ms: int | None, equal: Mapping[str, str], properties: Sequence[str]
+        self, since_ms: int | None, equal: Mapping[str, str], properties: Sequence[str], limit: int
     ) -> SearchPage: ...
 
 
@@ -55,6 +56,8 @@ class ContactWriter:
         error: builds an error naming the app and connector (`Connector.error`).
         log: the connector's logger.
         batch_size: inputs per call.
+        id_property: the custom contact property with unique values that keys creates without
+            an email (`HubSpotSettings.id_property`); None sends them to batch/create.
     """
 
     def __init__(
@@ -66,8 +69,10 @@ class ContactWriter:
         error: _ErrorFactory,
         log: structlog.stdlib.BoundLogger,
         batch_size: int,
+        id_property: str | None = None,
     ) -> None:
         self._post = post
+        self._id_property = id_property
         self._archive = archive
         self._search_created = search_created
         self._error = error
@@ -79,17 +84,27 @@ class ContactWriter:
 
         Writes that carry an email go to batch/upsert keyed by email: sending one again
         updates the contact it made instead of making a second one, which is what makes a
-        retried create safe. Writes without an email go to batch/create, which is not
-        idempotent: one the daemon may already have sent (`uncertain_since`) is first looked
-        for (`_made_before`). A conflict naming an existing contact ("Existing ID: N") is
-        resolved by writing the fields to that contact (adopting it).
+        retried create safe. Writes without an email go, with `id_property` set, to
+        batch/upsert keyed by that property, holding the write's idempotency key: exactly-once
+        in the same way. Without it they go to batch/create, which is not idempotent: one the
+        daemon may already have sent (`uncertain_since`) is first looked for (`_made_before`),
+        which is only as good as the search index is current. A conflict naming an existing
+        contact ("Existing ID: N") is resolved by writing the fields to that contact (adopting
+        it).
         """
         outcomes, valid = self._prepare(ops, creating=True)
         with_email = [op for op in valid if w.email_of(op) is not None]
-        made, without = await self._made_before([op for op in valid if w.email_of(op) is None])
-        outcomes += await self._adopt(made, reason="made by an unconfirmed create")
+        without = [op for op in valid if w.email_of(op) is None]
+        keyed: list[WriteOp] = []
+        if self._id_property is not None:
+            keyed, without = without, []
+        else:
+            made, without = await self._made_before(without)
+            outcomes += await self._adopt(made, reason="made by an unconfirmed create")
         for chunk in w.chunks_without_repeats(with_email, size=self._batch_size, key=_email_key):
-            outcomes += await self._split_on_refusal(chunk, self._upsert_chunk)
+            outcomes += await self._split_on_refusal(chunk, self._upsert_by_email)
+        for chunk in w.chunks_without_repeats(keyed, size=self._batch_size, key=self._key_of):
+            outcomes += await self._split_on_refusal(chunk, self._upsert_by_key)
         for start in range(0, len(without), self._batch_size):
             outcomes += await self._split_on_refusal(
                 without[start : start + self._batch_size], self._create_chunk
@@ -107,18 +122,23 @@ class ContactWriter:
         is not in CONTRACTS.md, and three stays under every figure it has published. A contact
         the search index has not taken in yet is not found, and is created again (the index
         lag is UNVERIFIED; it is seconds, and a restart after a crash usually takes longer).
+        A contact found for one write is not taken for another: look-alikes in one batch each
+        find their own. Each uncertain write costs one search (HubSpot allows about 4 a
+        second); `id_property` makes all of this unnecessary.
         """
         made: list[WriteOp] = []
         rest: list[WriteOp] = []
+        claimed: set[str] = set()
         for op in ops:
-            found = await self._find_made(op) if op.uncertain_since is not None else None
+            found = await self._find_made(op, claimed) if op.uncertain_since is not None else None
             if found is None:
                 rest.append(op)
             else:
+                claimed.add(found)
                 made.append(_update_of(op, found))
         return made, rest
 
-    async def _find_made(self, op: WriteOp) -> str | None:
+    async def _find_made(self, op: WriteOp, claimed: set[str]) -> str | None:
         assert op.uncertain_since is not None
         sent = w.properties_for(op, creating=True)
         if not sent:
@@ -126,8 +146,14 @@ class ContactWriter:
         # A create that sets createdate itself makes a contact dated then, not now.
         since = None if "createdate" in sent else ms_of(op.uncertain_since) - _CLOCK_SKEW_MS
         telling = [name for name in _TELLING if name in sent] or sorted(sent)
-        page = await self._search_created(since, {k: sent[k] for k in telling[:2]}, list(sent))
+        # Enough results to get past the look-alikes other writes of this batch claimed.
+        limit = min(_SEARCH_LIMIT, _SEARCH_SPARE + len(claimed))
+        page = await self._search_created(
+            since, {k: sent[k] for k in telling[:2]}, list(sent), limit
+        )
         for contact in page.results:  # oldest first
+            if contact.id in claimed:
+                continue
             if all(w.fold(contact.properties.get(k)) == w.fold(v) for k, v in sent.items()):
                 return contact.id
         return None
@@ -192,7 +218,7 @@ class ContactWriter:
             )
             return [WriteOutcome(key=op.key, error=error)]
 
-    async def _upsert_chunk(self, ops: list[WriteOp]) -> list[WriteOutcome]:
+    async def _upsert_by_email(self, ops: list[WriteOp]) -> list[WriteOutcome]:
         inputs = [
             {
                 "id": w.email_of(op),
@@ -211,6 +237,47 @@ class ContactWriter:
             key_of_result=_result_email,
             operation="contacts.create",
         )
+
+    async def _upsert_by_key(self, ops: list[WriteOp]) -> list[WriteOutcome]:
+        """Creates without an email, as upserts keyed by `id_property` (CONTRACTS.md §1: batch
+        upsert `{inputs:[{id, idProperty, properties}]}`; the spec's `idProperty` is "The name
+        of a property whose values are unique for this object")."""
+        name = self._id_property
+        assert name is not None
+        inputs = []
+        for op in ops:
+            key = self._id_of(op)
+            # The key goes in `properties` too: that HubSpot copies `id` into the property of
+            # a contact the upsert creates is UNVERIFIED, and a contact made without it would
+            # not be found by the next send.
+            properties = {**w.properties_for(op, creating=True), name: key}
+            inputs.append(
+                {
+                    "id": key,
+                    "idProperty": name,
+                    "properties": properties,
+                    "objectWriteTraceId": op.key,
+                }
+            )
+        # Idempotent by the key: resending after a timeout updates the contact it made.
+        answer = await self._post("batch/upsert", {"inputs": inputs}, idempotent=True)
+        return await self._settle(
+            ops,
+            answer,
+            key_of_op=self._key_of,
+            key_of_result=lambda contact: w.fold(contact.properties.get(name)),
+            operation="contacts.create",
+        )
+
+    def _id_of(self, op: WriteOp) -> str:
+        """The unique key of a create without an email: the value the write itself gives
+        `id_property` (a field map may fill it), else the engine's idempotency key."""
+        assert self._id_property is not None
+        own = w.to_property_value(op.fields.get(self._id_property)).strip()
+        return own or op.idempotency_key or op.key
+
+    def _key_of(self, op: WriteOp) -> str | None:
+        return w.fold(self._id_of(op))
 
     async def _create_chunk(self, ops: list[WriteOp]) -> list[WriteOutcome]:
         sent = {op.key: w.properties_for(op, creating=True) for op in ops}
@@ -343,6 +410,10 @@ class ContactWriter:
 
 # How far HubSpot's clock may run behind ours, for `createdate >= decided - skew`.
 _CLOCK_SKEW_MS = 5 * 60 * 1000
+# Search results asked for when looking for a create's contact: a few more than the contacts
+# already claimed in the batch, at most the spec's "up to 200".
+_SEARCH_SPARE = 10
+_SEARCH_LIMIT = 200
 # Properties that tell one contact without an email from another, most telling first.
 _TELLING = ("phone", "mobilephone", "lastname", "firstname", "company", "address", "city")
 

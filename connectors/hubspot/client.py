@@ -22,6 +22,7 @@ from customer_sync.sdk import (
     ConnectorError,
     MultiLimiter,
     RateLimiter,
+    RecordRejected,
     json_body,
     retry_policy,
 )
@@ -155,15 +156,38 @@ class HubSpotClient:
         return await self._search(groups, [], properties, limit=10, after=0)
 
     async def search_created(
-        self, since_ms: int | None, equal: Mapping[str, str], *, properties: Sequence[str]
+        self,
+        since_ms: int | None,
+        equal: Mapping[str, str],
+        *,
+        properties: Sequence[str],
+        limit: int = 10,
     ) -> SearchPage:
         """Contacts created at or after `since_ms` (any time with None) whose properties `equal`
-        match (EQ, which HubSpot compares case-insensitively), oldest first, at most 10."""
+        match (EQ, which HubSpot compares case-insensitively), oldest first, at most `limit`."""
         filters = [{"propertyName": k, "operator": "EQ", "value": v} for k, v in equal.items()]
         if since_ms is not None:
             filters.insert(0, {"propertyName": "createdate", "operator": "GTE", "value": str(since_ms)})
         sort = {"propertyName": "createdate", "direction": "ASCENDING"}
-        return await self._search([{"filters": filters}], [sort], properties, limit=10, after=0)
+        return await self._search([{"filters": filters}], [sort], properties, limit=limit, after=0)
+
+    async def probe_id_property(self, name: str, value: str) -> bool:
+        """Read one contact by `value` of property `name` used as `idProperty` (spec: "The name
+        of a property whose values are unique for this object type"): True when HubSpot takes
+        the property as one (found or 404), False when it refuses it (a 4xx other than 404).
+
+        What HubSpot answers for a property that does not exist or is not unique is
+        UNVERIFIED (the spec shows no example); the simulator answers 400.
+        """
+        params = {"idProperty": name, "properties": "hs_object_id"}
+        try:
+            await self.api.request(
+                "GET", f"{CONTACTS}/{value}", operation="contacts.check_id_property",
+                params=params, accept=(404,),
+            )
+        except RecordRejected:
+            return False
+        return True
 
     async def batch(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse:
         """A batch call (`batch/read`, `batch/upsert`...); 200, 201 and 207 are answers."""

@@ -17,6 +17,14 @@ back as deleted records. See `_cursor` for what the cursor holds.
 Per-field modified times (`field_history`): the full pass asks the list endpoint for
 `propertiesWithHistory`; incremental listing makes one extra batch/read per page of changes (per
 `history_page_size` records), because search cannot return history.
+
+Creates are upserts wherever HubSpot has a key for them, so that a create sent again (its
+answer lost, or the daemon stopped before recording it) updates the contact it made: by email,
+and for contacts without an email by the operator's unique-value property `id_property`, which
+holds the engine's idempotency key. Without that property such creates go to batch/create, and
+one that may have been sent already (`WriteOp.uncertain_since`) is looked for through search
+first: best effort, since the search index lags (see `_writer`). `search_by_emails` reads
+contacts by email with batch/read (`idProperty=email`), which needs no search index at all.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from customer_sync.sdk import (
     Capability,
     Change,
     ChangePage,
+    ConfigError,
     Connector,
     ConnectorError,
     Cursor,
@@ -54,6 +63,8 @@ __all__ = ["HubSpotConnector"]
 # and the ids merged into a contact, so that merges show up when the survivor is listed. The
 # latter is not in CONTRACTS.md (UNVERIFIED); HubSpot ignores properties it does not know.
 _ALWAYS_READ = ("lastmodifieddate", "hs_merged_object_ids")
+# The value `check` reads by `id_property`: any value does; no contact needs to hold it.
+_PROBE_KEY = "customer-sync-check"
 
 
 def _utcnow() -> datetime:
@@ -115,12 +126,13 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                 action, body, idempotent=idempotent
             ),
             archive=lambda ids: self.client.archive(ids),
-            search_created=lambda since, equal, props: self.client.search_created(
-                since, equal, properties=props
+            search_created=lambda since, equal, props, limit: self.client.search_created(
+                since, equal, properties=props, limit=limit
             ),
             error=self.error,
             log=self.log,
             batch_size=self.batch_size,
+            id_property=settings.id_property,
         )
         if not settings.field_history:
             # Capabilities are declared per class; this one depends on a setting.
@@ -158,12 +170,28 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         return self._client
 
     async def check(self) -> None:
-        """Read one contact id: proves the token and the contacts read scope.
+        """Read one contact id: proves the token and the contacts read scope. With
+        `id_property`, also read a contact by that property as `idProperty`, which HubSpot
+        takes only for a property with unique values.
+
+        The properties API, which would say outright whether the property exists and has
+        unique values, is not among the spec files this connector is written from, so it is
+        not called: creating the property is the operator's step (docs/connectors.md). What
+        HubSpot answers for a missing or non-unique `idProperty` is UNVERIFIED; a refusal
+        (400) fails the check, a 404 (no contact holds the probe value) passes it.
 
         Raises:
             AuthError: the token is refused (401/403).
+            ConfigError: HubSpot refuses `id_property` as an `idProperty`.
         """
         await self.client.check()
+        name = self.settings.id_property
+        if name is not None and not await self.client.probe_id_property(name, _PROBE_KEY):
+            raise ConfigError(
+                f"app {self.app}: HubSpot refuses id_property {name!r} as an idProperty; create "
+                "a custom contact property of that internal name with unique values "
+                "(docs/connectors.md, HubSpot)"
+            )
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -418,6 +446,35 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         page = await self.client.search_email(email, properties=self._read_props)
         return [self._record(c, history=False) for c in page.results]
 
+    async def search_by_emails(self, emails: Sequence[str]) -> list[AppRecord]:
+        """Live contacts holding any of these emails: batch/read with `idProperty=email`, 100
+        emails per request (CONTRACTS.md §1: batch read takes `idProperty`; the emails HubSpot
+        does not find come back in a 207's `errors[]`, which is not an error here).
+
+        One request per 100 emails, on the app's rate limit, not search's 4 a second, and no
+        search index in the way: a contact created a moment ago is found. Archived contacts
+        are not read (no `archived=true`). A contact found by two emails is returned once.
+        Whether a secondary email (`hs_additional_emails`) finds its contact here is
+        UNVERIFIED; the simulator finds it, as its search does.
+        """
+        wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e and e.strip()))
+        found: dict[str, AppRecord] = {}
+        for start in range(0, len(wanted), self.batch_size):
+            body = {
+                "inputs": [{"id": e} for e in wanted[start : start + self.batch_size]],
+                "idProperty": "email",
+                "properties": self._read_props,
+                "propertiesWithHistory": [],
+            }
+            try:
+                answer = await self.client.batch("batch/read", body, idempotent=True)
+            except RecordGone:
+                continue  # none of them is held by a contact
+            for contact in answer.results:
+                if not contact.archived:
+                    found.setdefault(contact.id, self._record(contact, history=False))
+        return list(found.values())
+
     # -- writes ---------------------------------------------------------------------------------
 
     async def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> WriteReceipt:
@@ -440,10 +497,12 @@ class HubSpotConnector(Connector[HubSpotSettings]):
     async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Create contacts, 100 per call (see `ContactWriter.create_many`).
 
-        Writes that carry an email go to batch/upsert keyed by email: sending one again
+        Writes that carry an email go to batch/upsert keyed by email, and with `id_property`
+        set, writes without one go to batch/upsert keyed by that property: sending one again
         updates the contact it made instead of making a second one, which is what makes a
-        retried create safe. Writes without an email go to batch/create, which is not
-        idempotent.
+        retried create safe. Without `id_property`, writes without an email go to
+        batch/create, which is not idempotent; one sent with `uncertain_since` is first looked
+        for through search.
         """
         return await self._writer.create_many(ops)
 

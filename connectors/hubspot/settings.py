@@ -25,6 +25,9 @@ def _default_properties() -> list[str]:
 
 
 DEFAULT_PROPERTIES = tuple(_default_properties())
+_NOT_AN_ID_PROPERTY = frozenset(
+    {"email", "hs_object_id", "createdate", "lastmodifieddate", "hs_merged_object_ids"}
+)
 
 
 class HubSpotSettings(ConnectorSettings):
@@ -50,6 +53,12 @@ class HubSpotSettings(ConnectorSettings):
             for contacts that reach the search index late with an older modified time.
         webhook_max_age_s: deliveries signed longer ago than this are refused (HubSpot's SDK
             uses 300 s).
+        id_property: the internal name of a custom contact property with unique values that
+            the operator created in HubSpot for customer-sync (e.g. `customer_sync_id`). When
+            set, a contact without an email is created by batch/upsert keyed by that property,
+            holding the engine's idempotency key, so a create sent again updates the contact
+            it made (exactly-once). Unset, such creates go to batch/create and a re-sent one is
+            looked for through search (best effort). See docs/connectors.md, "HubSpot".
     """
 
     base_url: str = "https://api.hubapi.com"
@@ -64,6 +73,7 @@ class HubSpotSettings(ConnectorSettings):
     field_history: bool = True
     lookback_s: float = Field(2, ge=0)
     webhook_max_age_s: float = Field(300, gt=0)
+    id_property: str | None = None
 
     @field_validator("properties")
     @classmethod
@@ -71,3 +81,16 @@ class HubSpotSettings(ConnectorSettings):
         if any(not name.strip() for name in value):
             raise ValueError("property names must not be empty")
         return list(dict.fromkeys(value))
+
+    @field_validator("id_property")
+    @classmethod
+    def _custom_unique_property(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip()
+        if not name or any(c.isspace() for c in name):
+            raise ValueError("must be a property's internal name, e.g. customer_sync_id")
+        if name in _NOT_AN_ID_PROPERTY:
+            # email keys creates already; the others are HubSpot's and cannot hold our key.
+            raise ValueError(f"{name} is not a custom property; create one with unique values")
+        return name

@@ -2,7 +2,9 @@
 
 The simulator runs in-process behind `httpx.ASGITransport`, on the wall clock, with a small rate
 limit (20 calls per second, enforced with 429s) that the connector is configured with too, so
-the suite's burst check takes about a second instead of ten.
+the suite's burst check takes about a second instead of ten. The suite runs twice: as the
+connector is by default (creates without an email go to batch/create, found again by search),
+and with `id_property` set on a portal that has that unique property (they are upserts).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from pydantic import SecretStr
 
 from customer_sync.sandbox._common import epoch_ms
 from customer_sync.sandbox.hubspot import HubSpotSimulator, sign_v3
-from customer_sync.testing.conformance import ConnectorConformance, WebhookDelivery
+from customer_sync.testing.conformance import (
+    ConnectorConformance,
+    LostAnswerTransport,
+    WebhookDelivery,
+)
 from customer_sync_connectors.hubspot import HubSpotConnector, HubSpotSettings
 
 TOKEN = "conformance-token-0001"
@@ -27,6 +33,9 @@ WEBHOOK_URL = "https://sync.example.org/webhooks/crm"
 RATE_LIMIT = (20, 1.0)
 LOOKBACK_S = 2.0
 MAX_AGE_S = 300.0
+
+ID_PROPERTY = "customer_sync_id"
+_WRITES = ("/batch/create", "/batch/upsert", "/batch/update")
 
 _UPSERT_EVENTS = ("contact.creation", "contact.propertyChange", "contact.restore")
 _DELETE_EVENTS = ("contact.deletion", "contact.privacyDeletion")
@@ -51,11 +60,16 @@ class SimulatorApi:
     rate_limit = RATE_LIMIT
     late_arrival_s = LOOKBACK_S
 
-    def __init__(self) -> None:
+    def __init__(self, *, unique_properties: tuple[str, ...] = ()) -> None:
         self.sim = HubSpotSimulator(
-            rate_limit=RATE_LIMIT, app_secret=SECRET, access_token=TOKEN, webhook_url=WEBHOOK_URL
+            rate_limit=RATE_LIMIT,
+            app_secret=SECRET,
+            access_token=TOKEN,
+            webhook_url=WEBHOOK_URL,
+            unique_properties=unique_properties,
         )
-        self.transport = RecordingTransport(httpx.ASGITransport(app=self.sim.app))
+        self.losing = LostAnswerTransport(httpx.ASGITransport(app=self.sim.app))
+        self.transport = RecordingTransport(self.losing)
 
     def sample_fields(self, i: int) -> dict[str, Any]:
         return {
@@ -96,6 +110,13 @@ class SimulatorApi:
     def statuses_served(self) -> list[int] | None:
         return list(self.transport.statuses)
 
+    def lose_answers(self, times: int) -> bool:
+        """HubSpot carries out the next `times` batch writes; their answers are lost."""
+        self.losing.lose(
+            times, when=lambda r: r.method == "POST" and r.url.path.endswith(_WRITES)
+        )
+        return True
+
     def webhook(self, app_record_id: str, *, kind: str = "upsert") -> WebhookDelivery | None:
         return self._delivery(app_record_id, kind, datetime.now(UTC))
 
@@ -132,6 +153,9 @@ class TestHubSpotConformance(ConnectorConformance):
     def fake_api(self) -> SimulatorApi:
         return SimulatorApi()
 
+    #: the connector's `id_property` setting
+    id_property: str | None = None
+
     @pytest.fixture
     async def connector(self, fake_api: SimulatorApi) -> AsyncIterator[HubSpotConnector]:
         settings = HubSpotSettings(
@@ -142,6 +166,17 @@ class TestHubSpotConformance(ConnectorConformance):
             rate_limit_window_s=RATE_LIMIT[1],
             lookback_s=LOOKBACK_S,
             webhook_max_age_s=MAX_AGE_S,
+            id_property=self.id_property,
         )
         async with HubSpotConnector(settings, app="crm", transport=fake_api.transport) as c:
             yield c
+
+
+class TestHubSpotConformanceWithIdProperty(TestHubSpotConformance):
+    """Every conformance check again, with creates without an email keyed by `id_property`."""
+
+    id_property = ID_PROPERTY
+
+    @pytest.fixture
+    def fake_api(self) -> SimulatorApi:
+        return SimulatorApi(unique_properties=(ID_PROPERTY,))

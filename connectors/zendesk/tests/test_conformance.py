@@ -16,7 +16,11 @@ from typing import Any
 import pytest
 
 from customer_sync.sandbox.zendesk import ZendeskSimulator, sign
-from customer_sync.testing.conformance import ConnectorConformance, WebhookDelivery
+from customer_sync.testing.conformance import (
+    ConnectorConformance,
+    LostAnswerTransport,
+    WebhookDelivery,
+)
 from customer_sync_connectors.zendesk import ZendeskConnector
 from customer_sync_connectors.zendesk._fields import join_name, split_name
 
@@ -40,7 +44,12 @@ class ZendeskFakeApi:
     def __init__(self) -> None:
         self.sim = ZendeskSimulator(rate_limit=self.rate_limit, export_rate_limit=(10, 1.0),
                                     webhook_url=WEBHOOK_URL)
-        self.transport = RecordingTransport(self.sim)
+        self.recording = RecordingTransport(self.sim)
+        # A lost create_or_update_many still runs its job: Zendesk queued it before the
+        # answer was lost, and works its queue whether or not anyone polls.
+        self.transport = LostAnswerTransport(
+            self.recording, after_lost=lambda request: self.sim.complete_jobs()
+        )
 
     def sample_fields(self, i: int) -> dict[str, Any]:
         return {"email": f"person{i}@example.org", "first_name": f"First{i}",
@@ -74,7 +83,13 @@ class ZendeskFakeApi:
         return True
 
     def statuses_served(self) -> list[int] | None:
-        return self.transport.statuses
+        return self.recording.statuses
+
+    def lose_answers(self, times: int) -> bool:
+        """Zendesk carries out the next `times` user upserts; their answers are lost."""
+        self.transport.lose(times, when=lambda r: r.method == "POST" and "create_or_update"
+                            in r.url.path)
+        return True
 
     def webhook(self, app_record_id: str, *, kind: str = "upsert") -> WebhookDelivery | None:
         subject = f"zen:user:{app_record_id}"

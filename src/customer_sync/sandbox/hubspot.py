@@ -147,6 +147,20 @@ def _invalid(message: str) -> _ApiError:
     return _ApiError(400, "VALIDATION_ERROR", message)
 
 
+def _invalid_properties(problems: list[Json]) -> _ApiError:
+    """HubSpot's 400 for property values it refuses, listing each problem."""
+    listing = json.dumps([{"isValid": False, **p} for p in problems])
+    return _ApiError(
+        400,
+        "VALIDATION_ERROR",
+        f"Property values were not valid: {listing}",
+        errors=[
+            {"message": p["message"], "code": p["error"], "context": {"name": [p["name"]]}}
+            for p in problems
+        ],
+    )
+
+
 def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
     # orjson: compact UTF-8, as HubSpot answers; a 50-contact page with property history is
     # ~70 KB, and json.dumps was a third of the simulator's time serving one.
@@ -235,6 +249,12 @@ class HubSpotSimulator:
             400, as HubSpot's 10,000-result ceiling (UNVERIFIED in CONTRACTS.md).
         batch_cap: the most inputs a batch call accepts (100; UNVERIFIED).
         custom_properties: property names accepted besides HubSpot's standard contact ones.
+        unique_properties: custom properties created with unique values (HubSpot's
+            `hasUniqueValue`; the properties API that creates them is not among the spec
+            files). They are writable, no two active contacts hold one value, and each is
+            accepted as `idProperty` ("The name of a property whose values are unique for this
+            object type", spec) on GET and PATCH by id, batch/read, batch/update,
+            batch/upsert and gdpr-delete.
         resolve_merged_ids: True makes reads of a merged-away id answer with the surviving
             contact; False makes them 404. Which one HubSpot does is UNVERIFIED.
         portal_id, app_id: put in webhook events.
@@ -254,6 +274,7 @@ class HubSpotSimulator:
         search_result_cap: int = 10_000,
         batch_cap: int = 100,
         custom_properties: Iterable[str] = (),
+        unique_properties: Iterable[str] = (),
         resolve_merged_ids: bool = True,
         portal_id: int = 62515,
         app_id: int = 54321,
@@ -271,7 +292,13 @@ class HubSpotSimulator:
         self.resolve_merged_ids = resolve_merged_ids
         self.portal_id = portal_id
         self.app_id = app_id
-        self._writable = STANDARD_PROPERTIES | frozenset(custom_properties)
+        self.unique_properties = frozenset(unique_properties)
+        clash = self.unique_properties & (STANDARD_PROPERTIES | READ_ONLY)
+        if clash:
+            raise ValueError(f"not custom properties: {sorted(clash)}")
+        self._writable = (
+            STANDARD_PROPERTIES | frozenset(custom_properties) | self.unique_properties
+        )
 
         self._lock = threading.RLock()
         self._next_id = 1001
@@ -280,6 +307,8 @@ class HubSpotSimulator:
         self._archived_ids: list[int] = []  # sorted
         self._by_updated: list[tuple[int, int]] = []  # sorted (updated_ms, id) of active contacts
         self._by_email: dict[str, int] = {}  # lower-cased email (and additional emails) -> id
+        # unique property -> value -> id of the active contact holding it
+        self._by_unique: dict[str, dict[str, int]] = {p: {} for p in self.unique_properties}
         self._merged_into: dict[int, int] = {}
         self.blocklisted_emails: set[str] = set()
 
@@ -307,7 +336,7 @@ class HubSpotSimulator:
             created_at: its `createdAt`; `updated_at` by default.
 
         Raises:
-            ValueError: invalid properties, or an email another contact has.
+            ValueError: invalid properties, or an email or unique value another contact has.
         """
         with self._lock:
             now_ms = epoch_ms(updated_at) if updated_at is not None else self._now_ms()
@@ -315,6 +344,7 @@ class HubSpotSimulator:
             props = self._as_helper_error(self._clean_properties, properties)
             if (existing := self._email_owner(props.get("email"))) is not None:
                 raise ValueError(f"Contact already exists. Existing ID: {existing}")
+            self._as_helper_error(self._check_unique, [(None, props)])
             contact = self._insert(props, created_ms, now_ms, _IMPORT)
             return str(contact.id)
 
@@ -323,13 +353,14 @@ class HubSpotSimulator:
 
         Raises:
             KeyError: no such active contact.
-            ValueError: invalid properties, or an email another contact has.
+            ValueError: invalid properties, or an email or unique value another contact has.
         """
         with self._lock:
             contact = self._active(contact_id)
             props = self._as_helper_error(self._clean_properties, properties)
             if (owner := self._email_owner(props.get("email"))) not in (None, contact.id):
                 raise ValueError(f"Contact already exists. Existing ID: {owner}")
+            self._as_helper_error(self._check_unique, [(contact.id, props)])
             self._write(contact, props, self._now_ms(), _HUMAN)
 
     def archive(self, contact_id: str | int) -> None:
@@ -346,7 +377,7 @@ class HubSpotSimulator:
 
         Raises:
             KeyError: no such archived contact.
-            ValueError: its email now belongs to another contact.
+            ValueError: its email or a unique value of it now belongs to another contact.
         """
         with self._lock:
             contact = self._contacts.get(int(contact_id))
@@ -354,6 +385,7 @@ class HubSpotSimulator:
                 raise KeyError(f"no archived contact {contact_id}")
             if (owner := self._email_owner(contact.props.get("email"))) is not None:
                 raise ValueError(f"Contact already exists. Existing ID: {owner}")
+            self._as_helper_error(self._check_unique, [(contact.id, contact.props)])
             now_ms = max(self._now_ms(), contact.updated_ms)
             del self._archived_ids[bisect.bisect_left(self._archived_ids, contact.id)]
             contact.archived_ms = None
@@ -473,7 +505,7 @@ class HubSpotSimulator:
         return epoch_ms(self._clock())
 
     @staticmethod
-    def _as_helper_error(fn: Callable[[Any], dict[str, str]], arg: Any) -> dict[str, str]:
+    def _as_helper_error(fn: Callable[[Any], Any], arg: Any) -> Any:
         try:
             return fn(arg)
         except _ApiError as exc:
@@ -493,6 +525,9 @@ class HubSpotSimulator:
         bisect.insort(self._by_updated, (contact.updated_ms, contact.id))
         for email in self._emails_of(contact):
             self._by_email[email] = contact.id
+        for name, holders in self._by_unique.items():
+            if value := contact.props.get(name):
+                holders[value] = contact.id
 
     def _unindex(self, contact: _Contact) -> None:
         del self._active_ids[bisect.bisect_left(self._active_ids, contact.id)]
@@ -501,6 +536,12 @@ class HubSpotSimulator:
         for email in self._emails_of(contact):
             if self._by_email.get(email) == contact.id:
                 del self._by_email[email]
+        # Archived contacts free their unique values here, as they free their email (whether
+        # HubSpot keeps an archived contact's unique value reserved is UNVERIFIED).
+        for name, holders in self._by_unique.items():
+            value = contact.props.get(name)
+            if value and holders.get(value) == contact.id:
+                del holders[value]
 
     @staticmethod
     def _emails_of(contact: _Contact) -> list[str]:
@@ -635,17 +676,30 @@ class HubSpotSimulator:
                     continue
             clean[name] = text
         if problems:
-            listing = json.dumps([{"isValid": False, **p} for p in problems])
-            raise _ApiError(
-                400,
-                "VALIDATION_ERROR",
-                f"Property values were not valid: {listing}",
-                errors=[
-                    {"message": p["message"], "code": p["error"], "context": {"name": [p["name"]]}}
-                    for p in problems
-                ],
-            )
+            raise _invalid_properties(problems)
         return clean
+
+    def _check_unique(self, writes: Iterable[tuple[int | str | None, Mapping[str, str]]]) -> None:
+        """Refuse a request that would give two active contacts one value of a unique property.
+
+        `writes` are (target, properties) in the order the request applies them; the target is
+        a contact id, or a token naming a contact the same request creates (None: a new one).
+        The whole request is refused before anything is written, as for any invalid property
+        value. That HubSpot answers a duplicate unique value with this 400 is UNVERIFIED: the
+        spec files do not show the error, so its shape follows the other property errors.
+        """
+        claimed: dict[tuple[str, str], int | str] = {}
+        for n, (target, props) in enumerate(writes):
+            token: int | str = f"new-{n}" if target is None else target
+            for name in self.unique_properties:
+                value = props.get(name)
+                if not value:
+                    continue
+                holder = claimed.get((name, value), self._by_unique[name].get(value))
+                if holder is not None and holder != token:
+                    message = f'Another contact already has this value of unique property "{name}"'
+                    raise _invalid_properties([_problem(name, "VALUE_NOT_UNIQUE", message)])
+                claimed[(name, value)] = token
 
     def _find(
         self, key: str, id_property: str | None, *, archived: bool = False
@@ -658,6 +712,12 @@ class HubSpotSimulator:
                 return next((c for c in archived_contacts if wanted in self._emails_of(c)), None)
             owner = self._by_email.get(key.lower())
             return self._contacts[owner] if owner is not None else None
+        if id_property in self.unique_properties:
+            if archived:
+                archived_contacts = (self._contacts[i] for i in self._archived_ids)
+                return next((c for c in archived_contacts if c.props.get(id_property) == key), None)
+            holder = self._by_unique[id_property].get(key)
+            return self._contacts[holder] if holder is not None else None
         if id_property not in (None, "", "hs_object_id"):
             raise _invalid(f"{id_property} is not a unique property")
         if not key.isdigit():
@@ -997,6 +1057,7 @@ class HubSpotSimulator:
         if (existing := self._email_owner(props.get("email"))) is not None:
             # HubSpot's duplicate message; connectors parse the id out of it (UNVERIFIED here).
             raise _ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing}")
+        self._check_unique([(None, props)])
         now_ms = self._now_ms()
         contact = self._insert(props, now_ms, now_ms, _API)
         return _json_response(201, self._render(contact, list(props) or None))
@@ -1009,6 +1070,7 @@ class HubSpotSimulator:
             raise _ApiError(404, "OBJECT_NOT_FOUND", "Object not found.")
         if (owner := self._email_owner(props.get("email"))) not in (None, contact.id):
             raise _ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {owner}")
+        self._check_unique([(contact.id, props)])
         self._write(contact, props, self._now_ms(), _API)
         return _json_response(200, self._render(contact, list(props) or None))
 
@@ -1042,6 +1104,9 @@ class HubSpotSimulator:
     def _batch_create(self, _request: Request, body: Any) -> Response:
         inputs = self._inputs(body)
         cleaned = [self._clean_properties(item.get("properties")) for item in inputs]
+        self._check_unique(
+            (None, props) for props in cleaned if self._email_owner(props.get("email")) is None
+        )
         now_ms = self._now_ms()
         results, errors = [], []
         for props in cleaned:
@@ -1059,10 +1124,17 @@ class HubSpotSimulator:
         if len(set(keys)) != len(keys):
             raise _invalid("Duplicate IDs found in batch input")
         cleaned = [self._clean_properties(item.get("properties")) for item in inputs]
+        targets = [
+            self._find(key, item.get("idProperty")) for item, key in zip(inputs, keys, strict=True)
+        ]
+        self._check_unique(
+            (contact.id, props)
+            for contact, props in zip(targets, cleaned, strict=True)
+            if contact is not None
+        )
         now_ms = self._now_ms()
         results, errors, missing = [], [], []
-        for item, key, props in zip(inputs, keys, cleaned, strict=True):
-            contact = self._find(key, item.get("idProperty"))
+        for key, contact, props in zip(keys, targets, cleaned, strict=True):
             if contact is None:
                 missing.append(key)
                 continue
@@ -1079,15 +1151,40 @@ class HubSpotSimulator:
     def _batch_upsert(self, _request: Request, body: Any) -> Response:
         inputs = self._inputs(body)
         cleaned = [self._clean_properties(item.get("properties")) for item in inputs]
-        now_ms = self._now_ms()
-        results, errors = [], []
+        planned: list[tuple[str, str | None, dict[str, str]]] = []
         for item, props in zip(inputs, cleaned, strict=True):
             key, id_property = str(item.get("id", "")), item.get("idProperty")
             if id_property == "email":
                 props = {**props, "email": key}  # the id *is* the email value
                 self._clean_properties({"email": key})
+            elif id_property in self.unique_properties:
+                # The id is the property's value, which a created contact holds. Whether
+                # HubSpot also takes the value from `id` alone, without it in `properties`,
+                # is UNVERIFIED; the simulator sets it either way.
+                if not key:
+                    raise _invalid("id must not be empty")
+                props = {**props, id_property: key}
+            planned.append((key, id_property, props))
+        unique_keys = [(p, k) for k, p, _ in planned if p in self.unique_properties]
+        if len(set(unique_keys)) != len(unique_keys):
+            # As batch/update refuses an id named twice (UNVERIFIED for upsert).
+            raise _invalid("Duplicate IDs found in batch input")
+        writes = []
+        for key, id_property, props in planned:
             contact = self._find(key, id_property)
-            if contact is None and id_property != "email":
+            if contact is not None:
+                writes.append((contact.id, props))
+            elif id_property == "email":
+                writes.append((f"email:{key.lower()}", props))
+            elif id_property in self.unique_properties:
+                writes.append((None, props))
+        self._check_unique(writes)
+        now_ms = self._now_ms()
+        results, errors = [], []
+        for key, id_property, props in planned:
+            contact = self._find(key, id_property)
+            creates = id_property == "email" or id_property in self.unique_properties
+            if contact is None and not creates:
                 errors.append(_batch_error("OBJECT_NOT_FOUND", _NOT_FOUND_BATCH, ids=[key]))
                 continue
             owner = self._email_owner(props.get("email"))

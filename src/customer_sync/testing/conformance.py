@@ -21,24 +21,40 @@ class TestAcmeConformance(ConnectorConformance):
 Checks that need something a fake cannot do (say, an HTTP status from a SQL table) skip with
 the reason; checks for a capability the connector does not declare skip too. Everything else
 must pass. The suite needs pytest-asyncio (the tests are coroutines marked for it).
+
+A fake may also offer `lose_answers(times)`: the app carries out the next `times` requests
+that write records, but their answers never reach the connector. HTTP fakes get it by putting
+a `LostAnswerTransport` in front of their app. Without it, the lost-answer check sends the
+same writes again without reading the first answers, which is how a lost answer looks to the
+engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Protocol, runtime_checkable
 
+import httpx
 import pytest
 import structlog
 
-from customer_sync.errors import AuthError, ConnectorError, RecordGone, RecordRejected
-from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor, WriteOp, fingerprint
+from customer_sync.errors import AuthError, ConnectorError, RecordGone, RecordRejected, TransientError
+from customer_sync.sdk.connector import (
+    AppRecord,
+    Capability,
+    ChangePage,
+    Connector,
+    Cursor,
+    WriteOp,
+    WriteOutcome,
+    fingerprint,
+)
 
-__all__ = ["ConnectorConformance", "FakeApi", "WebhookDelivery", "collect"]
+__all__ = ["ConnectorConformance", "FakeApi", "LostAnswerTransport", "WebhookDelivery", "collect"]
 
 SENTINEL_EMAIL = "sentinel.conformance.7781@example.org"
 
@@ -96,6 +112,68 @@ class FakeApi(Protocol):
 
     def stale_webhook(self, app_record_id: str) -> WebhookDelivery | None:
         """A delivery signed correctly but too old to be accepted (None: no timestamps)."""
+
+    # Optional: `lose_answers(times: int) -> bool` makes the app carry out the next `times`
+    # requests that write records without their answers reaching the connector (False when
+    # the fake cannot). See `LostAnswerTransport`.
+
+
+class LostAnswerTransport(httpx.AsyncBaseTransport):
+    """An httpx transport in front of a fake API that can lose answers the way a network does.
+
+    A request chosen by `lose` is passed to the fake, which carries it out, and then the client
+    gets `error` (`httpx.ReadTimeout` by default, or `httpx.RemoteProtocolError`) instead of
+    the answer: the vendor committed the write, the caller never learned it. Everything else
+    goes through untouched. `after_lost` runs after each lost request (a fake whose writes
+    finish in a background job runs that job there, as the vendor would).
+
+    Args:
+        inner: the transport to the fake (`httpx.ASGITransport(app=fake)`).
+        error: the `httpx.TransportError` class raised instead of an answer.
+        after_lost: called with each request whose answer was lost.
+
+    Attributes:
+        lost: the requests whose answers were lost, in order.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        error: type[httpx.TransportError] = httpx.ReadTimeout,
+        after_lost: Callable[[httpx.Request], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.error = error
+        self.after_lost = after_lost
+        self.lost: list[httpx.Request] = []
+        self._remaining: int | None = 0
+        self._when: Callable[[httpx.Request], bool] = lambda request: False
+
+    def lose(self, times: int | None, *, when: Callable[[httpx.Request], bool]) -> None:
+        """Lose the answers to the next `times` requests `when` accepts (None: every one until
+        `heal()`)."""
+        self._remaining, self._when = times, when
+
+    def heal(self) -> None:
+        """Answer every request again."""
+        self._remaining = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if self._remaining == 0 or not self._when(request):
+            return response
+        await response.aread()
+        await response.aclose()
+        if self._remaining is not None:
+            self._remaining -= 1
+        self.lost.append(request)
+        if self.after_lost is not None:
+            self.after_lost(request)
+        raise self.error("the answer was lost (simulated)", request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def collect(connector: Connector, since: Cursor | None = None) -> tuple[list[ChangePage], list[AppRecord]]:  # type: ignore[type-arg]
@@ -228,6 +306,79 @@ class ConnectorConformance:
         (again,) = await connector.write_many([resent])
         assert again.receipt is not None, again.error
         assert first.receipt.app_record_id == again.receipt.app_record_id
+        assert [again.receipt.app_record_id] == await _live_ids_holding(connector, fields)
+
+    @pytest.mark.parametrize("lost", [1, 3], ids=["lost-once", "lost-three-times"])
+    async def test_creates_whose_answers_were_lost_make_one_record_each(self, connector, fake_api,
+                                                                         lost: int) -> None:
+        """Creates without an email that the app carried out but whose answers never arrived,
+        sent again as the engine sends them (`uncertain_since` set, same keys) until answered,
+        and once more after that, leave exactly one record per create, and the receipts name
+        those records.
+
+        With the fake's `lose_answers`, answers are lost on the wire, `lost` times in a row
+        (the connector's own retries included). Without it, the writes are sent `lost` times
+        with their answers thrown away, which is what a lost answer leaves the engine knowing."""
+        ops = []
+        for i in range(3):
+            sample = fake_api.sample_fields(480 + 10 * lost + i)
+            fields = {k: v for k, v in sample.items() if k not in _identity_keys(sample)}
+            ops.append(WriteOp(key=f"k{i}", op="create", fields=fields,
+                               idempotency_key=f"conformance-lost-{lost}-{i}"))
+        decided = datetime.now(UTC)
+        lose_answers = getattr(fake_api, "lose_answers", None)
+        on_the_wire = lose_answers is not None and lose_answers(times=lost)
+        outcomes: list[WriteOutcome] | None = None
+        attempts = 0
+        for attempt in range(lost + 3):
+            again = [op.model_copy(update={"uncertain_since": decided}) for op in ops]
+            sent = ops if attempt == 0 else again
+            attempts += 1
+            try:
+                answered = await connector.write_many(sent)
+            except TransientError:
+                continue  # the engine keeps the rows and sends them again
+            if not on_the_wire and attempt < lost:
+                continue  # this answer is the one "lost": never read
+            outcomes = answered
+            break
+        assert outcomes is not None, f"no answer after {attempts} sends"
+        if all(isinstance(o.error, RecordRejected) for o in outcomes):
+            pytest.skip("this app creates no record without an email")
+        # Once more, as after a crash between the answer and its confirmation.
+        again = {o.key: o for o in await connector.write_many(
+            [op.model_copy(update={"uncertain_since": decided}) for op in ops])}
+        by_key = {o.key: o for o in outcomes}
+        for op in ops:
+            outcome = by_key[op.key]
+            assert outcome.receipt is not None, outcome.error
+            assert again[op.key].receipt is not None, again[op.key].error
+            assert outcome.receipt.app_record_id == again[op.key].receipt.app_record_id, op.key
+            holding = await _live_ids_holding(connector, op.fields)
+            assert [outcome.receipt.app_record_id] == holding, op.key
+        assert len(ops) == len({o.receipt.app_record_id for o in outcomes if o.receipt})
+
+    async def test_search_by_emails_finds_the_live_records_holding_them(self, connector, fake_api) -> None:
+        """`search_by_emails` returns each live record holding one of the emails once, and no
+        record deleted, holding another email, or holding none asked for."""
+        if Capability.SEARCH_BY_EMAIL not in connector.capabilities:
+            pytest.skip("connector does not search by email")
+        samples = [fake_api.sample_fields(1100 + i) for i in range(4)]
+        email_keys = sorted(_identity_keys(samples[0]))
+        if not email_keys:
+            pytest.skip("sample_fields carry no email")
+        email_key = email_keys[0]
+        wanted, also_wanted, other, gone = (fake_api.seed(s) for s in samples)
+        fake_api.remove(gone)
+        emails = [samples[0][email_key], samples[1][email_key], samples[3][email_key],
+                  "nobody.1199@example.org", samples[0][email_key]]
+        found = await connector.search_by_emails(emails)
+        ids = [r.app_record_id for r in found]
+        assert sorted([wanted, also_wanted]) == sorted(ids)
+        for record in found:
+            if email_key in record.fields:
+                assert _loose(record.fields[email_key]) in {_loose(e) for e in emails}
+        assert [] == await connector.search_by_emails(["nobody.1198@example.org"])
 
     async def test_batch_write_with_a_partial_failure(self, connector, fake_api) -> None:
         """One refused record in a batch fails alone; the others are written."""
@@ -389,6 +540,22 @@ for _name, _fn in list(vars(ConnectorConformance).items()):
 
 def _identity_keys(fields: Mapping[str, Any]) -> set[str]:
     return {k for k, v in fields.items() if isinstance(v, str) and "@" in v}
+
+
+async def _live_ids_holding(connector: Connector, fields: Mapping[str, Any]) -> list[str]:  # type: ignore[type-arg]
+    """Ids of the live records a full listing shows holding every one of `fields` the
+    records carry (at least one must be carried)."""
+    _, records = await collect(connector)
+    latest: dict[str, AppRecord] = {}
+    for record in records:  # a record listed twice counts once, as its last listing shows it
+        latest[record.app_record_id] = record
+    return sorted(rid for rid, record in latest.items()
+                  if not record.deleted and _holds(record.fields, fields))
+
+
+def _holds(record_fields: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
+    shared = [k for k in sent if k in record_fields]
+    return bool(shared) and all(_loose(sent[k]) == _loose(record_fields[k]) for k in shared)
 
 
 def _email_field(fake_api: Any, email: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 It behaves as a well-mannered vendor API: ids are assigned on create, every write bumps the
 record's modified time from an injected clock, listing is incremental by (modified, id) so equal
 timestamps are never skipped, deletes leave a tombstone that listing reports, creates are
-idempotent by key, and failures can be injected per operation (`fail_next`).
+idempotent by key, and failures can be injected per operation (`fail_next`), before the
+operation (nothing happens) or after it (`lose_answers`: it happens, the caller hears of a
+failure, as when a vendor's answer is lost).
 Several apps can share one `FakeStore` class each; each instance is one app's data.
 """
 
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from customer_sync.errors import ConnectorError, RecordGone, RecordRejected
+from customer_sync.errors import ConnectorError, RecordGone, RecordRejected, TransientError
 from customer_sync.sdk.connector import (
     AppRecord,
     Capability,
@@ -50,6 +52,7 @@ class FakeApp:
         self.clock = clock
         self.idempotency: dict[str, str] = {}
         self.failures: dict[str, list[ConnectorError]] = {}
+        self.lost_answers: dict[str, int] = {}
         self.calls: dict[str, int] = {}
         FakeApp.registry[name] = self
 
@@ -90,11 +93,21 @@ class FakeApp:
     def fail_next(self, operation: str, error: ConnectorError, times: int = 1) -> None:
         self.failures.setdefault(operation, []).extend([error] * times)
 
+    def lose_answers(self, operation: str, times: int = 1) -> None:
+        """Carry out the next `times` calls of `operation`, then fail each with a
+        TransientError: the write is made and its answer never arrives."""
+        self.lost_answers[operation] = self.lost_answers.get(operation, 0) + times
+
     def _maybe_fail(self, operation: str) -> None:
         self.calls[operation] = self.calls.get(operation, 0) + 1
         queue = self.failures.get(operation)
         if queue:
             raise queue.pop(0)
+
+    def _maybe_lose_answer(self, operation: str) -> None:
+        if self.lost_answers.get(operation, 0) > 0:
+            self.lost_answers[operation] -= 1
+            raise TransientError("the answer was lost", operation=operation)
 
 
 class FakeConnector(Connector[FakeSettings]):
@@ -150,6 +163,7 @@ class FakeConnector(Connector[FakeSettings]):
         if rid is None:
             rid = self.data.put(fields)
             self.data.idempotency[idempotency_key] = rid
+        self.data._maybe_lose_answer("create")
         rec = self.data.records[rid]
         return WriteReceipt(app_record_id=rid, modified_at=rec["modified_at"], fingerprint=fingerprint(fields))
 
@@ -162,6 +176,7 @@ class FakeConnector(Connector[FakeSettings]):
             raise self.error(RecordRejected, "value refused by the app", operation="update",
                              app_record_id=app_record_id)
         self.data.edit(app_record_id, **changed)
+        self.data._maybe_lose_answer("update")
         return WriteReceipt(app_record_id=app_record_id, modified_at=rec["modified_at"],
                             fingerprint=fingerprint(changed))
 
@@ -171,6 +186,7 @@ class FakeConnector(Connector[FakeSettings]):
         if rec is None or rec["deleted"]:
             raise self.error(RecordGone, "record not found", operation="delete", app_record_id=app_record_id)
         self.data.remove(app_record_id)
+        self.data._maybe_lose_answer("delete")
 
     async def list_ids(self) -> AsyncIterator[list[str]]:  # type: ignore[override]
         yield [rid for rid, r in self.data.records.items() if not r["deleted"]]

@@ -585,6 +585,150 @@ async def test_reading_a_merged_away_id(clock: ManualClock, resolve: bool, expec
         assert primary == response.json()["id"]
 
 
+# ------------------------------------------------------------------- unique custom properties
+
+KEY = "customer_sync_id"
+
+
+@pytest.fixture
+def keyed(clock: ManualClock) -> HubSpotSimulator:
+    """A portal where the operator created `customer_sync_id` with unique values."""
+    return HubSpotSimulator(
+        clock=clock, rate_limit=None, search_rate_limit=None, unique_properties=[KEY]
+    )
+
+
+def upsert_by_key(key: str, **properties: str) -> dict[str, Any]:
+    return {"id": key, "idProperty": KEY, "properties": properties}
+
+
+async def test_upsert_by_a_unique_property_creates_then_updates(keyed: HubSpotSimulator) -> None:
+    """batch/upsert with a unique custom `idProperty` creates a contact holding the id as that
+    property's value, and the same id sent again updates that contact (new: false)."""
+    async with client_for(keyed) as http:
+        first = await http.post(
+            f"{CONTACTS}/batch/upsert", json={"inputs": [upsert_by_key("c-1", firstname="A")]}
+        )
+        again = await http.post(
+            f"{CONTACTS}/batch/upsert", json={"inputs": [upsert_by_key("c-1", firstname="B")]}
+        )
+    (created,), (updated,) = first.json()["results"], again.json()["results"]
+    assert [(200, True), (200, False)] == [
+        (first.status_code, created["new"]),
+        (again.status_code, updated["new"]),
+    ]
+    assert [created["id"]] == keyed.contact_ids()
+    assert {KEY: "c-1", "firstname": "B"}.items() <= stored(keyed, created["id"]).items()
+
+
+async def test_a_unique_property_reads_and_patches_by_id_property(
+    keyed: HubSpotSimulator,
+) -> None:
+    """GET and PATCH by id, and batch/read, take the unique property as `idProperty`; an unknown
+    value is a 404 or a 207 naming it."""
+    contact_id = keyed.add_contact({KEY: "c-7", "firstname": "Seven"})
+    async with client_for(keyed) as http:
+        one = await http.get(f"{CONTACTS}/c-7", params={"idProperty": KEY})
+        patched = await http.patch(
+            f"{CONTACTS}/c-7", params={"idProperty": KEY}, json={"properties": {"city": "Oslo"}}
+        )
+        missing = await http.get(f"{CONTACTS}/c-8", params={"idProperty": KEY})
+        batch = await http.post(
+            f"{CONTACTS}/batch/read",
+            json={
+                "inputs": [{"id": "c-7"}, {"id": "c-8"}],
+                "idProperty": KEY,
+                "properties": [KEY],
+                "propertiesWithHistory": [],
+            },
+        )
+    assert [200, 200, 404, 207] == [
+        r.status_code for r in (one, patched, missing, batch)
+    ]
+    assert contact_id == one.json()["id"] == batch.json()["results"][0]["id"]
+    assert ["c-8"] == batch.json()["errors"][0]["context"]["ids"]
+    assert "Oslo" == stored(keyed, contact_id)["city"]
+
+
+@pytest.mark.parametrize(
+    "write",
+    ["create", "batch-create", "batch-update", "patch", "upsert-by-email"],
+)
+async def test_a_value_another_contact_holds_is_refused_whole(
+    keyed: HubSpotSimulator, write: str
+) -> None:
+    """Every write that would give a second contact a unique value is a 400 that writes
+    nothing (the error's exact shape is UNVERIFIED; it follows HubSpot's property errors)."""
+    keyed.add_contact({KEY: "taken", "firstname": "Holder"})
+    other = keyed.add_contact({"email": "other@example.com"})
+    before = {i: stored(keyed, i) for i in keyed.contact_ids()}
+    taken = {KEY: "taken"}
+    async with client_for(keyed) as http:
+        if write == "create":
+            response = await http.post(CONTACTS, json={"properties": taken})
+        elif write == "batch-create":
+            inputs = [{"properties": {"firstname": "Fine"}}, {"properties": taken}]
+            response = await http.post(f"{CONTACTS}/batch/create", json={"inputs": inputs})
+        elif write == "batch-update":
+            inputs = [{"id": other, "properties": taken}]
+            response = await http.post(f"{CONTACTS}/batch/update", json={"inputs": inputs})
+        elif write == "patch":
+            response = await http.patch(f"{CONTACTS}/{other}", json={"properties": taken})
+        else:
+            inputs = [{"id": "new@example.com", "idProperty": "email", "properties": taken}]
+            response = await http.post(f"{CONTACTS}/batch/upsert", json={"inputs": inputs})
+    body = response.json()
+    assert (400, "VALIDATION_ERROR") == (response.status_code, body["category"])
+    assert "VALUE_NOT_UNIQUE" in body["message"]
+    assert before == {i: stored(keyed, i) for i in keyed.contact_ids()}
+
+
+async def test_one_unique_value_twice_in_an_upsert_batch_is_refused(
+    keyed: HubSpotSimulator,
+) -> None:
+    """An upsert batch naming one unique value twice is refused, as batch/update refuses an
+    id named twice (UNVERIFIED for upsert); nothing is created."""
+    inputs = [upsert_by_key("c-1", firstname="A"), upsert_by_key("c-1", firstname="B")]
+    async with client_for(keyed) as http:
+        response = await http.post(f"{CONTACTS}/batch/upsert", json={"inputs": inputs})
+    assert (400, []) == (response.status_code, keyed.contact_ids())
+
+
+async def test_an_archived_contact_frees_its_unique_value(keyed: HubSpotSimulator) -> None:
+    """An archived contact no longer holds its unique value, as it no longer holds its email
+    (UNVERIFIED); restoring it while another contact holds the value is refused."""
+    old = keyed.add_contact({KEY: "c-1"})
+    keyed.archive(old)
+    async with client_for(keyed) as http:
+        response = await http.post(
+            f"{CONTACTS}/batch/upsert", json={"inputs": [upsert_by_key("c-1")]}
+        )
+        archived = await http.get(
+            f"{CONTACTS}/c-1", params={"idProperty": KEY, "archived": "true"}
+        )
+    (created,) = response.json()["results"]
+    assert (True, old) == (created["new"], archived.json()["id"])
+    with pytest.raises(ValueError, match="unique property"):
+        keyed.restore(old)
+
+
+def test_a_merge_carries_a_unique_value_to_a_primary_without_one(keyed: HubSpotSimulator) -> None:
+    """A merged-away contact's unique value moves to a primary that has none, like any other
+    property it lacks (UNVERIFIED for unique properties); the value still finds one contact."""
+    primary = keyed.add_contact({"email": "p@example.com"})
+    secondary = keyed.add_contact({KEY: "c-1"})
+    keyed.merge(primary, secondary)
+    assert "c-1" == stored(keyed, primary)[KEY]
+    with pytest.raises(ValueError, match="unique property"):
+        keyed.add_contact({KEY: "c-1"})
+
+
+def test_a_standard_property_cannot_be_declared_unique(clock: ManualClock) -> None:
+    """Only custom properties are made unique here; email is unique by HubSpot's own rules."""
+    with pytest.raises(ValueError, match="not custom"):
+        HubSpotSimulator(clock=clock, unique_properties=["email"])
+
+
 # --------------------------------------------------------------------------- auth, limits, failures
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from customer_sync.sdk.connector import AppRecord, WriteReceipt, fingerprint
 from customer_sync.testing.conformance import ConnectorConformance
 from customer_sync.testing.fake_connector import FakeApp, FakeConnector, FakeSettings
 
@@ -44,6 +45,10 @@ class FakeAppApi:
     def fail_next(self, status: int, *, times: int = 1, retry_after_s: float | None = None) -> bool:
         return False  # not an HTTP fake
 
+    def lose_answers(self, times: int) -> bool:
+        self.app.lose_answers("create", times)
+        return True
+
     def statuses_served(self) -> list[int] | None:
         return None
 
@@ -63,3 +68,52 @@ class TestFakeConnectorConformance(ConnectorConformance):
     async def connector(self, fake_api: FakeAppApi):
         async with FakeConnector(FakeSettings(page_size=5), app="fake", data=fake_api.app) as c:
             yield c
+
+
+# ------------------------------------------------------------------ the new checks catch bugs
+
+
+class KeylessConnector(FakeConnector):
+    """A connector whose create honours no idempotency key: every send makes a record."""
+
+    async def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> WriteReceipt:
+        self.data._maybe_fail("create")
+        rid = self.data.put(fields)
+        self.data._maybe_lose_answer("create")
+        rec = self.data.records[rid]
+        return WriteReceipt(app_record_id=rid, modified_at=rec["modified_at"],
+                            fingerprint=fingerprint(fields))
+
+
+class DeadRecordSearch(FakeConnector):
+    """A connector whose email search also returns deleted records."""
+
+    async def search_by_email(self, email: str) -> list[AppRecord]:
+        return [self._record(rid) for rid, r in self.data.records.items()
+                if str(r["fields"].get("email", "")).lower() == email.lower()]
+
+
+@pytest.mark.parametrize("lost", [1, 3], ids=["lost-once", "lost-three-times"])
+@pytest.mark.parametrize("on_the_wire", [True, False], ids=["lost-answers", "sent-again"])
+async def test_the_lost_answer_check_catches_a_create_that_honours_no_key(
+    lost: int, on_the_wire: bool
+) -> None:
+    """The suite's lost-answer check fails a connector that makes a record per send, whether
+    the fake loses answers or the check only sends again."""
+    api = FakeAppApi()
+    if not on_the_wire:
+        api.lose_answers = None  # type: ignore[assignment, method-assign]
+    suite = ConnectorConformance()
+    async with KeylessConnector(FakeSettings(page_size=5), app="fake", data=api.app) as connector:
+        with pytest.raises(AssertionError):
+            await suite.test_creates_whose_answers_were_lost_make_one_record_each(
+                connector, api, lost)
+
+
+async def test_the_email_search_check_catches_deleted_records() -> None:
+    """The suite's search_by_emails check fails a connector that returns deleted records."""
+    api = FakeAppApi()
+    suite = ConnectorConformance()
+    async with DeadRecordSearch(FakeSettings(page_size=5), app="fake", data=api.app) as connector:
+        with pytest.raises(AssertionError):
+            await suite.test_search_by_emails_finds_the_live_records_holding_them(connector, api)
