@@ -36,8 +36,8 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from customer_sync.canonical import identity_values
 from customer_sync.engine.plan import plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
-from customer_sync.errors import AuthError, RecordGone, TransientError
-from customer_sync.sdk.connector import AppRecord, Capability, WriteOp
+from customer_sync.errors import AuthError, RateLimited, RecordGone, TransientError
+from customer_sync.sdk.connector import AppRecord, Capability, Connector, WriteOp
 from customer_sync.store import app_state
 from customer_sync.store.inbox import inbox_row
 from customer_sync.store.tables import DeadLetter, InboxItem, LinkRow, OutboxItem, stored_utc
@@ -45,10 +45,12 @@ from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from customer_sync.config import AppRuntime
-    from customer_sync.sdk.connector import Connector
     from customer_sync.store.db import Store
 
-__all__ = ["DispatchStats", "dispatch_app", "expected_app_fields", "idempotency_key", "ready_writes"]
+__all__ = [
+    "DispatchStats", "creating_apps", "dispatch_app", "expected_app_fields", "idempotency_key",
+    "ready_writes",
+]
 
 outbox_t = OutboxItem.__table__
 inbox_t = InboxItem.__table__
@@ -92,10 +94,15 @@ async def dispatch_app(
     batch_size: int,
     max_attempts: int,
     faults: Callable[[str], None],
+    creates: bool = True,
 ) -> DispatchStats:
-    """Send every ready outbox row of one app; returns counts."""
+    """Send every ready outbox row of one app; returns counts.
+
+    Creates are held back unless `creates` (the caller has just read the app) and the app's
+    first complete listing has been processed.
+    """
     stats = DispatchStats()
-    creates = bool(app_state.listed_apps(store, [rt.name]))
+    creates = creates and bool(app_state.listed_apps(store, [rt.name]))
     while True:
         rows = _claim(store, rt.name, now(), batch_size, creates=creates)
         if not rows:
@@ -114,12 +121,17 @@ async def dispatch_app(
             try:
                 outcomes = await connector.write_many(ops)
             except TransientError as exc:
-                _release(store, rows, now(), max_attempts, f"{type(exc).__name__}: {exc}", rt.name,
-                         maybe_sent={op.key for op in ops if op.op == "create"})
+                # A 429 was refused before the app did anything; any other failure may have
+                # come after the app made the records (a timeout, a dropped connection).
+                maybe_sent = set() if isinstance(exc, RateLimited) else {op.key for op in ops if op.op == "create"}
+                with store.transaction() as conn:
+                    _release(conn, rows, now(), max_attempts, f"{type(exc).__name__}: {exc}", rt.name,
+                             maybe_sent=maybe_sent)
                 stats.retried += len(rows)
                 return stats
             except AuthError:
-                _release(store, rows, now(), max_attempts=None, error="auth refused", app=rt.name)
+                with store.transaction() as conn:
+                    _release(conn, rows, now(), max_attempts=None, error="auth refused", app=rt.name)
                 raise
         faults("before_confirm")
         with store.transaction() as conn:
@@ -136,6 +148,12 @@ async def dispatch_app(
                     done.append(row["seq"])
                 elif isinstance(outcome.error, RecordGone):
                     gone.append(row)
+                elif isinstance(outcome.error, TransientError):
+                    # this write alone had no clear answer: retried later, a create as uncertain
+                    stats.retried += 1
+                    maybe = set() if isinstance(outcome.error, RateLimited) else {outcome.key}
+                    _release(conn, [row], uow.now, max_attempts, str(outcome.error), rt.name,
+                             maybe_sent=maybe if row["op"] == "create" else set())
                 else:
                     stats.rejected += 1
                     _dead(conn, row, str(outcome.error), uow)
@@ -277,7 +295,7 @@ async def _look_up_creates(
     """
     creates = {r["seq"]: r["fields"].get("email") for r in rows if r["op"] == "create"}
     emails = sorted({e for e in creates.values() if isinstance(e, str) and e})
-    if not emails or Capability.SEARCH_BY_EMAIL not in connector.capabilities:
+    if not emails or not _looks_up(connector):
         return {}, {}
     holders: dict[str, list[AppRecord]] = {}
     for rec in await connector.search_by_emails(emails):
@@ -306,6 +324,32 @@ async def _look_up_creates(
             refused[seq] = (f"not created: {rt.name} already holds this email on record "
                             f"{recs[0].app_record_id}, which is linked to another customer")
     return adopted, refused
+
+
+def _looks_up(connector: Connector) -> bool:  # type: ignore[type-arg]
+    """Whether creates to this app are looked up first: when it can search by email, except
+    for an app whose creates are upserts by email (`UPSERT`) and that can only look emails up
+    one request at a time. Its create already finds the record it holds, and a lookup would
+    double the requests of an initial sync; the daemon polls such an app right before it
+    creates there, which leaves only the seconds between that poll and the create."""
+    caps = connector.capabilities
+    if Capability.SEARCH_BY_EMAIL not in caps:
+        return False
+    batched = type(connector).search_by_emails is not Connector.search_by_emails
+    return batched or Capability.UPSERT not in caps
+
+
+def creating_apps(store: Store, apps: list[str], now: datetime) -> set[str]:
+    """Those of `apps` with creates ready to send: the daemon polls them first in the same
+    round, so a record added there since the last poll is linked, not created again."""
+    if not apps:
+        return set()
+    with store.transaction() as conn:
+        return set(conn.execute(select(outbox_t.c.app).where(
+            outbox_t.c.app.in_(apps), outbox_t.c.op == "create",
+            outbox_t.c.state.in_(("pending", "sending")),
+            or_(outbox_t.c.next_attempt_at.is_(None), outbox_t.c.next_attempt_at <= now),
+        ).distinct()).scalars())
 
 
 def _adopt(conn: Any, uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], record: AppRecord) -> None:
@@ -353,25 +397,25 @@ def _dead(conn: Any, row: dict[str, Any], error: str, uow: UnitOfWork) -> None:
             diff={"fields": sorted(row["fields"])}, reason=f"write rejected: {error}")
 
 
-def _release(store: Store, rows: list[dict[str, Any]], now: datetime, max_attempts: int | None,
+def _release(conn: Any, rows: list[dict[str, Any]], now: datetime, max_attempts: int | None,
              error: str, app: str, *, maybe_sent: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """Put claimed rows back with a backoff; rows out of attempts become dead letters.
+    """Put claimed rows back with a backoff (in the caller's transaction); rows out of attempts
+    become dead letters.
 
     `maybe_sent` are the keys of creates whose send ended without a clear answer: the app may
     hold what they made, so they are re-sent as uncertain (`sent_at`), never as fresh creates.
     """
-    with store.transaction() as conn:
-        for row in rows:
-            if str(row["seq"]) in maybe_sent and row["sent_at"] is None:
-                conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(sent_at=now))
-            attempts = row["attempts"] + 1
-            if max_attempts is not None and attempts >= max_attempts:
-                conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(state="dead", error=error[:1000]))
-                conn.execute(insert(dead_t), [{
-                    "source": "outbox", "app": app, "app_record_id": row["app_record_id"],
-                    "customer_id": row["customer_id"], "payload": {"op": row["op"], "fields": sorted(row["fields"])},
-                    "error": f"gave up after {attempts} attempts: {error}"[:1000], "at": now,
-                }])
-                continue
-            conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(
-                state="pending", error=error[:1000], next_attempt_at=now + _backoff(attempts)))
+    for row in rows:
+        if str(row["seq"]) in maybe_sent and row["sent_at"] is None:
+            conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(sent_at=now))
+        attempts = row["attempts"] + 1
+        if max_attempts is not None and attempts >= max_attempts:
+            conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(state="dead", error=error[:1000]))
+            conn.execute(insert(dead_t), [{
+                "source": "outbox", "app": app, "app_record_id": row["app_record_id"],
+                "customer_id": row["customer_id"], "payload": {"op": row["op"], "fields": sorted(row["fields"])},
+                "error": f"gave up after {attempts} attempts: {error}"[:1000], "at": now,
+            }])
+            continue
+        conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(
+            state="pending", error=error[:1000], next_attempt_at=now + _backoff(attempts)))

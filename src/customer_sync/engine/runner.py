@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from customer_sync.engine._list_worker import ListSpec
-from customer_sync.engine.dispatch import DispatchStats, dispatch_app, ready_writes
+from customer_sync.engine.dispatch import DispatchStats, creating_apps, dispatch_app, ready_writes
 from customer_sync.engine.dry_run import dry_run
 from customer_sync.engine.intake import pending_inbox, process_inbox
 from customer_sync.engine.listing import ListingWorker, can_list_in_worker
@@ -243,10 +243,11 @@ class Engine:
         """Process pending inbox items in batches (see `engine.intake`)."""
         return await process_inbox(self, limit=limit)
 
-    async def dispatch(self, app: str) -> DispatchStats:
-        """Send one app's ready outbox rows (see `engine.dispatch`)."""
+    async def dispatch(self, app: str, *, creates: bool = True) -> DispatchStats:
+        """Send one app's ready outbox rows (see `engine.dispatch`); creates only with
+        `creates` (the round has just read the app to the end)."""
         return await dispatch_app(
-            self.store, self.apps[app], self.connectors[app], now=self.clock,
+            self.store, self.apps[app], self.connectors[app], now=self.clock, creates=creates,
             identity_key=self.identity_key, run_id=self.run_id,
             batch_size=min(self.config.daemon.batch_size, max(self.connectors[app].batch_size, 1) * 10),
             max_attempts=self.config.daemon.max_attempts, faults=self.faults,
@@ -372,9 +373,13 @@ class Engine:
 
         if self._stopped():
             return result
+        # Creates go only to an app this round has read to the end: a record added there since
+        # it was last read is then linked instead of created a second time.
         targets = [a for a in live if a not in summary.failed_apps]
+        read = result.polled - result.more
         sent = await asyncio.gather(*(
-            self._guarded(a, summary, self.dispatch(a), record_ok=False) for a in targets))
+            self._guarded(a, summary, self.dispatch(a, creates=a in read), record_ok=False)
+            for a in targets))
         for outcome in sent:
             if outcome is not None:
                 result.dispatch.add(outcome)
@@ -514,6 +519,8 @@ class _OnClock:
         self.summary = RunSummary()  # a round's failures keep an app out of that round only
         due, self.due = self.due, set()
         apps = engine.live_apps()
+        # an app about to receive creates is read first, in the same round (see `dispatch`)
+        due |= creating_apps(engine.store, apps, engine.clock())
         return Due(polls=due & set(apps), reconciles=due_for_reconcile(engine, apps, engine.clock()))
 
     def finished(self, engine: Engine, result: RoundResult) -> None:
