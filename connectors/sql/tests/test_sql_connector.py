@@ -1,18 +1,11 @@
 """The `sql` connector against real databases: SQLite files, and PostgreSQL.
 
-`TestSqlConnector` runs every test on both. PostgreSQL is the server named by
-`CUSTOMER_SYNC_TEST_PG_URL` (default: the local `test` database); each test gets a throwaway
-table there. Without a server those runs are skipped, saying why, unless `CI` is set, where they
-fail.
+`TestSqlConnector` runs every test on both (the `database` fixture of `conftest.py`).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from importlib.metadata import entry_points
@@ -21,21 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import structlog
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    create_engine,
-    insert,
-    select,
-    text,
-)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from customer_sync.canonical import field_spec
@@ -54,117 +33,14 @@ from customer_sync.sdk import (
 from customer_sync_connectors.sql import SqlConnector, SqlSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from connectors.sql.tests.conftest import Database, MakeConnector
 
 APP = "crm"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SENTINEL_EMAIL = "sentinel.leak.7f3c@example.test"
-PG_URL_ENV = "CUSTOMER_SYNC_TEST_PG_URL"
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-MakeConnector = Callable[..., SqlConnector]
-
-
-# -- databases ---------------------------------------------------------------------------------
-
-
-def customers_table(name: str, *, integer_id: bool = False) -> Table:
-    """The customers table the tests use, portable to SQLite and PostgreSQL."""
-    id_column = (
-        Column("id", Integer, primary_key=True, autoincrement=True)
-        if integer_id else Column("id", Text, primary_key=True)
-    )
-    return Table(
-        name, MetaData(), id_column,
-        Column("email", Text, unique=True),
-        Column("first_name", Text),
-        Column("last_name", Text),
-        Column("age", Integer),
-        Column("signed_up_at", DateTime(timezone=True)),
-        Column("updated_at", DateTime(timezone=True)),
-        Column("deleted_at", DateTime(timezone=True)),
-    )
-
-
-@dataclass
-class Database:
-    """A database the test owns: its URL, an engine to arrange and inspect it, a table name."""
-
-    url: str
-    engine: Engine
-    table_name: str
-
-    def create(self, *, integer_id: bool = False) -> Table:
-        table = customers_table(self.table_name, integer_id=integer_id)
-        table.create(self.engine)
-        return table
-
-    def put(self, table: Table, rid: str | int, *, at: datetime | None, **fields: Any) -> None:
-        """Insert a row as another program using the database would."""
-        with self.engine.begin() as conn:
-            conn.execute(insert(table).values({"id": rid, "updated_at": at, **fields}))
-
-    def rows(self, table: Table) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return {str(r["id"]): dict(r) for r in conn.execute(select(table)).mappings()}
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="session")
-def sql_pg_url() -> str:
-    """URL of the PostgreSQL test database; skips (or fails in CI) when it is unreachable."""
-    url = make_url(os.environ.get(PG_URL_ENV) or DEFAULT_PG_URL)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    shown = url.render_as_string(hide_password=True)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except DBAPIError as exc:
-        why = f"no PostgreSQL server at {shown} ({type(exc.orig).__name__}); set {PG_URL_ENV}"
-        if _is_ci():
-            pytest.fail(f"sql connector PostgreSQL tests cannot run, and CI is set: {why}",
-                        pytrace=False)
-        pytest.skip(f"sql connector PostgreSQL tests skipped: {why}")
-    finally:
-        engine.dispose()
-    return url.render_as_string(hide_password=False)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A SQLite file in tmp_path, or a throwaway table name in the PostgreSQL test database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'apps' / 'crm.db'}"
-        (tmp_path / "apps").mkdir()
-        name = "customers"
-    else:
-        url = request.getfixturevalue("sql_pg_url")
-        name = f"cs_sql_{secrets.token_hex(4)}"
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        yield Database(url=url, engine=engine, table_name=name)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
-        engine.dispose()
-
-
-@pytest.fixture
-def connector(database: Database) -> MakeConnector:
-    """Build a connector on the test database; settings are overridable by keyword."""
-
-    def make(*, clock: Callable[[], datetime] | None = None, **settings: Any) -> SqlConnector:
-        merged = {"url": database.url, "table": database.table_name, **settings}
-        return SqlConnector(SqlSettings(**merged), app=APP, clock=clock)
-
-    return make
 
 
 async def pages_of(sql: Connector[Any], since: Cursor | None = None) -> list[ChangePage]:
