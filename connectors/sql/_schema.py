@@ -289,6 +289,11 @@ def _roles(
         raise ConfigError(problems[0], problems=problems)
     kind = python_type(id_col)
     id_kind: IdKind = "integer" if kind is int else "uuid" if kind is uuid.UUID else "text"
+    if id_kind == "integer":
+        # A primary key is never NULL (SQLite's INTEGER PRIMARY KEY is the rowid), but SQLite
+        # reflects one declared without NOT NULL as nullable, and SQLAlchemy then refuses it as
+        # the sentinel that matches the ids RETURNING gives back to the rows sent.
+        id_col.nullable = False
     return TableSpec(
         table=table, id=id_col, modified=modified, deleted=deleted, columns=exposed, email=email,
         id_kind=id_kind, text_clock=text_clock, created=created,

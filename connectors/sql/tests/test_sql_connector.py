@@ -186,20 +186,6 @@ class TestSqlConnector:
         assert first.app_record_id == again.app_record_id
         assert 1 == len(database.rows(table))
 
-    async def test_create_with_integer_id_returns_the_generated_ids(
-        self, database: Database, connector: MakeConnector
-    ) -> None:
-        """With an autoincrement id, each receipt carries the id the database generated."""
-        table = database.create(integer_id=True)
-        async with connector() as sql:
-            ops = creates({"email": "a@example.test"}, {"email": "b@example.test"})
-            outcomes = await sql.create_many(ops)
-        made = {o.key: o.receipt.app_record_id for o in outcomes if o.receipt}
-        rows = database.rows(table)
-        emails = {rows[made[key]]["email"] for key in ("op0", "op1")}
-        assert {"a@example.test", "b@example.test"} == emails
-        assert made["op0"] != made["op1"]
-
     async def test_integer_ids_page_in_numeric_order(
         self, database: Database, connector: MakeConnector
     ) -> None:
