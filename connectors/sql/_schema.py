@@ -1,15 +1,16 @@
 """Open the database and describe the synced table.
 
 `build_engine` turns the settings into a SQLAlchemy engine (driver, password, SQLite pragmas);
-`describe_table` reflects the table, creating it first when the quickstart asks for that, and
-checks that every configured column exists. Both report settings problems as `ConfigError`s
-whose lines name the app's settings key, as the config loader does.
+`describe_table` reflects the table, creating it first when the quickstart asks for that,
+checks that every configured column exists, and learns how the modified column spells times.
+Both report settings problems as `ConfigError`s whose lines name the app's settings key, as
+the config loader does.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +30,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    select,
     text,
     type_coerce,
 )
@@ -37,7 +39,13 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from customer_sync.sdk import ConfigError
-from customer_sync_connectors.sql._values import python_type
+from customer_sync_connectors.sql._values import (
+    ClockStyle,
+    clock_style,
+    deleted_marker,
+    python_type,
+    server_now,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -89,6 +97,8 @@ class TableSpec:
             database (integer).
         text_clock: the modified column is compared as stored (SQLite keeps times as text, and
             only comparing the text itself agrees with the order the database sorts in).
+        dialect: the database's SQLAlchemy dialect name (`sqlite`, `postgresql`, ...).
+        stamp_style: how the modified column spells times (a stamp must sort among them).
         created: the table did not exist and was created now.
     """
 
@@ -100,6 +110,8 @@ class TableSpec:
     email: Column[Any] | None
     id_kind: IdKind
     text_clock: bool
+    dialect: str
+    stamp_style: ClockStyle = field(default_factory=ClockStyle)
     created: bool = False
 
     @property
@@ -108,6 +120,15 @@ class TableSpec:
         if self.text_clock:
             return type_coerce(self.modified, String())
         return self.modified
+
+    def modified_now(self) -> ColumnElement[Any]:
+        """SQL for the database's time now, as the modified column stores times."""
+        return server_now(self.modified, self.stamp_style, dialect=self.dialect)
+
+    def deleted_now(self) -> Any:
+        """What a soft delete writes into the deleted column (see `deleted_marker`)."""
+        assert self.deleted is not None
+        return deleted_marker(self.deleted, dialect=self.dialect, text_clock=self.text_clock)
 
     def id_value(self, app_record_id: Any) -> Any:
         """An id as the id column holds it.
@@ -215,6 +236,7 @@ def describe_table(engine: Engine, settings: SqlSettings, *, app: str) -> TableS
     """
     where = f"apps.{app}.settings"
     created = False
+    text_clock = engine.dialect.name == "sqlite"
     with engine.begin() as conn:
         if not inspect(conn).has_table(settings.table):
             if not settings.create_table:
@@ -225,8 +247,18 @@ def describe_table(engine: Engine, settings: SqlSettings, *, app: str) -> TableS
             _create_table(conn, settings)
             created = True
         table = Table(settings.table, MetaData(), autoload_with=conn)
-    text_clock = engine.dialect.name == "sqlite"
-    return _roles(table, settings, where=where, created=created, text_clock=text_clock)
+        spec = _roles(table, settings, where=where, created=created, text_clock=text_clock,
+                      dialect=engine.dialect.name)
+        sample = _latest_clock(conn, spec) if text_clock else None
+    style = clock_style(spec.modified, text_clock=text_clock, sample=sample)
+    return replace(spec, stamp_style=style)
+
+
+def _latest_clock(conn: Connection, spec: TableSpec) -> Any:
+    """The greatest stored modified value, as stored: the style new stamps must follow."""
+    query = (select(spec.clock).where(spec.modified.is_not(None))
+             .order_by(spec.modified.desc()).limit(1))
+    return conn.execute(query).scalar()
 
 
 def _create_table(conn: Connection, settings: SqlSettings) -> None:
@@ -252,7 +284,8 @@ def _create_table(conn: Connection, settings: SqlSettings) -> None:
 
 
 def _roles(
-    table: Table, settings: SqlSettings, *, where: str, created: bool, text_clock: bool
+    table: Table, settings: SqlSettings, *, where: str, created: bool, text_clock: bool,
+    dialect: str,
 ) -> TableSpec:
     problems: list[str] = []
 
@@ -296,5 +329,5 @@ def _roles(
         id_col.nullable = False
     return TableSpec(
         table=table, id=id_col, modified=modified, deleted=deleted, columns=exposed, email=email,
-        id_kind=id_kind, text_clock=text_clock, created=created,
+        id_kind=id_kind, text_clock=text_clock, dialect=dialect, created=created,
     )

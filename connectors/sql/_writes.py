@@ -1,11 +1,15 @@
 """Batch writes to the synced table: one transaction per batch, and a record the database
 refuses rejects only itself.
 
-Every write stamps the modified column with the time written, which is what the receipt
-reports. Creates are exactly-once for text and uuid ids: the id is uuid5 of the idempotency
-key, so a create the engine re-sends after a crash finds its row and inserts nothing. An
-autoincrement integer id cannot be derived from the key; such a re-sent create can insert a
-second row.
+**Times.** Every write sets the modified column to the database's own time now (`server_now`:
+`clock_timestamp()` on PostgreSQL, `strftime(..., 'now')` spelled like the stored times on
+SQLite), never to the daemon's clock: the cursor follows that column, and a daemon whose
+clock runs ahead of the app's would carry the cursor past the app's own later edits. A
+receipt's `modified_at` is the stamp read back in the same transaction.
+
+Creates are exactly-once for text and uuid ids: the id is uuid5 of the idempotency key, so a
+create the engine re-sends after a crash finds its row and inserts nothing. An autoincrement
+integer id cannot be derived from the key; such a re-sent create can insert a second row.
 """
 
 from __future__ import annotations
@@ -32,8 +36,6 @@ from customer_sync_connectors.sql._errors import describe_rejection
 from customer_sync_connectors.sql._schema import in_chunks
 from customer_sync_connectors.sql._values import (
     Unfit,
-    db_time,
-    deleted_marker,
     fit_value,
     live_clause,
     parse_clock,
@@ -62,13 +64,20 @@ class _Item:
     row_id: Any = None
 
 
+@dataclass(frozen=True)
+class _Found:
+    """A row written or found: its id and stored modified value."""
+
+    row_id: Any
+    clock: Any
+
+
 class BatchWriter:
     """Applies batches of one kind of write to the table; blocking, run it in a worker thread.
 
     Args:
         engine: the app's engine.
         spec: the synced table.
-        clock: the source of "now" for the modified column.
         error: the connector's error factory (names the app and connector).
         log: the connector's logger.
     """
@@ -78,13 +87,11 @@ class BatchWriter:
         engine: Engine,
         spec: TableSpec,
         *,
-        clock: Callable[[], datetime],
         error: Callable[..., ConnectorError],
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self.engine = engine
         self.spec = spec
-        self.clock = clock
         self.error = error
         self.log = log
 
@@ -164,76 +171,107 @@ class BatchWriter:
 
     def _insert(self, conn: Connection, items: list[_Item]) -> list[WriteOutcome]:
         spec = self.spec
-        now = self.clock()
-        stamp = db_time(spec.modified, now, text_clock=spec.text_clock)
         outcomes: list[WriteOutcome] = []
         if spec.id_kind == "integer":
             for group in _by_columns(items):
-                rows = [{**item.values, spec.modified.name: stamp} for item in group]
-                new_ids = _insert_returning_ids(conn, spec, rows)
-                outcomes += [_outcome(i, str(n), now) for i, n in zip(group, new_ids, strict=True)]
+                made = self._insert_returning(conn, [dict(item.values) for item in group])
+                outcomes += [_outcome(item, str(row.row_id), parse_clock(row.clock))
+                             for item, row in zip(group, made, strict=True)]
             return outcomes
-        existing = self._existing(conn, [item.row_id for item in items])
+        # A row whose id exists was made by an earlier attempt of this same create: it is not
+        # inserted twice.
+        existing = self._clocks(conn, [item.row_id for item in items])
         todo: dict[Any, _Item] = {}
         for item in items:
-            if item.row_id in existing:
-                # Made by an earlier attempt of this same create: do not insert it twice.
-                written_at = parse_clock(existing[item.row_id])
-                outcomes.append(_outcome(item, str(item.row_id), written_at))
-                continue
-            todo.setdefault(item.row_id, item)
-            outcomes.append(_outcome(item, str(item.row_id), now))
+            if item.row_id not in existing:
+                todo.setdefault(item.row_id, item)
         for group in _by_columns(list(todo.values())):
-            conn.execute(insert(spec.table), [
-                {**item.values, spec.id.name: item.row_id, spec.modified.name: stamp}
-                for item in group
+            conn.execute(insert(spec.table).values(self._stamp()), [
+                {**item.values, spec.id.name: item.row_id} for item in group
             ])
-        return outcomes
+        clocks = {**existing, **self._clocks(conn, list(todo))}
+        return [_outcome(item, str(item.row_id), parse_clock(clocks.get(item.row_id)))
+                for item in items]
 
     def _update(self, conn: Connection, items: list[_Item]) -> list[WriteOutcome]:
         spec = self.spec
-        now = self.clock()
-        stamp = db_time(spec.modified, now, text_clock=spec.text_clock)
         live = self._lock_live(conn, [item.row_id for item in items])
         outcomes = [self._gone("update", item) for item in items if item.row_id not in live]
-        for group in _by_columns([item for item in items if item.row_id in live]):
+        written = [item for item in items if item.row_id in live]
+        for group in _by_columns(written):
             names = sorted(group[0].values)
             # Bind names that cannot clash with column names (SQLAlchemy reserves those in SET).
-            sets = {name: bindparam(f"_cs_{i}", type_=spec.table.c[name].type)
-                    for i, name in enumerate(names)}
-            sets[spec.modified.name] = bindparam("_cs_m", type_=spec.modified.type)
+            sets: dict[str, Any] = {
+                name: bindparam(f"_cs_{i}", type_=spec.table.c[name].type)
+                for i, name in enumerate(names)
+            }
+            sets[spec.modified.name] = spec.modified_now()
             stmt = update(spec.table).where(spec.id == bindparam("_cs_id", type_=spec.id.type))
             conn.execute(stmt.values(sets), [
-                {"_cs_id": item.row_id, "_cs_m": stamp,
+                {"_cs_id": item.row_id,
                  **{f"_cs_{i}": item.values[name] for i, name in enumerate(names)}}
                 for item in group
             ])
-            outcomes += [_outcome(item, str(item.row_id), now) for item in group]
+        clocks = self._clocks(conn, [item.row_id for item in written])
+        outcomes += [_outcome(item, str(item.row_id), parse_clock(clocks.get(item.row_id)))
+                     for item in written]
         return outcomes
 
     def _delete(self, conn: Connection, items: list[_Item]) -> list[WriteOutcome]:
         """Soft delete (stamp the deleted and modified columns) when the table has a deleted
         column, else DELETE."""
         spec = self.spec
-        now = self.clock()
         live = self._lock_live(conn, [item.row_id for item in items])
         outcomes = [self._gone("delete", item) for item in items if item.row_id not in live]
-        for chunk in in_chunks(list(dict.fromkeys(i.row_id for i in items if i.row_id in live))):
+        written = [item for item in items if item.row_id in live]
+        for chunk in in_chunks(list(dict.fromkeys(item.row_id for item in written))):
             if spec.deleted is not None:
-                marker = deleted_marker(spec.deleted, now, text_clock=spec.text_clock)
-                stamp = db_time(spec.modified, now, text_clock=spec.text_clock)
                 conn.execute(update(spec.table).where(spec.id.in_(chunk)).values(
-                    {spec.deleted.name: marker, spec.modified.name: stamp}
+                    {spec.deleted.name: spec.deleted_now(), spec.modified.name: spec.modified_now()}
                 ))
             else:
                 conn.execute(delete(spec.table).where(spec.id.in_(chunk)))
-        written_at = now if spec.deleted is not None else None
-        outcomes += [_outcome(item, str(item.row_id), written_at)
-                     for item in items if item.row_id in live]
+        clocks = {}
+        if spec.deleted is not None:
+            clocks = self._clocks(conn, [item.row_id for item in written])
+        outcomes += [_outcome(item, str(item.row_id), parse_clock(clocks.get(item.row_id)))
+                     for item in written]
         return outcomes
 
-    def _existing(self, conn: Connection, ids: list[Any]) -> dict[Any, Any]:
-        """id -> stored clock of the rows (deleted or not) that have one of these ids."""
+    # -- statements ---------------------------------------------------------------------------
+
+    def _stamp(self) -> dict[str, Any]:
+        return {self.spec.modified.name: self.spec.modified_now()}
+
+    def _insert_returning(self, conn: Connection, rows: list[dict[str, Any]]) -> list[_Found]:
+        """Insert rows whose ids the database makes; their ids and stamps, in the order of
+        `rows`.
+
+        SQLAlchemy matches the returned ids to the rows sent (`sort_by_parameter_order`): on
+        PostgreSQL in one `INSERT ... SELECT ... ORDER BY` per page of rows, on SQLite one row
+        per statement, as SQLite does not promise RETURNING's order.
+        """
+        spec = self.spec
+        stmt = insert(spec.table).values(self._stamp())
+        if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+            returning = stmt.returning(spec.id, spec.clock, sort_by_parameter_order=True)
+            made = [_Found(row[0], row[1]) for row in conn.execute(returning, rows)]
+        else:
+            ids = [conn.execute(stmt, row).inserted_primary_key[0] for row in rows]  # type: ignore[index]
+            clocks = self._clocks(conn, ids)
+            made = [_Found(i, clocks.get(i)) for i in ids]
+        if any(row.row_id is None for row in made):
+            raise self.error(
+                ConnectorError,
+                f"the database made no id for a new row of table {spec.table.name!r}: an "
+                "integer id_column must be generated by the database (autoincrement, identity, "
+                "serial), or be text and made by the connector",
+                operation="create",
+            )
+        return made
+
+    def _clocks(self, conn: Connection, ids: list[Any]) -> dict[Any, Any]:
+        """id -> stored modified value of the rows (deleted or not) that have one of these ids."""
         spec = self.spec
         found: dict[Any, Any] = {}
         for chunk in in_chunks(list(dict.fromkeys(ids))):
@@ -267,17 +305,6 @@ class BatchWriter:
         error = self.error(RecordGone, "no live row has this id", operation=operation,
                            app_record_id=item.op.app_record_id)
         return WriteOutcome(key=item.op.key, error=error)
-
-
-def _insert_returning_ids(
-    conn: Connection, spec: TableSpec, rows: list[dict[str, Any]]
-) -> list[Any]:
-    """Insert rows and return their generated ids, in the order of `rows`."""
-    stmt = insert(spec.table)
-    if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
-        returning = stmt.returning(spec.id, sort_by_parameter_order=True)
-        return list(conn.execute(returning, rows).scalars())
-    return [conn.execute(stmt, row).inserted_primary_key[0] for row in rows]  # type: ignore[index]
 
 
 def _outcome(item: _Item, app_record_id: str, written_at: datetime | None) -> WriteOutcome:

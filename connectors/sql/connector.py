@@ -2,8 +2,9 @@
 
 It talks to the database through SQLAlchemy's synchronous engine and runs every blocking call in
 a worker thread (`asyncio.to_thread`), so one slow database never stalls the other apps. Listing
-is keyset-paginated on (modified, id) (see `_keyset`); writes stamp the modified column with
-the time written, so the engine sees, and recognises, the echo of its own writes.
+is keyset-paginated on (modified, id) (see `_keyset`). Writes set the modified column to the
+database's own time now, never the daemon's clock, so the only clock in the column the cursor
+follows is the app's; the engine recognises the echo of its own writes by their content.
 
 Capabilities depend on the settings: DELETES_VISIBLE needs `deleted_column`, ID_SCAN can be
 switched off with `id_scan = false`, and SEARCH_BY_EMAIL needs an email column. The class
@@ -69,7 +70,8 @@ class SqlSettings(ConnectorSettings):
             never in `url`. It is never logged and is masked out of error messages.
         table: the table of customers.
         id_column: its primary id (text, uuid or an autoincrement integer).
-        modified_column: the last-modified timestamp, which listing resumes from.
+        modified_column: the last-modified timestamp, which listing resumes from. Writes set
+            it to the database's own time now, never the daemon's clock.
         deleted_column: a soft-delete column; a non-null, truthy value (a time, true, 1) means
             deleted. Without it, deletes are hard DELETEs, seen by the id scan.
         columns: the columns exposed as app fields (default: all but id, modified, deleted).
@@ -126,7 +128,8 @@ class SqlConnector(Connector[SqlSettings]):
     Args:
         settings: the app's validated settings.
         app: the configured app name.
-        clock: the source of "now" for the modified column (tests inject one).
+        clock: the daemon's clock (tests inject one). No time it tells is ever written to the
+            table: the database stamps every write.
     """
 
     name = "sql"
@@ -178,7 +181,7 @@ class SqlConnector(Connector[SqlSettings]):
             engine.dispose()
             raise
         self._engine, self._spec = engine, spec
-        self._writer = BatchWriter(engine, spec, clock=self.clock, error=self.error, log=self.log)
+        self._writer = BatchWriter(engine, spec, error=self.error, log=self.log)
         if spec.email is None:
             self.capabilities &= ~Capability.SEARCH_BY_EMAIL  # type: ignore[misc]
         if spec.created:
@@ -281,7 +284,7 @@ class SqlConnector(Connector[SqlSettings]):
         return _receipt_or_raise((await self.create_many([op]))[0])
 
     async def update(self, app_record_id: str, changed: Mapping[str, Any]) -> WriteReceipt:
-        """Set only the `changed` columns of one row, and its modified time.
+        """Set only the `changed` columns of one row, and its modified time (the database's).
 
         Raises:
             RecordGone: no live row has this id.

@@ -1,6 +1,7 @@
 """The `sql` connector against real databases: SQLite files, and PostgreSQL.
 
-`TestSqlConnector` runs every test on both (the `database` fixture of `conftest.py`).
+`TestSqlConnector` runs every test on both (the `database` fixture of `conftest.py`). Creates
+are in `test_creates.py`; the modified stamps writes make are in `test_stamps.py`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
 
 APP = "crm"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SENTINEL_EMAIL = "sentinel.leak.7f3c@example.test"
+# A daemon clock far from every database's: no write may carry it into the table.
+FAR_OFF = datetime(2031, 7, 1, tzinfo=UTC)
 
 
 async def pages_of(sql: Connector[Any], since: Cursor | None = None) -> list[ChangePage]:
@@ -163,14 +165,18 @@ class TestSqlConnector:
     async def test_create_with_text_id_inserts_a_stamped_row(
         self, database: Database, connector: MakeConnector
     ) -> None:
-        """A create inserts the fields, stamps the modified column and returns a receipt for it."""
+        """A create inserts the fields, stamps the modified column with the database's time and
+        returns a receipt carrying that stamp."""
         table = database.create()
-        async with connector(clock=lambda: NOW) as sql:
+        async with connector(clock=lambda: FAR_OFF) as sql:
             fields = {"email": "ada@example.test", "age": 36}
+            before = database.now()
             receipt = await sql.create(fields, idempotency_key="cust-1:crm")
+            after = database.now()
             [record] = await sql.read([receipt.app_record_id])
-        assert NOW == receipt.modified_at
-        assert NOW == record.modified_at
+        assert receipt.modified_at is not None
+        assert before <= receipt.modified_at <= after
+        assert receipt.modified_at == record.modified_at
         assert fields == {k: record.fields[k] for k in ("email", "age")}
         assert [receipt.app_record_id] == list(database.rows(table))
 
@@ -202,14 +208,18 @@ class TestSqlConnector:
     async def test_update_sets_only_given_columns_and_bumps_modified(
         self, database: Database, connector: MakeConnector
     ) -> None:
-        """An update changes the named columns and the modified time, and nothing else."""
+        """An update changes the named columns and the modified time (the database's), and
+        nothing else."""
         table = database.create()
         database.put(table, "c1", at=T0, first_name="Ada", last_name="Lovelace", age=36)
-        async with connector(clock=lambda: NOW) as sql:
+        async with connector(clock=lambda: FAR_OFF) as sql:
+            before = database.now()
             receipt = await sql.update("c1", {"first_name": "Augusta"})
+            after = database.now()
             [record] = await sql.read(["c1"])
-        assert NOW == receipt.modified_at
-        assert NOW == record.modified_at
+        assert receipt.modified_at is not None
+        assert before <= receipt.modified_at <= after
+        assert receipt.modified_at == record.modified_at
         kept = tuple(record.fields[k] for k in ("first_name", "last_name", "age"))
         assert ("Augusta", "Lovelace", 36) == kept
 
@@ -282,14 +292,18 @@ class TestSqlConnector:
         """With deleted_column, a delete stamps it; the row lists as deleted and reads as gone."""
         table = database.create()
         database.put(table, "c1", at=T0, email="ada@example.test")
-        async with connector(deleted_column="deleted_at", clock=lambda: NOW) as sql:
+        async with connector(deleted_column="deleted_at", clock=lambda: FAR_OFF) as sql:
             cursor = (await pages_of(sql))[-1].cursor
+            before = database.now()
             await sql.delete("c1")
+            after = database.now()
             [deleted] = [r for p in await pages_of(sql, cursor) for r in p.records]
             read_back = await sql.read(["c1"])
             with pytest.raises(RecordGone):
                 await sql.delete("c1")
-        assert (True, {}, NOW) == (deleted.deleted, dict(deleted.fields), deleted.modified_at)
+        assert (True, {}) == (deleted.deleted, dict(deleted.fields))
+        assert deleted.modified_at is not None
+        assert before <= deleted.modified_at <= after
         assert [] == read_back
         assert database.rows(table)["c1"]["deleted_at"] is not None
 
@@ -411,7 +425,7 @@ async def test_create_table_makes_the_folder_and_a_working_table(tmp_path: Path)
         column_types={"email": "text", "points": "integer", "vip": "boolean"},
     )
     fields = {"email": "ada@example.test", "points": 3, "vip": True}
-    async with SqlConnector(settings, app=APP, clock=lambda: NOW) as sql:
+    async with SqlConnector(settings, app=APP, clock=lambda: FAR_OFF) as sql:
         receipt = await sql.create(fields, idempotency_key="k")
         engine = create_engine(url, poolclass=NullPool)
         with engine.begin() as conn:
