@@ -6,6 +6,17 @@ is keyset-paginated on (modified, id) (see `_keyset`). Writes set the modified c
 database's own time now, never the daemon's clock, so the only clock in the column the cursor
 follows is the app's; the engine recognises the echo of its own writes by their content.
 
+How a create sent twice is kept from making a second row, per kind of id (see `_writes` for
+the details and the limits):
+
+- text or uuid id: exactly once. The id is uuid5 of the engine's idempotency key, looked up
+  before inserting.
+- autoincrement integer id with `key_column`: exactly once. The key is written to that column
+  and looked up before inserting.
+- autoincrement integer id without `key_column`: best effort. A create the engine re-sends
+  with `uncertain_since` (it may have reached the table) first looks for a live row the first
+  send would have made: stamped since then, and holding exactly what the create sends.
+
 Capabilities depend on the settings: DELETES_VISIBLE needs `deleted_column`, ID_SCAN can be
 switched off with `id_scan = false`, and SEARCH_BY_EMAIL needs an email column. The class
 declares every capability the connector can have; each instance narrows `capabilities` to what
@@ -70,14 +81,20 @@ class SqlSettings(ConnectorSettings):
             never in `url`. It is never logged and is masked out of error messages.
         table: the table of customers.
         id_column: its primary id (text, uuid or an autoincrement integer).
+        key_column: a text column the connector fills, on every row it creates, with the
+            engine's idempotency key, and looks up before creating: what makes creates
+            exactly-once when the id is an autoincrement integer (a text or uuid id is made
+            from the key already). Give it a unique index; `create_table` does.
         modified_column: the last-modified timestamp, which listing resumes from. Writes set
             it to the database's own time now, never the daemon's clock.
         deleted_column: a soft-delete column; a non-null, truthy value (a time, true, 1) means
             deleted. Without it, deletes are hard DELETEs, seen by the id scan.
-        columns: the columns exposed as app fields (default: all but id, modified, deleted).
+        columns: the columns exposed as app fields (default: all but the id, key, modified and
+            deleted columns).
         email_column: the column `search_by_email` matches, when the table has it.
         create_table: create the table when it is missing (the quickstart): id TEXT primary key,
-            the modified (and deleted) column as timestamps, and `column_types`.
+            the modified (and deleted) column as timestamps, the key column (text, unique
+            index) when `key_column` is set, and `column_types`.
         column_types: column name -> "text", "integer", "real", "boolean" or "timestamp".
         page_size: rows per listed page and ids per `list_ids` chunk.
         lookback_s: re-read rows modified this many seconds before the cursor on every poll, to
@@ -90,6 +107,7 @@ class SqlSettings(ConnectorSettings):
     password: SecretStr | None = None
     table: str = Field(min_length=1)
     id_column: str = "id"
+    key_column: str | None = None
     modified_column: str = "updated_at"
     deleted_column: str | None = None
     columns: list[str] | None = None
@@ -103,11 +121,11 @@ class SqlSettings(ConnectorSettings):
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> SqlSettings:
         managed = [self.id_column, self.modified_column]
-        if self.deleted_column:
-            managed.append(self.deleted_column)
+        managed += [c for c in (self.deleted_column, self.key_column) if c]
         if len(set(managed)) != len(managed):
             raise ValueError(
-                "id_column, modified_column and deleted_column must name different columns"
+                "id_column, modified_column, deleted_column and key_column must name "
+                "different columns"
             )
         overlap = set(managed) & (set(self.columns or ()) | set(self.column_types))
         if overlap:
@@ -128,8 +146,9 @@ class SqlConnector(Connector[SqlSettings]):
     Args:
         settings: the app's validated settings.
         app: the configured app name.
-        clock: the daemon's clock (tests inject one). No time it tells is ever written to the
-            table: the database stamps every write.
+        clock: the daemon's clock, the one `WriteOp.uncertain_since` is stated in (tests inject
+            one). It only measures how long ago an uncertain create was decided; no time it
+            tells is ever written to the table.
     """
 
     name = "sql"
@@ -181,11 +200,16 @@ class SqlConnector(Connector[SqlSettings]):
             engine.dispose()
             raise
         self._engine, self._spec = engine, spec
-        self._writer = BatchWriter(engine, spec, error=self.error, log=self.log)
+        self._writer = BatchWriter(engine, spec, clock=self.clock, error=self.error, log=self.log)
         if spec.email is None:
             self.capabilities &= ~Capability.SEARCH_BY_EMAIL  # type: ignore[misc]
         if spec.created:
             self.log.info("app.table_created", table=spec.table.name, fields=list(spec.columns))
+        if spec.key is not None and not spec.key_unique:
+            # Creates still look the key up first; only a unique index stops a second row
+            # when two writers race (another replica, a restore) or a lookup is skipped.
+            self.log.warning("app.key_column_not_unique", table=spec.table.name,
+                             column=spec.key.name)
         self.log.info(
             "app.opened", dialect=engine.dialect.name, table=spec.table.name,
             fields=list(spec.columns), duration_ms=_ms_since(started),
@@ -303,12 +327,16 @@ class SqlConnector(Connector[SqlSettings]):
         _receipt_or_raise((await self.delete_many([op]))[0])
 
     async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        """Insert rows in one transaction.
+        """Insert rows in one transaction, once per idempotency key.
 
-        A text (or uuid) id is made from the idempotency key, and a row whose id already exists
-        is not inserted again: its receipt is returned instead. An integer id is generated by
-        the database. When the batch fails on a constraint or a bad value, the rows are retried
-        one by one so that only the bad ones are rejected.
+        A create that an earlier send already made is answered with that row instead of a new
+        one (how it is found depends on the id: see the module docstring). When the batch
+        fails on a constraint or a bad value, the rows are retried one by one so that only the
+        bad ones are rejected.
+
+        Raises:
+            TransientError: the connection failed. When it failed while committing, the rows
+                may have been written; re-sent (`uncertain_since` set), the creates find them.
         """
         return await self._write("create", ops)
 

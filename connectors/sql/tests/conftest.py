@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,24 +25,29 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     insert,
     select,
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from customer_sync_connectors.sql import SqlConnector, SqlSettings
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from pathlib import Path
+
+    from sqlalchemy.engine import Connection
 
 APP = "crm"
 PG_URL_ENV = "CUSTOMER_SYNC_TEST_PG_URL"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 MakeConnector = Callable[..., SqlConnector]
+LoseAnswer = Callable[..., "AbstractContextManager[None]"]
 
 
 def customers_table(name: str, *, integer_id: bool = False) -> Table:
@@ -190,3 +196,37 @@ def connector(database: Database) -> MakeConnector:
         return SqlConnector(SqlSettings(**merged), app=APP, clock=clock)
 
     return make
+
+
+@contextmanager
+def answer_lost(sql: SqlConnector, *, committed: bool = True) -> Iterator[None]:
+    """The connector's next COMMIT reaches the database (unless `committed` is False), and then
+    its answer is lost: the client sees a connection error, as when the network drops then.
+
+    The commit is the driver's own, on the connection the write used; only the answer is
+    replaced by the error a dropped connection gives.
+    """
+    engine = sql._engine  # the connector's own engine: the test seam is its connection
+    assert engine is not None, "open the connector first"
+    armed = [True]
+
+    def on_commit(conn: Connection) -> None:
+        if not armed[0]:
+            return
+        armed[0] = False
+        if committed:
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+        raise OperationalError("COMMIT", None, ConnectionError("connection lost"))
+
+    event.listen(engine, "commit", on_commit)
+    try:
+        yield
+    finally:
+        event.remove(engine, "commit", on_commit)
+    assert not armed[0], "no COMMIT was made while the answer was to be lost"
+
+
+@pytest.fixture
+def lose_answer() -> LoseAnswer:
+    """`with lose_answer(sql): ...`: see `answer_lost`."""
+    return answer_lost

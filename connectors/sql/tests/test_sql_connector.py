@@ -471,11 +471,15 @@ async def test_unreachable_database_is_transient_and_masks_the_password() -> Non
 
 
 def test_settings_refuse_a_column_in_two_roles() -> None:
-    """The id, modified and deleted columns must differ and stay out of the app columns."""
+    """The id, modified, deleted and key columns must differ and stay out of the app columns."""
     with pytest.raises(ValidationError):
         SqlSettings(url="sqlite://", table="t", deleted_column="updated_at")
     with pytest.raises(ValidationError):
         SqlSettings(url="sqlite://", table="t", columns=["id", "email"])
+    with pytest.raises(ValidationError):
+        SqlSettings(url="sqlite://", table="t", key_column="id")
+    with pytest.raises(ValidationError):
+        SqlSettings(url="sqlite://", table="t", key_column="sync_key", columns=["sync_key"])
 
 
 def test_entry_point_loads_the_connector() -> None:
