@@ -293,10 +293,21 @@ class SqlConnector(Connector[SqlSettings]):
 
     async def search_by_email(self, email: str) -> list[AppRecord]:
         """Live records whose email column matches, ignoring case."""
+        return await self.search_by_emails([email])
+
+    async def search_by_emails(self, emails: Sequence[str]) -> list[AppRecord]:
+        """Live records whose email column matches any of `emails`, ignoring case: one
+        `lower(email) IN (...)` query per chunk of emails. A record is returned once.
+
+        An index on `lower(email)` keeps this cheap on a large table.
+        """
         _, spec = self._opened()
         if spec.email is None:
             raise self.error(ConnectorError, "the table has no email column", operation="search")
-        rows = await self._run(self._search_rows, email, operation="search")
+        wanted = list(dict.fromkeys(email.lower() for email in emails))
+        if not wanted:
+            return []
+        rows = await self._run(self._search_rows, wanted, operation="search")
         return [self._record(r) for r in rows]
 
     # -- writing ------------------------------------------------------------------------------
@@ -373,14 +384,17 @@ class SqlConnector(Connector[SqlSettings]):
         with engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def _search_rows(self, email: str) -> list[Sequence[Any]]:
+    def _search_rows(self, emails: list[str]) -> list[Sequence[Any]]:
         engine, spec = self._opened()
         assert spec.email is not None
-        query = select(*record_columns(spec)).where(
-            func.lower(spec.email) == email.lower(), live_clause(spec.deleted)
-        )
+        rows: dict[Any, Sequence[Any]] = {}
         with engine.connect() as conn:
-            return list(conn.execute(query).all())
+            for chunk in in_chunks(emails):
+                query = select(*record_columns(spec)).where(
+                    func.lower(spec.email).in_(chunk), live_clause(spec.deleted)
+                ).order_by(spec.id)
+                rows.update((row[0], row) for row in conn.execute(query))
+        return list(rows.values())
 
     # -- helpers ------------------------------------------------------------------------------
 

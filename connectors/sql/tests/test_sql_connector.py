@@ -1,7 +1,8 @@
 """The `sql` connector against real databases: SQLite files, and PostgreSQL.
 
 `TestSqlConnector` runs every test on both (the `database` fixture of `conftest.py`). Creates
-are in `test_creates.py`; the modified stamps writes make are in `test_stamps.py`.
+and their exactly-once guarantees are in `test_creates.py`; the modified stamps writes make are
+in `test_stamps.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import structlog
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.pool import NullPool
 
 from customer_sync.canonical import field_spec
@@ -342,6 +343,49 @@ class TestSqlConnector:
         async with connector() as sql:
             found = await sql.search_by_email("ada@EXAMPLE.test")
         assert ["c1"] == [r.app_record_id for r in found]
+
+    async def test_search_by_emails_finds_live_rows_once_whatever_the_case(
+        self, database: Database, connector: MakeConnector
+    ) -> None:
+        """search_by_emails returns every live row holding one of the emails, in any case, once
+        each; soft-deleted rows and emails nobody holds give nothing."""
+        table = database.create()
+        database.put(table, "c1", at=T0, email="Ada@Example.test", first_name="Ada")
+        database.put(table, "c2", at=T0, email="grace@example.test")
+        database.put(table, "c3", at=T0, email="linus@example.test")
+        database.put(table, "gone", at=T0, email="gone@example.test", deleted_at=T0)
+        emails = ["ada@example.TEST", "ADA@example.test", "grace@example.test",
+                  "gone@example.test", "nobody@example.test"]
+        async with connector(deleted_column="deleted_at") as sql:
+            found = await sql.search_by_emails(emails)
+            nothing = await sql.search_by_emails([])
+        assert ["c1", "c2"] == sorted(r.app_record_id for r in found)
+        assert "Ada" == next(r for r in found if r.app_record_id == "c1").fields["first_name"]
+        assert [] == nothing
+
+    async def test_search_by_emails_asks_once_per_chunk_of_emails(
+        self, database: Database, connector: MakeConnector
+    ) -> None:
+        """1,201 emails are looked up in three queries of at most 500, and rows matching emails
+        in the first, middle and last chunk are all found."""
+        table = database.create()
+        wanted = [f"nobody{i}@example.test" for i in range(1201)]
+        for rid, at_index in (("first", 0), ("middle", 700), ("last", 1200)):
+            wanted[at_index] = f"{rid}@example.test"
+            database.put(table, rid, at=T0, email=f"{rid.upper()}@example.test")
+        statements: list[str] = []
+        async with connector() as sql:
+            engine = sql._engine  # count what the connector's own engine sends
+
+            def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                statements.append(statement)
+
+            event.listen(engine, "before_cursor_execute", seen)
+            found = await sql.search_by_emails(wanted)
+            event.remove(engine, "before_cursor_execute", seen)
+        assert ["first", "last", "middle"] == sorted(r.app_record_id for r in found)
+        assert 3 == len(statements)
+        assert all("lower(" in s.lower() and " IN " in s.upper() for s in statements)
 
     async def test_missing_table_is_a_config_error(
         self, database: Database, connector: MakeConnector
