@@ -37,7 +37,14 @@ if TYPE_CHECKING:
 
     from customer_sync_connectors.sql._schema import TableSpec
 
-__all__ = ["Position", "cursor_value", "live_ids_query", "page_query", "record_columns"]
+__all__ = [
+    "Position",
+    "clock_before",
+    "cursor_value",
+    "live_ids_query",
+    "page_query",
+    "record_columns",
+]
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ def page_query(
     if position.m is None:
         return query
     if lookback_s > 0:
-        return query.where(clock >= _lookback_bound(spec, position.m, lookback_s))
+        return query.where(clock >= clock_before(spec, position.m, lookback_s))
     m = _clock_param(spec, position.m)
     return query.where(or_(clock > m, and_(clock == m, spec.id > spec.id_value(position.id))))
 
@@ -120,12 +127,14 @@ def _clock_param(spec: TableSpec, m: Any) -> Any:
     return db_time(spec.modified, datetime.fromisoformat(m), text_clock=False)
 
 
-def _lookback_bound(spec: TableSpec, m: Any, lookback_s: float) -> Any:
-    window = timedelta(seconds=lookback_s)
+def clock_before(spec: TableSpec, m: Any, seconds: float) -> Any:
+    """The time `seconds` before `m` (a clock value as the cursor stores it), as the modified
+    column compares: a datetime, text spelled like `m`, or epoch seconds."""
+    window = timedelta(seconds=seconds)
     if not spec.text_clock:
         return db_time(spec.modified, datetime.fromisoformat(m) - window, text_clock=False)
     if isinstance(m, int | float) and not isinstance(m, bool):
-        return m - lookback_s  # epoch seconds stored as numbers
+        return m - seconds  # epoch seconds stored as numbers
     stamp = parse_clock(m)
     if stamp is None:
         return m  # not a time we can read: no window, only the strict keyset

@@ -1,15 +1,16 @@
 """Open the database and describe the synced table.
 
 `build_engine` turns the settings into a SQLAlchemy engine (driver, password, SQLite pragmas);
-`describe_table` reflects the table, creating it first when the quickstart asks for that, and
-checks that every configured column exists. Both report settings problems as `ConfigError`s
-whose lines name the app's settings key, as the config loader does.
+`describe_table` reflects the table, creating it first when the quickstart asks for that,
+checks that every configured column exists, and learns how the modified column spells times.
+Both report settings problems as `ConfigError`s whose lines name the app's settings key, as
+the config loader does.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +30,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    select,
     text,
     type_coerce,
 )
@@ -37,12 +39,18 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from customer_sync.sdk import ConfigError
-from customer_sync_connectors.sql._values import python_type
+from customer_sync_connectors.sql._values import (
+    ClockStyle,
+    clock_style,
+    deleted_marker,
+    python_type,
+    server_now,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection, Engine, Inspector
     from sqlalchemy.sql.elements import ColumnElement
     from sqlalchemy.types import TypeEngine
 
@@ -89,6 +97,10 @@ class TableSpec:
             database (integer).
         text_clock: the modified column is compared as stored (SQLite keeps times as text, and
             only comparing the text itself agrees with the order the database sorts in).
+        dialect: the database's SQLAlchemy dialect name (`sqlite`, `postgresql`, ...).
+        key: the column that holds each created row's idempotency key, when configured.
+        key_unique: a unique index or constraint covers the key column alone.
+        stamp_style: how the modified column spells times (a stamp must sort among them).
         created: the table did not exist and was created now.
     """
 
@@ -100,6 +112,10 @@ class TableSpec:
     email: Column[Any] | None
     id_kind: IdKind
     text_clock: bool
+    dialect: str
+    key: Column[Any] | None = None
+    key_unique: bool = False
+    stamp_style: ClockStyle = field(default_factory=ClockStyle)
     created: bool = False
 
     @property
@@ -108,6 +124,15 @@ class TableSpec:
         if self.text_clock:
             return type_coerce(self.modified, String())
         return self.modified
+
+    def modified_now(self) -> ColumnElement[Any]:
+        """SQL for the database's time now, as the modified column stores times."""
+        return server_now(self.modified, self.stamp_style, dialect=self.dialect)
+
+    def deleted_now(self) -> Any:
+        """What a soft delete writes into the deleted column (see `deleted_marker`)."""
+        assert self.deleted is not None
+        return deleted_marker(self.deleted, dialect=self.dialect, text_clock=self.text_clock)
 
     def id_value(self, app_record_id: Any) -> Any:
         """An id as the id column holds it.
@@ -210,11 +235,12 @@ def describe_table(engine: Engine, settings: SqlSettings, *, app: str) -> TableS
     Runs blocking database calls; call it in a worker thread.
 
     Raises:
-        ConfigError: the table or a configured column is missing, or the modified column is not
-            a timestamp.
+        ConfigError: the table or a configured column is missing, the modified column is not
+            a timestamp, or the key column does not hold text.
     """
     where = f"apps.{app}.settings"
     created = False
+    text_clock = engine.dialect.name == "sqlite"
     with engine.begin() as conn:
         if not inspect(conn).has_table(settings.table):
             if not settings.create_table:
@@ -225,8 +251,31 @@ def describe_table(engine: Engine, settings: SqlSettings, *, app: str) -> TableS
             _create_table(conn, settings)
             created = True
         table = Table(settings.table, MetaData(), autoload_with=conn)
-    text_clock = engine.dialect.name == "sqlite"
-    return _roles(table, settings, where=where, created=created, text_clock=text_clock)
+        spec = _roles(table, settings, where=where, created=created, text_clock=text_clock,
+                      dialect=engine.dialect.name)
+        sample = _latest_clock(conn, spec) if text_clock else None
+        key_unique = spec.key is not None and _is_unique(inspect(conn), spec.key)
+    style = clock_style(spec.modified, text_clock=text_clock, sample=sample)
+    return replace(spec, stamp_style=style, key_unique=key_unique)
+
+
+def _latest_clock(conn: Connection, spec: TableSpec) -> Any:
+    """The greatest stored modified value, as stored: the style new stamps must follow."""
+    query = (select(spec.clock).where(spec.modified.is_not(None))
+             .order_by(spec.modified.desc()).limit(1))
+    return conn.execute(query).scalar()
+
+
+def _is_unique(inspector: Inspector, column: Column[Any]) -> bool:
+    """True when a unique index, unique constraint or primary key is on `column` alone."""
+    table = column.table.name
+    alone = [column.name]
+    if inspector.get_pk_constraint(table).get("constrained_columns") == alone:
+        return True
+    if any(uc.get("column_names") == alone for uc in inspector.get_unique_constraints(table)):
+        return True
+    return any(ix.get("unique") and ix.get("column_names") == alone
+               for ix in inspector.get_indexes(table))
 
 
 def _create_table(conn: Connection, settings: SqlSettings) -> None:
@@ -243,16 +292,23 @@ def _create_table(conn: Connection, settings: SqlSettings) -> None:
     ]
     if settings.deleted_column:
         columns.append(Column(settings.deleted_column, DateTime(timezone=True), nullable=True))
+    if settings.key_column:
+        columns.append(Column(settings.key_column, Text(), nullable=True))
     columns += [Column(name, COLUMN_TYPES[kind]) for name, kind in settings.column_types.items()]
     table = Table(settings.table, MetaData(), *columns)
     # Listing is keyset-paginated on (modified, id); this index keeps every page cheap.
     Index(f"ix_{settings.table}_{settings.modified_column}_{settings.id_column}",
           table.c[settings.modified_column], table.c[settings.id_column])
+    if settings.key_column:
+        # One row per idempotency key, whatever happens; rows made by others hold NULL.
+        Index(f"ux_{settings.table}_{settings.key_column}", table.c[settings.key_column],
+              unique=True)
     table.create(conn, checkfirst=True)
 
 
 def _roles(
-    table: Table, settings: SqlSettings, *, where: str, created: bool, text_clock: bool
+    table: Table, settings: SqlSettings, *, where: str, created: bool, text_clock: bool,
+    dialect: str,
 ) -> TableSpec:
     problems: list[str] = []
 
@@ -267,11 +323,15 @@ def _roles(
     id_col = column("id_column", settings.id_column)
     modified = column("modified_column", settings.modified_column)
     deleted = column("deleted_column", settings.deleted_column)
+    key = column("key_column", settings.key_column)
     if modified is not None and not text_clock and python_type(modified) is not datetime:
         problems.append(
             f"{where}.modified_column: column {modified.name!r} is {modified.type}, not a timestamp"
         )
-    managed = {settings.id_column, settings.modified_column, settings.deleted_column}
+    if key is not None and python_type(key) not in (str, None):
+        problems.append(f"{where}.key_column: column {key.name!r} is {key.type}, not text")
+    managed = {settings.id_column, settings.modified_column, settings.deleted_column,
+               settings.key_column}
     if settings.columns is None:
         exposed = tuple(c.name for c in table.c if c.name not in managed)
     else:
@@ -289,7 +349,12 @@ def _roles(
         raise ConfigError(problems[0], problems=problems)
     kind = python_type(id_col)
     id_kind: IdKind = "integer" if kind is int else "uuid" if kind is uuid.UUID else "text"
+    if id_kind == "integer":
+        # A primary key is never NULL (SQLite's INTEGER PRIMARY KEY is the rowid), but SQLite
+        # reflects one declared without NOT NULL as nullable, and SQLAlchemy then refuses it as
+        # the sentinel that matches the ids RETURNING gives back to the rows sent.
+        id_col.nullable = False
     return TableSpec(
         table=table, id=id_col, modified=modified, deleted=deleted, columns=exposed, email=email,
-        id_kind=id_kind, text_clock=text_clock, created=created,
+        id_kind=id_kind, text_clock=text_clock, dialect=dialect, key=key, created=created,
     )

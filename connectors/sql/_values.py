@@ -3,25 +3,33 @@
 Records leave the connector with JSON-compatible field values (timestamps as ISO strings in UTC)
 and come back the same way, so every value written is first fitted to its column's type here.
 Naive timestamps from the database are taken to be UTC.
+
+The modified and deleted times the connector writes are made by the database itself
+(`server_now`), spelled like the times the column already holds (`ClockStyle`), so that the
+only clock in the column the cursor follows is the app's.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import false, func, or_, true
+from sqlalchemy import String, false, func, literal_column, or_, true
 
 if TYPE_CHECKING:
     from sqlalchemy import Column
     from sqlalchemy.sql.elements import ColumnElement
 
 __all__ = [
+    "ClockStyle",
     "Unfit",
     "as_utc",
+    "clock_style",
     "clock_text",
     "db_time",
     "deleted_marker",
@@ -31,6 +39,7 @@ __all__ = [
     "live_clause",
     "parse_clock",
     "python_type",
+    "server_now",
     "to_json",
 ]
 
@@ -38,6 +47,8 @@ __all__ = [
 _LIVE_TEXT = ("", "0", "false")
 # How SQLAlchemy stores a datetime in SQLite; the connector writes text clocks the same way.
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# What follows the seconds of a stored text time: a fraction, then "Z" or a UTC offset.
+_TEXT_TAIL = re.compile(r"^(?:\.(?P<fraction>\d+))?(?P<zone>Z|[+-]\d\d:?\d\d)?$")
 
 
 class Unfit(ValueError):
@@ -139,14 +150,100 @@ def db_time(column: Column[Any], value: datetime, *, text_clock: bool) -> Any:
     return as_utc(value)
 
 
-def deleted_marker(column: Column[Any], now: datetime, *, text_clock: bool) -> Any:
-    """The value a soft delete writes: True for a boolean column, 1 for a number, else the time."""
+def deleted_marker(column: Column[Any], *, dialect: str, text_clock: bool) -> Any:
+    """What a soft delete writes: True for a boolean column, 1 for a number, else the database's
+    time now (see `server_now`)."""
     kind = python_type(column)
     if kind is bool:
         return True
     if kind is int:
         return 1
-    return db_time(column, now, text_clock=text_clock)
+    return server_now(column, clock_style(column, text_clock=text_clock), dialect=dialect)
+
+
+@dataclass(frozen=True)
+class ClockStyle:
+    """How a time column spells its values, so that a time the database makes sorts among them.
+
+    Attributes:
+        kind: "native" (a timestamp type the database compares as time), "text" (SQLite text,
+            compared as text), "epoch" (whole seconds since 1970) or "epoch_real" (seconds
+            with a fraction).
+        sep: for text, what stands between the date and the time ("T" or " ").
+        digits: for text, the digits of the fraction of a second (0: none).
+        suffix: for text, the zone written after the time ("Z", "+00:00" or nothing).
+    """
+
+    kind: Literal["native", "text", "epoch", "epoch_real"] = "native"
+    sep: str = " "
+    digits: int = 6
+    suffix: str = ""
+
+
+def clock_style(column: Column[Any], *, text_clock: bool, sample: Any = None) -> ClockStyle:
+    """The style of a time column: from `sample`, a value it holds, else from its declared type.
+
+    Only text clocks (SQLite) have a style to follow; a column without a usable sample gets
+    epoch seconds when declared as a number, else the text SQLAlchemy writes (`clock_text`).
+    """
+    if not text_clock:
+        return ClockStyle()
+    if isinstance(sample, int) and not isinstance(sample, bool):
+        return ClockStyle(kind="epoch")
+    if isinstance(sample, float):
+        return ClockStyle(kind="epoch_real")
+    if isinstance(sample, str):
+        style = _text_style(sample.strip())
+        if style is not None:
+            return style
+    kind = python_type(column)
+    if kind is int:
+        return ClockStyle(kind="epoch")
+    if kind in (float, Decimal):
+        return ClockStyle(kind="epoch_real")
+    return ClockStyle(kind="text")
+
+
+def _text_style(sample: str) -> ClockStyle | None:
+    if len(sample) < 19 or parse_clock(sample) is None:
+        return None
+    tail = _TEXT_TAIL.match(sample[19:])
+    if tail is None:
+        return None
+    zone = tail["zone"] or ""
+    suffix = "Z" if zone == "Z" else ("+00:00" if ":" in zone else "+0000") if zone else ""
+    sep = "T" if sample[10] == "T" else " "
+    return ClockStyle(kind="text", sep=sep, digits=min(len(tail["fraction"] or ""), 9),
+                      suffix=suffix)
+
+
+def server_now(column: Column[Any], style: ClockStyle, *, dialect: str) -> ColumnElement[Any]:
+    """SQL that the database evaluates to its own time now, as `column` stores times.
+
+    PostgreSQL: `clock_timestamp()` (the time of the write itself, not of the transaction's
+    start: it is closer to the commit, so fewer rows commit behind the cursor), in UTC for a
+    column without a zone. SQLite: `strftime(..., 'now')` in the column's text style, or epoch
+    seconds; SQLite's clock has milliseconds, padded with zeros to the style's digits. Other
+    databases: `CURRENT_TIMESTAMP`.
+    """
+    if dialect == "postgresql":
+        now = func.clock_timestamp()
+        return now if getattr(column.type, "timezone", False) else func.timezone("UTC", now)
+    if dialect != "sqlite":
+        return func.current_timestamp()
+    if style.kind == "epoch":
+        return literal_column("CAST(strftime('%s', 'now') AS INTEGER)")
+    if style.kind == "epoch_real":
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+    spec = "%f" if style.digits else "%S"  # %f is seconds with three decimals: SS.SSS
+    sql = f"strftime('%Y-%m-%d{style.sep}%H:%M:{spec}', 'now')"
+    if 0 < style.digits < 3:
+        sql = f"substr({sql}, 1, {20 + style.digits})"
+    elif style.digits > 3:
+        sql = f"({sql} || '{'0' * (style.digits - 3)}')"
+    if style.suffix:
+        sql = f"({sql} || '{style.suffix}')"
+    return literal_column(sql, String())
 
 
 def is_deleted_value(value: Any) -> bool:

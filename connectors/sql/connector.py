@@ -2,8 +2,20 @@
 
 It talks to the database through SQLAlchemy's synchronous engine and runs every blocking call in
 a worker thread (`asyncio.to_thread`), so one slow database never stalls the other apps. Listing
-is keyset-paginated on (modified, id) (see `_keyset`); writes stamp the modified column with
-the time written, so the engine sees, and recognises, the echo of its own writes.
+is keyset-paginated on (modified, id) (see `_keyset`). Writes set the modified column to the
+database's own time now, never the daemon's clock, so the only clock in the column the cursor
+follows is the app's; the engine recognises the echo of its own writes by their content.
+
+How a create sent twice is kept from making a second row, per kind of id (see `_writes` for
+the details and the limits):
+
+- text or uuid id: exactly once. The id is uuid5 of the engine's idempotency key, looked up
+  before inserting.
+- autoincrement integer id with `key_column`: exactly once. The key is written to that column
+  and looked up before inserting.
+- autoincrement integer id without `key_column`: best effort. A create the engine re-sends
+  with `uncertain_since` (it may have reached the table) first looks for a live row the first
+  send would have made: stamped since then, and holding exactly what the create sends.
 
 Capabilities depend on the settings: DELETES_VISIBLE needs `deleted_column`, ID_SCAN can be
 switched off with `id_scan = false`, and SEARCH_BY_EMAIL needs an email column. The class
@@ -69,13 +81,20 @@ class SqlSettings(ConnectorSettings):
             never in `url`. It is never logged and is masked out of error messages.
         table: the table of customers.
         id_column: its primary id (text, uuid or an autoincrement integer).
-        modified_column: the last-modified timestamp, which listing resumes from.
+        key_column: a text column the connector fills, on every row it creates, with the
+            engine's idempotency key, and looks up before creating: what makes creates
+            exactly-once when the id is an autoincrement integer (a text or uuid id is made
+            from the key already). Give it a unique index; `create_table` does.
+        modified_column: the last-modified timestamp, which listing resumes from. Writes set
+            it to the database's own time now, never the daemon's clock.
         deleted_column: a soft-delete column; a non-null, truthy value (a time, true, 1) means
             deleted. Without it, deletes are hard DELETEs, seen by the id scan.
-        columns: the columns exposed as app fields (default: all but id, modified, deleted).
+        columns: the columns exposed as app fields (default: all but the id, key, modified and
+            deleted columns).
         email_column: the column `search_by_email` matches, when the table has it.
         create_table: create the table when it is missing (the quickstart): id TEXT primary key,
-            the modified (and deleted) column as timestamps, and `column_types`.
+            the modified (and deleted) column as timestamps, the key column (text, unique
+            index) when `key_column` is set, and `column_types`.
         column_types: column name -> "text", "integer", "real", "boolean" or "timestamp".
         page_size: rows per listed page and ids per `list_ids` chunk.
         lookback_s: re-read rows modified this many seconds before the cursor on every poll, to
@@ -88,6 +107,7 @@ class SqlSettings(ConnectorSettings):
     password: SecretStr | None = None
     table: str = Field(min_length=1)
     id_column: str = "id"
+    key_column: str | None = None
     modified_column: str = "updated_at"
     deleted_column: str | None = None
     columns: list[str] | None = None
@@ -101,11 +121,11 @@ class SqlSettings(ConnectorSettings):
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> SqlSettings:
         managed = [self.id_column, self.modified_column]
-        if self.deleted_column:
-            managed.append(self.deleted_column)
+        managed += [c for c in (self.deleted_column, self.key_column) if c]
         if len(set(managed)) != len(managed):
             raise ValueError(
-                "id_column, modified_column and deleted_column must name different columns"
+                "id_column, modified_column, deleted_column and key_column must name "
+                "different columns"
             )
         overlap = set(managed) & (set(self.columns or ()) | set(self.column_types))
         if overlap:
@@ -126,7 +146,9 @@ class SqlConnector(Connector[SqlSettings]):
     Args:
         settings: the app's validated settings.
         app: the configured app name.
-        clock: the source of "now" for the modified column (tests inject one).
+        clock: the daemon's clock, the one `WriteOp.uncertain_since` is stated in (tests inject
+            one). It only measures how long ago an uncertain create was decided; no time it
+            tells is ever written to the table.
     """
 
     name = "sql"
@@ -186,6 +208,11 @@ class SqlConnector(Connector[SqlSettings]):
             self.capabilities &= ~Capability.SEARCH_BY_EMAIL  # type: ignore[misc]
         if spec.created:
             self.log.info("app.table_created", table=spec.table.name, fields=list(spec.columns))
+        if spec.key is not None and not spec.key_unique:
+            # Creates still look the key up first; only a unique index stops a second row
+            # when two writers race (another replica, a restore) or a lookup is skipped.
+            self.log.warning("app.key_column_not_unique", table=spec.table.name,
+                             column=spec.key.name)
         self.log.info(
             "app.opened", dialect=engine.dialect.name, table=spec.table.name,
             fields=list(spec.columns), duration_ms=_ms_since(started),
@@ -269,10 +296,21 @@ class SqlConnector(Connector[SqlSettings]):
 
     async def search_by_email(self, email: str) -> list[AppRecord]:
         """Live records whose email column matches, ignoring case."""
+        return await self.search_by_emails([email])
+
+    async def search_by_emails(self, emails: Sequence[str]) -> list[AppRecord]:
+        """Live records whose email column matches any of `emails`, ignoring case: one
+        `lower(email) IN (...)` query per chunk of emails. A record is returned once.
+
+        An index on `lower(email)` keeps this cheap on a large table.
+        """
         _, spec = self._opened()
         if spec.email is None:
             raise self.error(ConnectorError, "the table has no email column", operation="search")
-        rows = await self._run(self._search_rows, email, operation="search")
+        wanted = list(dict.fromkeys(email.lower() for email in emails))
+        if not wanted:
+            return []
+        rows = await self._run(self._search_rows, wanted, operation="search")
         return [self._record(r) for r in rows]
 
     # -- writing ------------------------------------------------------------------------------
@@ -284,7 +322,7 @@ class SqlConnector(Connector[SqlSettings]):
         return _receipt_or_raise((await self.create_many([op]))[0])
 
     async def update(self, app_record_id: str, changed: Mapping[str, Any]) -> WriteReceipt:
-        """Set only the `changed` columns of one row, and its modified time.
+        """Set only the `changed` columns of one row, and its modified time (the database's).
 
         Raises:
             RecordGone: no live row has this id.
@@ -303,12 +341,16 @@ class SqlConnector(Connector[SqlSettings]):
         _receipt_or_raise((await self.delete_many([op]))[0])
 
     async def create_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        """Insert rows in one transaction.
+        """Insert rows in one transaction, once per idempotency key.
 
-        A text (or uuid) id is made from the idempotency key, and a row whose id already exists
-        is not inserted again: its receipt is returned instead. An integer id is generated by
-        the database. When the batch fails on a constraint or a bad value, the rows are retried
-        one by one so that only the bad ones are rejected.
+        A create that an earlier send already made is answered with that row instead of a new
+        one (how it is found depends on the id: see the module docstring). When the batch
+        fails on a constraint or a bad value, the rows are retried one by one so that only the
+        bad ones are rejected.
+
+        Raises:
+            TransientError: the connection failed. When it failed while committing, the rows
+                may have been written; re-sent (`uncertain_since` set), the creates find them.
         """
         return await self._write("create", ops)
 
@@ -345,14 +387,17 @@ class SqlConnector(Connector[SqlSettings]):
         with engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def _search_rows(self, email: str) -> list[Sequence[Any]]:
+    def _search_rows(self, emails: list[str]) -> list[Sequence[Any]]:
         engine, spec = self._opened()
         assert spec.email is not None
-        query = select(*record_columns(spec)).where(
-            func.lower(spec.email) == email.lower(), live_clause(spec.deleted)
-        )
+        rows: dict[Any, Sequence[Any]] = {}
         with engine.connect() as conn:
-            return list(conn.execute(query).all())
+            for chunk in in_chunks(emails):
+                query = select(*record_columns(spec)).where(
+                    func.lower(spec.email).in_(chunk), live_clause(spec.deleted)
+                ).order_by(spec.id)
+                rows.update((row[0], row) for row in conn.execute(query))
+        return list(rows.values())
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -1,18 +1,13 @@
 """The `sql` connector against real databases: SQLite files, and PostgreSQL.
 
-`TestSqlConnector` runs every test on both. PostgreSQL is the server named by
-`CUSTOMER_SYNC_TEST_PG_URL` (default: the local `test` database); each test gets a throwaway
-table there. Without a server those runs are skipped, saying why, unless `CI` is set, where they
-fail.
+`TestSqlConnector` runs every test on both (the `database` fixture of `conftest.py`). Creates
+and their exactly-once guarantees are in `test_creates.py`; the modified stamps writes make are
+in `test_stamps.py`.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from importlib.metadata import entry_points
@@ -21,21 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import structlog
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    create_engine,
-    insert,
-    select,
-    text,
-)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import create_engine, event
 from sqlalchemy.pool import NullPool
 
 from customer_sync.canonical import field_spec
@@ -54,117 +35,15 @@ from customer_sync.sdk import (
 from customer_sync_connectors.sql import SqlConnector, SqlSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from connectors.sql.tests.conftest import Database, MakeConnector
 
 APP = "crm"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SENTINEL_EMAIL = "sentinel.leak.7f3c@example.test"
-PG_URL_ENV = "CUSTOMER_SYNC_TEST_PG_URL"
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-MakeConnector = Callable[..., SqlConnector]
-
-
-# -- databases ---------------------------------------------------------------------------------
-
-
-def customers_table(name: str, *, integer_id: bool = False) -> Table:
-    """The customers table the tests use, portable to SQLite and PostgreSQL."""
-    id_column = (
-        Column("id", Integer, primary_key=True, autoincrement=True)
-        if integer_id else Column("id", Text, primary_key=True)
-    )
-    return Table(
-        name, MetaData(), id_column,
-        Column("email", Text, unique=True),
-        Column("first_name", Text),
-        Column("last_name", Text),
-        Column("age", Integer),
-        Column("signed_up_at", DateTime(timezone=True)),
-        Column("updated_at", DateTime(timezone=True)),
-        Column("deleted_at", DateTime(timezone=True)),
-    )
-
-
-@dataclass
-class Database:
-    """A database the test owns: its URL, an engine to arrange and inspect it, a table name."""
-
-    url: str
-    engine: Engine
-    table_name: str
-
-    def create(self, *, integer_id: bool = False) -> Table:
-        table = customers_table(self.table_name, integer_id=integer_id)
-        table.create(self.engine)
-        return table
-
-    def put(self, table: Table, rid: str | int, *, at: datetime | None, **fields: Any) -> None:
-        """Insert a row as another program using the database would."""
-        with self.engine.begin() as conn:
-            conn.execute(insert(table).values({"id": rid, "updated_at": at, **fields}))
-
-    def rows(self, table: Table) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return {str(r["id"]): dict(r) for r in conn.execute(select(table)).mappings()}
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="session")
-def sql_pg_url() -> str:
-    """URL of the PostgreSQL test database; skips (or fails in CI) when it is unreachable."""
-    url = make_url(os.environ.get(PG_URL_ENV) or DEFAULT_PG_URL)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    shown = url.render_as_string(hide_password=True)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except DBAPIError as exc:
-        why = f"no PostgreSQL server at {shown} ({type(exc.orig).__name__}); set {PG_URL_ENV}"
-        if _is_ci():
-            pytest.fail(f"sql connector PostgreSQL tests cannot run, and CI is set: {why}",
-                        pytrace=False)
-        pytest.skip(f"sql connector PostgreSQL tests skipped: {why}")
-    finally:
-        engine.dispose()
-    return url.render_as_string(hide_password=False)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A SQLite file in tmp_path, or a throwaway table name in the PostgreSQL test database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'apps' / 'crm.db'}"
-        (tmp_path / "apps").mkdir()
-        name = "customers"
-    else:
-        url = request.getfixturevalue("sql_pg_url")
-        name = f"cs_sql_{secrets.token_hex(4)}"
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        yield Database(url=url, engine=engine, table_name=name)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
-        engine.dispose()
-
-
-@pytest.fixture
-def connector(database: Database) -> MakeConnector:
-    """Build a connector on the test database; settings are overridable by keyword."""
-
-    def make(*, clock: Callable[[], datetime] | None = None, **settings: Any) -> SqlConnector:
-        merged = {"url": database.url, "table": database.table_name, **settings}
-        return SqlConnector(SqlSettings(**merged), app=APP, clock=clock)
-
-    return make
+# A daemon clock far from every database's: no write may carry it into the table.
+FAR_OFF = datetime(2031, 7, 1, tzinfo=UTC)
 
 
 async def pages_of(sql: Connector[Any], since: Cursor | None = None) -> list[ChangePage]:
@@ -287,14 +166,18 @@ class TestSqlConnector:
     async def test_create_with_text_id_inserts_a_stamped_row(
         self, database: Database, connector: MakeConnector
     ) -> None:
-        """A create inserts the fields, stamps the modified column and returns a receipt for it."""
+        """A create inserts the fields, stamps the modified column with the database's time and
+        returns a receipt carrying that stamp."""
         table = database.create()
-        async with connector(clock=lambda: NOW) as sql:
+        async with connector(clock=lambda: FAR_OFF) as sql:
             fields = {"email": "ada@example.test", "age": 36}
+            before = database.now()
             receipt = await sql.create(fields, idempotency_key="cust-1:crm")
+            after = database.now()
             [record] = await sql.read([receipt.app_record_id])
-        assert NOW == receipt.modified_at
-        assert NOW == record.modified_at
+        assert receipt.modified_at is not None
+        assert before <= receipt.modified_at <= after
+        assert receipt.modified_at == record.modified_at
         assert fields == {k: record.fields[k] for k in ("email", "age")}
         assert [receipt.app_record_id] == list(database.rows(table))
 
@@ -309,20 +192,6 @@ class TestSqlConnector:
             again = await sql.create(fields, idempotency_key="cust-1:crm")
         assert first.app_record_id == again.app_record_id
         assert 1 == len(database.rows(table))
-
-    async def test_create_with_integer_id_returns_the_generated_ids(
-        self, database: Database, connector: MakeConnector
-    ) -> None:
-        """With an autoincrement id, each receipt carries the id the database generated."""
-        table = database.create(integer_id=True)
-        async with connector() as sql:
-            ops = creates({"email": "a@example.test"}, {"email": "b@example.test"})
-            outcomes = await sql.create_many(ops)
-        made = {o.key: o.receipt.app_record_id for o in outcomes if o.receipt}
-        rows = database.rows(table)
-        emails = {rows[made[key]]["email"] for key in ("op0", "op1")}
-        assert {"a@example.test", "b@example.test"} == emails
-        assert made["op0"] != made["op1"]
 
     async def test_integer_ids_page_in_numeric_order(
         self, database: Database, connector: MakeConnector
@@ -340,14 +209,18 @@ class TestSqlConnector:
     async def test_update_sets_only_given_columns_and_bumps_modified(
         self, database: Database, connector: MakeConnector
     ) -> None:
-        """An update changes the named columns and the modified time, and nothing else."""
+        """An update changes the named columns and the modified time (the database's), and
+        nothing else."""
         table = database.create()
         database.put(table, "c1", at=T0, first_name="Ada", last_name="Lovelace", age=36)
-        async with connector(clock=lambda: NOW) as sql:
+        async with connector(clock=lambda: FAR_OFF) as sql:
+            before = database.now()
             receipt = await sql.update("c1", {"first_name": "Augusta"})
+            after = database.now()
             [record] = await sql.read(["c1"])
-        assert NOW == receipt.modified_at
-        assert NOW == record.modified_at
+        assert receipt.modified_at is not None
+        assert before <= receipt.modified_at <= after
+        assert receipt.modified_at == record.modified_at
         kept = tuple(record.fields[k] for k in ("first_name", "last_name", "age"))
         assert ("Augusta", "Lovelace", 36) == kept
 
@@ -420,14 +293,18 @@ class TestSqlConnector:
         """With deleted_column, a delete stamps it; the row lists as deleted and reads as gone."""
         table = database.create()
         database.put(table, "c1", at=T0, email="ada@example.test")
-        async with connector(deleted_column="deleted_at", clock=lambda: NOW) as sql:
+        async with connector(deleted_column="deleted_at", clock=lambda: FAR_OFF) as sql:
             cursor = (await pages_of(sql))[-1].cursor
+            before = database.now()
             await sql.delete("c1")
+            after = database.now()
             [deleted] = [r for p in await pages_of(sql, cursor) for r in p.records]
             read_back = await sql.read(["c1"])
             with pytest.raises(RecordGone):
                 await sql.delete("c1")
-        assert (True, {}, NOW) == (deleted.deleted, dict(deleted.fields), deleted.modified_at)
+        assert (True, {}) == (deleted.deleted, dict(deleted.fields))
+        assert deleted.modified_at is not None
+        assert before <= deleted.modified_at <= after
         assert [] == read_back
         assert database.rows(table)["c1"]["deleted_at"] is not None
 
@@ -466,6 +343,49 @@ class TestSqlConnector:
         async with connector() as sql:
             found = await sql.search_by_email("ada@EXAMPLE.test")
         assert ["c1"] == [r.app_record_id for r in found]
+
+    async def test_search_by_emails_finds_live_rows_once_whatever_the_case(
+        self, database: Database, connector: MakeConnector
+    ) -> None:
+        """search_by_emails returns every live row holding one of the emails, in any case, once
+        each; soft-deleted rows and emails nobody holds give nothing."""
+        table = database.create()
+        database.put(table, "c1", at=T0, email="Ada@Example.test", first_name="Ada")
+        database.put(table, "c2", at=T0, email="grace@example.test")
+        database.put(table, "c3", at=T0, email="linus@example.test")
+        database.put(table, "gone", at=T0, email="gone@example.test", deleted_at=T0)
+        emails = ["ada@example.TEST", "ADA@example.test", "grace@example.test",
+                  "gone@example.test", "nobody@example.test"]
+        async with connector(deleted_column="deleted_at") as sql:
+            found = await sql.search_by_emails(emails)
+            nothing = await sql.search_by_emails([])
+        assert ["c1", "c2"] == sorted(r.app_record_id for r in found)
+        assert "Ada" == next(r for r in found if r.app_record_id == "c1").fields["first_name"]
+        assert [] == nothing
+
+    async def test_search_by_emails_asks_once_per_chunk_of_emails(
+        self, database: Database, connector: MakeConnector
+    ) -> None:
+        """1,201 emails are looked up in three queries of at most 500, and rows matching emails
+        in the first, middle and last chunk are all found."""
+        table = database.create()
+        wanted = [f"nobody{i}@example.test" for i in range(1201)]
+        for rid, at_index in (("first", 0), ("middle", 700), ("last", 1200)):
+            wanted[at_index] = f"{rid}@example.test"
+            database.put(table, rid, at=T0, email=f"{rid.upper()}@example.test")
+        statements: list[str] = []
+        async with connector() as sql:
+            engine = sql._engine  # count what the connector's own engine sends
+
+            def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                statements.append(statement)
+
+            event.listen(engine, "before_cursor_execute", seen)
+            found = await sql.search_by_emails(wanted)
+            event.remove(engine, "before_cursor_execute", seen)
+        assert ["first", "last", "middle"] == sorted(r.app_record_id for r in found)
+        assert 3 == len(statements)
+        assert all("lower(" in s.lower() and " IN " in s.upper() for s in statements)
 
     async def test_missing_table_is_a_config_error(
         self, database: Database, connector: MakeConnector
@@ -549,7 +469,7 @@ async def test_create_table_makes_the_folder_and_a_working_table(tmp_path: Path)
         column_types={"email": "text", "points": "integer", "vip": "boolean"},
     )
     fields = {"email": "ada@example.test", "points": 3, "vip": True}
-    async with SqlConnector(settings, app=APP, clock=lambda: NOW) as sql:
+    async with SqlConnector(settings, app=APP, clock=lambda: FAR_OFF) as sql:
         receipt = await sql.create(fields, idempotency_key="k")
         engine = create_engine(url, poolclass=NullPool)
         with engine.begin() as conn:
@@ -595,11 +515,15 @@ async def test_unreachable_database_is_transient_and_masks_the_password() -> Non
 
 
 def test_settings_refuse_a_column_in_two_roles() -> None:
-    """The id, modified and deleted columns must differ and stay out of the app columns."""
+    """The id, modified, deleted and key columns must differ and stay out of the app columns."""
     with pytest.raises(ValidationError):
         SqlSettings(url="sqlite://", table="t", deleted_column="updated_at")
     with pytest.raises(ValidationError):
         SqlSettings(url="sqlite://", table="t", columns=["id", "email"])
+    with pytest.raises(ValidationError):
+        SqlSettings(url="sqlite://", table="t", key_column="id")
+    with pytest.raises(ValidationError):
+        SqlSettings(url="sqlite://", table="t", key_column="sync_key", columns=["sync_key"])
 
 
 def test_entry_point_loads_the_connector() -> None:
