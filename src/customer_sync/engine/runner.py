@@ -32,6 +32,7 @@ from customer_sync.engine._list_worker import ListSpec
 from customer_sync.engine.listing import ListingWorker, WorkerGone, can_list_in_worker
 from customer_sync.engine.normalizing import Normalized, PageNormalizer, default_workers
 from customer_sync.engine.process import ProcessStats, process_items, process_records, record_fingerprint
+from customer_sync.engine import webhooks
 from customer_sync.errors import AuthError, ConnectorError
 from customer_sync.sdk.connector import AppRecord, Capability, ChangePage, Connector, Cursor
 from customer_sync.sdk.ratelimit import collecting
@@ -448,34 +449,8 @@ class Engine:
     async def accept_webhook(
         self, app: str, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
     ) -> int:
-        """Verify a webhook delivery and store its changes in the inbox; returns how many.
-
-        The inbox commit happens before this returns, so the caller's 2xx means durable.
-
-        Raises:
-            ConnectorError: the app is unknown, takes no webhooks, or the body is malformed.
-            AuthError: the signature does not verify (or is stale).
-        """
-        connector = self.connectors.get(app)
-        if connector is None:
-            raise ConnectorError("no such app is open", app=app)
-        if Capability.WEBHOOKS not in connector.capabilities:
-            raise ConnectorError("app does not take webhooks", app=app, connector=connector.name)
-        if not connector.verify_webhook(headers, body, url=url, method=method):
-            log.warning("webhook.rejected", app=app, reason="bad signature")
-            raise AuthError("webhook signature rejected", app=app, connector=connector.name)
-        changes = connector.parse_webhook(body)
-        now = self.clock()
-        rows = []
-        for ch in changes:
-            rec = ch.record
-            if ch.kind == "delete":
-                rec = AppRecord(app_record_id=ch.app_record_id, deleted=True, modified_at=ch.occurred_at)
-            rows.append(_inbox_row(app, rec, "webhook", now, app_record_id=ch.app_record_id))
-        with self.store.transaction() as conn:
-            if rows:
-                conn.execute(insert(inbox_t), rows)
-        return len(rows)
+        """Verify a webhook delivery and commit its changes to the inbox (see `engine.webhooks`)."""
+        return await webhooks.accept_webhook(self, app, headers, body, url=url, method=method)
 
     async def dry_run(self) -> list[dict[str, Any]]:
         """Read every app and decide, but write nothing, to the apps or to the store.
