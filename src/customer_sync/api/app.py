@@ -5,8 +5,8 @@ its changes to the inbox *before* answering 2xx, so an acknowledged webhook is n
 engine processes the inbox on its own schedule (`engine/webhooks.py`). Every refusal is a clear
 status, and bad input is never a 5xx (a 5xx makes the vendor retry forever): 401 (signature),
 404 (no such app), 400 (malformed or out of bounds, with a short reason), 413 (body over
-`MAX_BODY_BYTES`), and 503 with `Retry-After` when the store is busy (the vendor delivers again
-later; nothing was written).
+`MAX_BODY_BYTES`, refused while it streams in, so no more than that is ever held), and 503 with
+`Retry-After` when the store is busy (the vendor delivers again later; nothing was written).
 
 `/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
 way intake uses it, with the same short lock wait, and says why it is not ready.
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from customer_sync.engine.webhooks import parked_apps
@@ -39,6 +39,26 @@ MAX_BODY_BYTES = 1_000_000
 RETRY_AFTER_S = 10
 
 
+class _BodyTooLarge(Exception):
+    """The body grew past the cap while it streamed in."""
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    """The request body, read as it streams in and given up on past `cap` bytes, so that no
+    more than `cap` plus one received chunk is ever held.
+
+    Raises:
+        _BodyTooLarge: the body is longer than `cap`.
+        ClientDisconnect: the client went away before the body was complete.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise _BodyTooLarge
+    return bytes(body)
+
+
 def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
     """The ASGI app over an opened engine.
 
@@ -47,16 +67,21 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
             exact URL a vendor signed. Default: the URL the request arrived on.
     """
 
-    async def webhook(request: Request) -> JSONResponse:
+    async def webhook(request: Request) -> Response:
         app = request.path_params["app"]
         if app not in engine.apps:
             return JSONResponse({"error": "no such app"}, status_code=404)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return _too_large(app)
+        try:
+            body = await _read_body(request, MAX_BODY_BYTES)
+        except _BodyTooLarge:
+            return _too_large(app)
+        except ClientDisconnect:
+            # Not an error of ours: the vendor will deliver again. Nobody reads this answer.
+            log.info("webhook.client_disconnected", app=app)
+            return Response(status_code=400)
         url = str(request.url)
         if public_url:
             url = public_url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -99,6 +124,11 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ])
+
+
+def _too_large(app: str) -> JSONResponse:
+    log.warning("webhook.rejected", app=app, status_code=413, reason="body too large")
+    return JSONResponse({"error": "body too large"}, status_code=413)
 
 
 async def serve(engine: Engine, listen: str, stop: asyncio.Event, *, public_url: str | None = None) -> None:
