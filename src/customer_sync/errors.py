@@ -10,7 +10,7 @@ SyncError
 │   │   └── RateLimited    429 / quota; carries retry_after_s
 │   ├── AuthError          401/403; park this app, keep the others running
 │   ├── RecordRejected     4xx for one record; skip it, write the reason to the change log
-│   ├── WebhookRefused     a delivery's body is malformed or out of bounds; answer 400, store nothing
+│   ├── WebhookRefused     a webhook body is malformed or out of bounds; answer 400, store nothing
 │   └── RecordGone         404 on a linked record; treat as a remote delete
 ├── MappingError           a transform or validation failed for one record; skip that field
 └── ConflictParked         the rules could not decide; recorded for review

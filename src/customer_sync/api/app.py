@@ -98,8 +98,8 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
         except StoreError as exc:
             busy = isinstance(exc, StoreBusy)
             log.warning("webhook.deferred", app=app, status_code=503, reason=str(exc))
-            return JSONResponse({"error": "store busy" if busy else "store unavailable"}, status_code=503,
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
+            return JSONResponse({"error": "store busy" if busy else "store unavailable"},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         log.info("webhook.accepted", app=app, count=count)
         return JSONResponse({"accepted": count})
 
@@ -113,7 +113,8 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
             return JSONResponse({"status": "store busy", "reason": str(exc)}, status_code=503,
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         except StoreError as exc:  # the store is unreachable: not ready, say why
-            return JSONResponse({"status": "store unreachable", "reason": str(exc)}, status_code=503)
+            return JSONResponse({"status": "store unreachable", "reason": str(exc)},
+                                status_code=503)
         failed = sorted(set(engine.unopened) | set(parked))
         status = 200 if not failed else 503
         return JSONResponse({"status": "ready" if not failed else "degraded", "failed_apps": failed},

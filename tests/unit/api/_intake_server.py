@@ -39,7 +39,8 @@ def intake_config(store_url: str):  # type: ignore[no-untyped-def]
                 "access_token": "${HUBSPOT_TOKEN}", "app_secret": "${HUBSPOT_APP_SECRET}"}},
             "desk": {"connector": "zendesk", "settings": {
                 "base_url": "https://intake-test.zendesk.example", "email": "agent@intake.example",
-                "api_token": "${ZENDESK_API_TOKEN}", "webhook_secret": "${ZENDESK_WEBHOOK_SECRET}"}},
+                "api_token": "${ZENDESK_API_TOKEN}",
+                "webhook_secret": "${ZENDESK_WEBHOOK_SECRET}"}},
         },
     }
     env = {"HUBSPOT_TOKEN": "intake-test-token", "HUBSPOT_APP_SECRET": HUBSPOT_SECRET,
@@ -55,7 +56,8 @@ def intake_connectors(config) -> dict[str, object]:  # type: ignore[no-untyped-d
     """The two apps' connectors, with HTTP clients that refuse every request."""
     transport = httpx.MockTransport(_no_network)
     return {
-        "crm": HubSpotConnector(config.apps["crm"].connector_settings, app="crm", transport=transport),
+        "crm": HubSpotConnector(config.apps["crm"].connector_settings, app="crm",
+                                transport=transport),
         "desk": ZendeskConnector(config.apps["desk"].connector_settings, app="desk",
                                  transport=transport),
     }
@@ -64,7 +66,8 @@ def intake_connectors(config) -> dict[str, object]:  # type: ignore[no-untyped-d
 async def _serve(store_url: str) -> None:
     config = intake_config(store_url)
     store = open_store(store_url)
-    async with Engine(config, store, connectors=intake_connectors(config)) as engine:  # type: ignore[arg-type]
+    connectors = intake_connectors(config)
+    async with Engine(config, store, connectors=connectors) as engine:  # type: ignore[arg-type]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)

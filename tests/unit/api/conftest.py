@@ -49,7 +49,8 @@ def hubspot_headers(url: str, body: bytes) -> dict[str, str]:
         signature = sign_v3(secret, "POST", url, body.decode("utf-8"), timestamp)
     except UnicodeDecodeError:
         message = b"POST" + url.encode() + body + timestamp.encode()
-        signature = base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
+        digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+        signature = base64.b64encode(digest).decode()
     return {"Content-Type": "application/json", "X-HubSpot-Request-Timestamp": timestamp,
             "X-HubSpot-Signature-v3": signature}
 

@@ -200,7 +200,8 @@ JUNK = [
 ]
 
 
-@pytest.mark.parametrize(("app", "body"), [(a, b) for a, b, _ in JUNK], ids=[f"{a}-{i}" for a, _, i in JUNK])
+@pytest.mark.parametrize(("app", "body"), [(a, b) for a, b, _ in JUNK],
+                         ids=[f"{a}-{i}" for a, _, i in JUNK])
 async def test_explicit_signed_junk_is_a_400_and_stores_nothing(
     intake: tuple[httpx.AsyncClient, Store], app: str, body: bytes
 ) -> None:

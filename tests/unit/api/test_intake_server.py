@@ -61,8 +61,9 @@ def test_a_200_mb_chunked_body_never_grows_the_server_by_more_than_a_few_mb(
     assert [] == inbox(intake_server.store_path)
 
 
-@pytest.mark.parametrize("framing", [b"Content-Length: 100000\r\n", b"Transfer-Encoding: chunked\r\n"],
-                         ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 100000\r\n", b"Transfer-Encoding: chunked\r\n"],
+    ids=["content-length", "chunked"])
 def test_a_client_that_goes_away_mid_body_is_an_info_line_not_an_error(
     intake_server: Server, framing: bytes
 ) -> None:
@@ -109,7 +110,9 @@ class Vendors:
         await self.zendesk.flush_webhooks(http)
 
 
-async def test_a_busy_store_is_a_quick_503_and_the_redelivery_is_kept(intake_server: Server) -> None:
+async def test_a_busy_store_is_a_quick_503_and_the_redelivery_is_kept(
+    intake_server: Server,
+) -> None:
     """While another process holds the SQLite store's write lock, each vendor's delivery gets 503
     with Retry-After within 2 s (by design about 0.5 s), /healthz answers 200 while a delivery
     waits, and /readyz says the store is busy; once the lock is released the vendors' retries are
@@ -128,9 +131,10 @@ async def test_a_busy_store_is_a_quick_503_and_the_redelivery_is_kept(intake_ser
 
     lock = sqlite3.connect(intake_server.store_path, isolation_level=None)
     try:
-        lock.execute("BEGIN IMMEDIATE")  # another process's writer, as a backup or a CLI would hold it
+        lock.execute("BEGIN IMMEDIATE")  # another process's writer (a backup, a CLI command)
+        hooks = {"request": [timed], "response": [record]}
         async with httpx.AsyncClient(base_url=intake_server.base_url, timeout=30,
-                                     event_hooks={"request": [timed], "response": [record]}) as http:
+                                     event_hooks=hooks) as http:
             delivery = asyncio.create_task(vendors.deliver(http))
             health = await http.get("/healthz")
             delivery_was_waiting = not delivery.done()
@@ -145,7 +149,8 @@ async def test_a_busy_store_is_a_quick_503_and_the_redelivery_is_kept(intake_ser
         lock.close()
 
     print("while locked:", [(p, s, r, f"{t:.3f} s") for p, s, r, t in during])
-    deliveries = [(path, status, retry) for path, status, retry, _ in during if "/webhooks/" in path]
+    deliveries = [(path, status, retry) for path, status, retry, _ in during
+                  if "/webhooks/" in path]
     assert [("/webhooks/crm", 503, str(RETRY_AFTER_S)),
             ("/webhooks/desk", 503, str(RETRY_AFTER_S))] == deliveries
     assert all(took < 2.0 for path, _, _, took in during if "/webhooks/" in path)

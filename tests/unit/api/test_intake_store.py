@@ -56,7 +56,8 @@ async def test_deliveries_answered_busy_are_never_committed_later(engine_on: Eng
     try:
         url = f"{BASE_URL}/webhooks/crm"
         outcomes = await asyncio.gather(
-            *(engine.accept_webhook("crm", signed("crm", BASE_URL, delivery(i)), delivery(i), url=url)
+            *(engine.accept_webhook("crm", signed("crm", BASE_URL, delivery(i)), delivery(i),
+                                    url=url)
               for i in range(1, count + 1)),
             return_exceptions=True)
     finally:

@@ -17,10 +17,10 @@ from customer_sync.sdk import (
     JsonLimits,
     PositiveId,
     WebhookRefused,
+    _bounded_json,
     read_json,
     read_webhook,
 )
-from customer_sync.sdk import _bounded_json
 
 
 class Event(BaseModel):
@@ -123,7 +123,8 @@ def test_refusals_never_quote_the_body() -> None:
 def test_a_fitting_body_becomes_typed_values() -> None:
     """Ids stay integers, times become aware UTC datetimes."""
     body = b'[{"object_id": 42, "at": "2026-03-02T10:00:00+01:00"}]'
-    assert [Event(object_id=42, at=datetime(2026, 3, 2, 9, tzinfo=UTC))] == read_webhook(body, EVENTS)
+    expected = [Event(object_id=42, at=datetime(2026, 3, 2, 9, tzinfo=UTC))]
+    assert expected == read_webhook(body, EVENTS)
 
 
 @settings(max_examples=300, deadline=None)
