@@ -10,7 +10,9 @@ answers with 503 and `Retry-After` so that the vendor delivers again later.
 The answer always follows the transaction's own outcome, never a timer racing it: a job still
 queued after `QUEUE_WAIT_S` is cancelled before it touches the store, and a job that started is
 awaited to its end (commit, or rollback on the short lock wait). So a delivery answered 503 is
-never committed afterwards, and one answered 200 is committed.
+never committed afterwards, and one answered 200 is committed. (One case stays unknowable: a
+PostgreSQL connection lost during COMMIT. It is answered 503, and if the commit did land, the
+vendor's retry is a duplicate, which the engine's content comparison makes harmless.)
 """
 
 from __future__ import annotations
