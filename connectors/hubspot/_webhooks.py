@@ -6,6 +6,10 @@ timestamp)), where the timestamp is the `X-HubSpot-Request-Timestamp` header in 
 milliseconds. Deliveries older than the allowed age are refused, so a captured request cannot be
 replayed later. The docs' rule about URL-decoding some characters of the URI first is UNVERIFIED
 and not applied: the URI is hashed exactly as the delivery was addressed.
+
+A delivery is a JSON array of events (same section). It is read with the SDK's bounded reader
+into `HubSpotEvent`s: at most `MAX_EVENTS` of them, ids positive 64-bit integers, times within
+the SDK's event range; anything else is a `WebhookRefused`, never a crash.
 """
 
 from __future__ import annotations
@@ -13,14 +17,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Annotated, Any
 
-from customer_sync.sdk import AppRecord, Change
-from customer_sync_connectors.hubspot.models import WebhookEvent, ms_of, parse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
-__all__ = ["is_authentic", "parse_events"]
+from customer_sync.sdk import (
+    LATEST_EVENT_AT,
+    AppRecord,
+    Change,
+    EventTime,
+    PositiveId,
+    read_webhook,
+)
+from customer_sync_connectors.hubspot.models import ms_of, time_of_ms
+
+__all__ = ["MAX_EVENTS", "HubSpotEvent", "is_authentic", "parse_events"]
 
 SIGNATURE_HEADER = "x-hubspot-signature-v3"
 TIMESTAMP_HEADER = "x-hubspot-request-timestamp"
@@ -28,6 +41,53 @@ TIMESTAMP_HEADER = "x-hubspot-request-timestamp"
 _UPSERTS = frozenset({"contact.creation", "contact.propertyChange", "contact.restore"})
 _DELETES = frozenset({"contact.deletion", "contact.privacyDeletion"})
 _MERGE = "contact.merge"
+
+#: Events in one delivery. HubSpot batches events into one request; 100 per request is the
+#: commonly quoted batch size (UNVERIFIED: not in CONTRACTS.md; the sandbox simulator batches
+#: 100). A longer array is refused; if HubSpot ever sends one, the poll still picks the changes up.
+MAX_EVENTS = 100
+#: Ids one merge event may name as merged away. The merge fields are UNVERIFIED (CONTRACTS.md);
+#: a merge joins two contacts, and a survivor of earlier merges may list those ids too.
+MAX_MERGED_IDS = 100
+_LATEST_MS = ms_of(LATEST_EVENT_AT)
+
+
+def _epoch_ms(value: Any) -> Any:
+    """`occurredAt` is epoch milliseconds (CONTRACTS.md example); bounds-checked before it
+    becomes a datetime, where a huge value would overflow. Other values go on to pydantic's
+    datetime parsing (ISO text), then the SDK's range check."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < _LATEST_MS:
+            raise ValueError("epoch milliseconds out of range")
+        return time_of_ms(value)
+    return value
+
+
+class HubSpotEvent(BaseModel):
+    """One event of a delivery (CONTRACTS.md §1 "Webhooks"); other keys are ignored.
+
+    `propertyName` and the merge fields (`primaryObjectId`, `mergedObjectIds`, `newObjectId`)
+    are UNVERIFIED there; they are optional here and used only when present.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    subscription_type: str = Field(alias="subscriptionType", max_length=100)
+    object_id: PositiveId = Field(alias="objectId")
+    occurred_at: Annotated[EventTime, BeforeValidator(_epoch_ms)] | None = Field(
+        None, alias="occurredAt"
+    )
+    property_name: str | None = Field(None, alias="propertyName", max_length=1000)
+    primary_object_id: PositiveId | None = Field(None, alias="primaryObjectId")
+    merged_object_ids: list[PositiveId] = Field(
+        default_factory=list, alias="mergedObjectIds", max_length=MAX_MERGED_IDS
+    )
+    new_object_id: PositiveId | None = Field(None, alias="newObjectId")
+
+
+_DELIVERY = TypeAdapter(Annotated[list[HubSpotEvent], Field(max_length=MAX_EVENTS)])
 
 
 def is_authentic(
@@ -69,27 +129,18 @@ def parse_events(body: bytes, *, properties: frozenset[str]) -> list[Change]:
     - other event types (associations, other objects): ignored.
 
     Raises:
-        ValueError: the body is not a JSON array of events; the message names what is wrong.
+        WebhookRefused: the body is not a bounded JSON array of events; the message names what
+            is wrong, never a value.
     """
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("webhook body is not JSON") from None
-    if not isinstance(payload, list):
-        raise ValueError("webhook body is not a JSON array of events")
     changes: list[Change] = []
-    for index, raw in enumerate(payload):
-        try:
-            event = parse(WebhookEvent, raw)
-        except ValueError as exc:
-            raise ValueError(f"webhook event {index}: {exc}") from None
+    for event in read_webhook(body, _DELIVERY):
         changes.extend(_changes_of(event, properties))
     # Keep the last of identical changes: a later event may undo an earlier one.
     last = {_key(c): i for i, c in enumerate(changes)}
     return [c for i, c in enumerate(changes) if last[_key(c)] == i]
 
 
-def _changes_of(event: WebhookEvent, properties: frozenset[str]) -> list[Change]:
+def _changes_of(event: HubSpotEvent, properties: frozenset[str]) -> list[Change]:
     kind, at = event.subscription_type, event.occurred_at
     object_id = str(event.object_id)
     if kind in _UPSERTS:

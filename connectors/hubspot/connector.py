@@ -45,6 +45,7 @@ from customer_sync.sdk import (
     ConnectorError,
     Cursor,
     RecordGone,
+    WebhookRefused,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -538,12 +539,13 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         """The changes a verified delivery reports (see `_webhooks.parse_events`).
 
         Raises:
-            ConnectorError: the body is not HubSpot's array of events.
+            WebhookRefused: the body is not HubSpot's array of events, or out of bounds.
         """
         try:
             return parse_events(body, properties=frozenset(self._props))
-        except ValueError as exc:
-            raise self.error(ConnectorError, str(exc), operation="webhook.parse") from None
+        except WebhookRefused as exc:
+            raise self.error(WebhookRefused, f"malformed webhook: {exc}",
+                             operation="webhook.parse") from None
 
 
 def _merged(old_id: str, survivor_id: str) -> AppRecord:

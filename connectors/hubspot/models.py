@@ -1,9 +1,9 @@
-"""The HubSpot payload shapes this connector reads: contacts, pages, batch answers, webhook events.
+"""The HubSpot payload shapes this connector reads: contacts, pages, batch answers.
 
 Only the keys we use are declared; everything else a payload carries is ignored. Shapes follow
-HubSpot's contacts v3 OpenAPI file (`hubspot/crm-contacts-v3.json` in the shared specs) and, for
-webhook events, CONTRACTS.md §1 "Webhooks". A payload that does not fit becomes a
-`ConnectorError` naming the keys that were wrong, never their values (see `parse`).
+HubSpot's contacts v3 OpenAPI file (`hubspot/crm-contacts-v3.json` in the shared specs); webhook
+events are read with the SDK's bounded reader, in `_webhooks`. A payload that does not fit
+becomes a `ConnectorError` naming the keys that were wrong, never their values (see `parse`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ __all__ = [
     "ContactPage",
     "HistoryEntry",
     "SearchPage",
-    "WebhookEvent",
     "ms_of",
     "parse",
     "parse_time",
@@ -168,22 +167,6 @@ class BatchResponse(_Shape):
 
     results: list[Contact] = Field(default_factory=list)
     errors: list[BatchError] = Field(default_factory=list)
-
-
-class WebhookEvent(_Shape):
-    """One event of a webhook delivery (CONTRACTS.md §1 "Webhooks").
-
-    `propertyName` and the merge fields (`primaryObjectId`, `mergedObjectIds`, `newObjectId`)
-    are UNVERIFIED there; they are optional here and used only when present.
-    """
-
-    subscription_type: str = Field(alias="subscriptionType")
-    object_id: int = Field(alias="objectId")
-    occurred_at: Time | None = Field(None, alias="occurredAt")
-    property_name: str | None = Field(None, alias="propertyName")
-    primary_object_id: int | None = Field(None, alias="primaryObjectId")
-    merged_object_ids: list[int] = Field(default_factory=list, alias="mergedObjectIds")
-    new_object_id: int | None = Field(None, alias="newObjectId")
 
 
 def parse(model: type[M], payload: Any) -> M:

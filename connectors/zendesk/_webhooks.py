@@ -7,8 +7,11 @@ third-party sample shows ISO 8601); it is signed as opaque text, and for the fre
 ISO 8601 and Unix seconds are both read. A timestamp that is neither is refused: without it a
 captured delivery could be replayed forever.
 
-Event bodies are thin (`detail` holds ids and a few attributes), so every event becomes a
-`Change` naming the user only, and the engine reads the user.
+A delivery is one event, a JSON object (same section). It is read with the SDK's bounded reader
+into a `ZendeskEvent`: ids positive 64-bit integers (sent as text inside `detail`), the time
+within the SDK's event range; anything else is a `WebhookRefused`, never a crash. Event bodies
+are thin (`detail` holds ids and a few attributes), so every user event becomes a `Change`
+naming the user only, and the engine reads the user.
 """
 
 from __future__ import annotations
@@ -17,19 +20,18 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
-from customer_sync.sdk import Change
-from customer_sync_connectors.zendesk.models import WebhookEvent
+from customer_sync.sdk import Change, EventTime, PositiveId, WebhookRefused, read_webhook
 
 __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
-    "WebhookMalformed",
+    "ZendeskEvent",
     "changes_of",
     "signature_problem",
 ]
@@ -42,10 +44,51 @@ _USER_SUBJECT = "zen:user:"
 # `user.deleted` and as `user.active_changed` to false (Webhook event types page).
 _DELETED = "deleted"
 _ACTIVE_CHANGED = "active_changed"
+_MAX_ID = 2**63 - 1  # PositiveId's bound
+_MAX_ID_DIGITS = len(str(_MAX_ID))
 
 
-class WebhookMalformed(ValueError):
-    """The body is not a Zendesk event; the message never quotes the body."""
+def _id_text(value: Any) -> Any:
+    """Zendesk sends ids as text inside `detail` ("6596848315901"; "0" when unset): ASCII
+    digits become the integer, which `PositiveId` then bounds. Integers pass as they are."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= _MAX_ID_DIGITS):
+            raise ValueError("not an id")
+        return int(text)
+    return value
+
+
+ZendeskId = Annotated[PositiveId, BeforeValidator(_id_text)]
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class EventDetail(_Shape):
+    """`detail`: the object the event is about, as ids and a few attributes."""
+
+    id: ZendeskId | None = None
+    role: str | None = Field(None, max_length=64)
+
+
+class EventTransition(_Shape):
+    """`event`: what changed, e.g. `{"current": false, "previous": true}` for active_changed."""
+
+    current: JsonValue = None
+    previous: JsonValue = None
+
+
+class ZendeskEvent(_Shape):
+    """A Zendesk event webhook body, e.g. `zen:event-type:user.created` (CONTRACTS.md,
+    "Webhooks"); other keys are ignored."""
+
+    type: str = Field(max_length=200)
+    subject: str | None = Field(None, max_length=200)
+    time: EventTime | None = None
+    detail: EventDetail = Field(default_factory=EventDetail)
+    event: EventTransition = Field(default_factory=EventTransition)
 
 
 def _parse_timestamp(value: str) -> datetime | None:
@@ -92,36 +135,31 @@ def changes_of(body: bytes, *, end_users_only: bool) -> list[Change]:
     """The changes a verified delivery reports: one per user event, none for other events.
 
     Raises:
-        WebhookMalformed: the body is not a JSON object with an event type and a user id.
+        WebhookRefused: the body is not one bounded Zendesk event, or a user event names no
+            user id; the message names what is wrong, never a value.
     """
-    try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WebhookMalformed("the body is not JSON") from exc
-    if not isinstance(raw, dict):
-        raise WebhookMalformed("the body is not a JSON object")
-    try:
-        event = WebhookEvent.model_validate(raw)
-    except ValidationError as exc:
-        names = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
-        raise WebhookMalformed(f"the event lacks or mistypes: {', '.join(names)}") from None
+    event = read_webhook(body, ZendeskEvent)
     if not event.type.startswith(_USER_EVENT):
         return []  # an organization or ticket event: not a customer change
     user_id = _user_id(event)
     if user_id is None:
-        raise WebhookMalformed("a user event names no user id")
-    role = event.detail.get("role")
-    if end_users_only and isinstance(role, str) and role != "end-user":
+        raise WebhookRefused("a user event names no user id")
+    role = event.detail.role
+    if end_users_only and role is not None and role != "end-user":
         return []
     kind = event.type[len(_USER_EVENT):]
-    deleted = kind == _DELETED or (kind == _ACTIVE_CHANGED and event.event.get("current") is False)
-    return [Change(app_record_id=user_id, kind="delete" if deleted else "upsert",
+    deleted = kind == _DELETED or (kind == _ACTIVE_CHANGED and event.event.current is False)
+    return [Change(app_record_id=str(user_id), kind="delete" if deleted else "upsert",
                    occurred_at=event.time)]
 
 
-def _user_id(event: WebhookEvent) -> str | None:
-    raw = event.detail.get("id")
-    if raw is None and event.subject and event.subject.startswith(_USER_SUBJECT):
-        raw = event.subject[len(_USER_SUBJECT):]
-    text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
-    return text if text.isdigit() and text != "0" else None
+def _user_id(event: ZendeskEvent) -> int | None:
+    """`detail.id`, else the id in `subject` (`zen:user:<id>`); None when neither is one."""
+    if event.detail.id is not None:
+        return event.detail.id
+    if event.subject and event.subject.startswith(_USER_SUBJECT):
+        text = event.subject[len(_USER_SUBJECT):]
+        if text.isascii() and text.isdigit() and len(text) <= _MAX_ID_DIGITS:
+            number = int(text)
+            return number if 0 < number <= _MAX_ID else None
+    return None

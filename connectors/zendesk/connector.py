@@ -55,6 +55,7 @@ from customer_sync.sdk import (
     RecordGone,
     RecordRejected,
     TransientError,
+    WebhookRefused,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -70,11 +71,7 @@ from customer_sync_connectors.zendesk._fields import (
     write_body,
 )
 from customer_sync_connectors.zendesk._staff import Staff
-from customer_sync_connectors.zendesk._webhooks import (
-    WebhookMalformed,
-    changes_of,
-    signature_problem,
-)
+from customer_sync_connectors.zendesk._webhooks import changes_of, signature_problem
 from customer_sync_connectors.zendesk.client import (
     MAX_BULK,
     MAX_SHOW_MANY,
@@ -555,10 +552,15 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         return True
 
     def parse_webhook(self, body: bytes) -> list[Change]:
+        """The changes a verified delivery reports (see `_webhooks.changes_of`).
+
+        Raises:
+            WebhookRefused: the body is not one Zendesk event, or out of bounds.
+        """
         try:
             return changes_of(body, end_users_only=self.settings.end_users_only)
-        except WebhookMalformed as exc:
-            raise self.error(ConnectorError, f"malformed webhook: {exc}",
+        except WebhookRefused as exc:
+            raise self.error(WebhookRefused, f"malformed webhook: {exc}",
                              operation="webhook.parse") from None
 
 

@@ -1,11 +1,11 @@
-"""The shapes of Zendesk Support payloads the connector reads: users, identities, export pages,
-bulk job statuses and webhook events, keeping only the fields we touch.
+"""The shapes of Zendesk Support payloads the connector reads: users, identities, export pages
+and bulk job statuses, keeping only the fields we touch (webhook events are in `_webhooks`).
 
 Field names and types follow Zendesk's OpenAPI description (`UserForAdmin`, `UserIdentity`,
 `CursorBasedExportIncrementalUsersResponse`, `JobStatusObject`; see shared/specs/CONTRACTS.md,
 section 2). Models ignore keys they do not name, so a new vendor field never breaks a sync.
-Two places where Zendesk is looser than its OAS are modelled as it behaves: `email` is null for
-a user without one, and webhook `detail` ids are strings.
+Where Zendesk is looser than its OAS it is modelled as it behaves: `email` is null for a user
+without one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "User",
-    "WebhookEvent",
 ]
 
 
@@ -109,13 +108,3 @@ class JobStatus(_Payload):
     def is_finished(self) -> bool:
         return self.status in ("completed", "failed")
 
-
-class WebhookEvent(_Payload):
-    """A Zendesk event webhook body, e.g. `zen:event-type:user.created` (CONTRACTS.md,
-    "Webhooks"). Ids inside `detail` are strings."""
-
-    type: str
-    subject: str | None = None
-    time: datetime | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
-    event: dict[str, Any] = Field(default_factory=dict)

@@ -4,12 +4,14 @@
 SyncError
 ├── ConfigError            bad settings, mapping or plugin; fail at startup, exit non-zero
 ├── StoreError             the store cannot be reached or migrated
+│   ├── StoreBusy          the store's write lock was not had in time; try again later
 │   └── StoreLocked        another daemon works this store; stop it or use another store
 ├── ConnectorError         carries app, connector, operation, status_code (never a payload)
 │   ├── TransientError     network, timeouts, 5xx; retried by the policy
 │   │   └── RateLimited    429 / quota; carries retry_after_s
 │   ├── AuthError          401/403; park this app, keep the others running
 │   ├── RecordRejected     4xx for one record; skip it, write the reason to the change log
+│   ├── WebhookRefused     a webhook body is malformed or out of bounds; answer 400, store nothing
 │   └── RecordGone         404 on a linked record; treat as a remote delete
 ├── MappingError           a transform or validation failed for one record; skip that field
 └── ConflictParked         the rules could not decide; recorded for review
@@ -28,10 +30,12 @@ __all__ = [
     "RateLimited",
     "RecordGone",
     "RecordRejected",
+    "StoreBusy",
     "StoreError",
     "StoreLocked",
     "SyncError",
     "TransientError",
+    "WebhookRefused",
 ]
 
 
@@ -52,6 +56,14 @@ class ConfigError(SyncError):
 
 class StoreError(SyncError):
     """The store cannot be opened, reached or migrated."""
+
+
+class StoreBusy(StoreError):
+    """Another writer held the store's lock for longer than the caller could wait.
+
+    Nothing was written; the same work succeeds once the lock is free (a webhook delivery is
+    answered 503 with `Retry-After`, so the vendor delivers it again later).
+    """
 
 
 class StoreLocked(StoreError):
@@ -112,6 +124,13 @@ class AuthError(ConnectorError):
 
 class RecordRejected(ConnectorError):
     """The app refused one record (4xx); it is skipped and the reason is logged."""
+
+
+class WebhookRefused(ConnectorError):
+    """A verified webhook delivery whose body is malformed or out of bounds: answered 400.
+
+    The message is a short reason naming what is wrong (a key, a bound), never a value.
+    """
 
 
 class RecordGone(ConnectorError):

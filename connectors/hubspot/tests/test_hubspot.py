@@ -32,6 +32,7 @@ from customer_sync.sdk import (
     Cursor,
     RecordGone,
     RecordRejected,
+    WebhookRefused,
     WriteOp,
     fingerprint,
 )
@@ -921,6 +922,49 @@ def test_a_malformed_delivery_is_a_clear_error(portal: Portal, body: bytes) -> N
     """A body that is not HubSpot's event array raises ConnectorError naming what is wrong."""
     with pytest.raises(ConnectorError, match="webhook"):
         portal.connector().parse_webhook(body)
+
+
+def _event(**fields: Any) -> dict[str, Any]:
+    return {"subscriptionType": "contact.creation", "objectId": 1, **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (json.dumps([_event(objectId=-5)]).encode(), "objectId: greater_than"),
+        (json.dumps([_event(objectId=0)]).encode(), "objectId: greater_than"),
+        (f'[{{"subscriptionType":"contact.creation","objectId":{2**64 + 1}}}]'.encode(), "64 bits"),
+        (b'[{"subscriptionType":"contact.creation","objectId":1e400}]', "float"),
+        (b'[{"subscriptionType":"contact.creation","objectId":1,"occurredAt":Infinity}]',
+         "not JSON"),
+        (json.dumps([_event(occurredAt=10**17)]).encode(), "epoch milliseconds out of range"),
+        (json.dumps([_event(occurredAt=-1)]).encode(), "epoch milliseconds out of range"),
+        (json.dumps([_event(occurredAt="9999-12-31T23:59:59-14:00")]).encode(), "out of range"),
+        (json.dumps([_event(subscriptionType="contact.merge", mergedObjectIds=[3, -4])]).encode(),
+         "mergedObjectIds.1: greater_than"),
+        (json.dumps([_event(objectId=i) for i in range(1, 102)]).encode(), "too_long"),
+        (b"[" * 50_000 + b"]" * 50_000, "nested deeper"),
+        (b'[{"subscriptionType":"contact.creation\xff","objectId":1}]', "not JSON"),
+    ],
+    ids=["negative-id", "zero-id", "id-2**64+1", "id-1e400", "time-infinity", "time-year-3m",
+         "time-negative", "time-year-9999", "negative-merged-id", "101-events", "deep-nesting",
+         "not-utf8"],
+)
+def test_an_out_of_bounds_delivery_is_refused(portal: Portal, body: bytes, reason: str) -> None:
+    """Signed junk (huge or negative ids, non-finite or huge numbers, times out of range, more
+    than 100 events, deep nesting, bytes that are not UTF-8) is a WebhookRefused naming the
+    problem, never another exception."""
+    with pytest.raises(WebhookRefused, match=reason):
+        portal.connector().parse_webhook(body)
+
+
+def test_a_full_batch_of_events_is_read() -> None:
+    """100 events, the batch size HubSpot is quoted to send (UNVERIFIED), fit in one delivery."""
+    body = json.dumps([_event(objectId=i, occurredAt=1764000000000) for i in range(1, 101)])
+    connector = HubSpotConnector(HubSpotSettings(access_token=SecretStr(TOKEN)), app="crm")
+    assert [str(i) for i in range(1, 101)] == [
+        c.app_record_id for c in connector.parse_webhook(body.encode())
+    ]
 
 
 # --------------------------------------------------------------------------- settings, registry

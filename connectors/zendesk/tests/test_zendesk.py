@@ -27,6 +27,7 @@ from customer_sync.sdk import (
     RecordGone,
     RecordRejected,
     TransientError,
+    WebhookRefused,
     WriteOp,
 )
 from customer_sync_connectors.zendesk import ZendeskConnector, ZendeskSettings
@@ -771,6 +772,39 @@ def test_malformed_webhooks_are_a_connector_error(connector: ZendeskConnector,
                                                   body: bytes) -> None:
     """Bodies that are not Zendesk events raise ConnectorError, never a crash."""
     with pytest.raises(ConnectorError, match="malformed webhook"):
+        connector.parse_webhook(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(_event("user.created", "-5"), "detail.id: not an id"),
+     (_event("user.created", "0"), "detail.id: greater_than"),
+     (_event("user.created", "6500000000002", detail={"id": 6500000000002.0}), "detail.id"),
+     (_event("user.created", str(2**64 + 1)), "detail.id"),
+     (_event("user.created", "\u0661\u0662"), "detail.id: not an id"),
+     (_event("user.created", subject=None, detail={"id": None}), "names no user id"),
+     (_event("user.created", subject=f"zen:user:{2**64}", detail={}), "names no user id"),
+     (_event("user.created", time="9999-12-31T23:59:59-14:00"), "time: time out of range"),
+     (_event("user.created", time="0001-01-01T00:00:00+14:00"), "time: time out of range"),
+     (_event("user.created", time="2026-02-30T00:00:00Z"), "time: datetime"),
+     (_event("user.created", time=10**18), "time: datetime"),
+     (_event("user.created").replace(b'"event": {}', b'"event": {"current": 1e400}'), "float"),
+     (_event("user.created").replace(b'"account_id": 1', f'"account_id": {2**64 + 1}'.encode()),
+      "64 bits"),
+     (_event("user.created").replace(b'"event": {}', b'"event": ' + b"[" * 5000 + b"]" * 5000),
+      "nested deeper"),
+     (_event("user.created").replace(b'"event": {}', b'"event": NaN'), "not JSON"),
+     (b'{"type": "zen:event-type:user.created\xff"}', "not JSON")],
+    ids=["negative-id", "zero-id", "float-id", "id-2**64+1", "arabic-digits", "no-id",
+         "subject-id-2**64", "year-9999", "year-1", "no-such-day", "time-huge-number",
+         "1e400", "int-2**64+1", "deep-nesting", "nan", "not-utf8"],
+)
+def test_out_of_bounds_webhooks_are_refused(connector: ZendeskConnector, body: bytes,
+                                             reason: str) -> None:
+    """Signed junk (ids that are not positive 64-bit integers, times out of range, huge or
+    non-finite numbers, deep nesting, bytes that are not UTF-8) is a WebhookRefused naming the
+    problem, never another exception."""
+    with pytest.raises(WebhookRefused, match=reason):
         connector.parse_webhook(body)
 
 

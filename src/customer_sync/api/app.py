@@ -2,8 +2,14 @@
 
 `POST /webhooks/{app}` verifies the delivery's signature through the app's connector and commits
 its changes to the inbox *before* answering 2xx, so an acknowledged webhook is never lost; the
-engine processes the inbox on its own schedule. Bodies are capped, and every refusal is a clear
-status: 401 (signature), 404 (no such app), 400 (malformed), 413 (too large).
+engine processes the inbox on its own schedule (`engine/webhooks.py`). Every refusal is a clear
+status, and bad input is never a 5xx (a 5xx makes the vendor retry forever): 401 (signature),
+404 (no such app), 400 (malformed or out of bounds, with a short reason), 413 (body over
+`MAX_BODY_BYTES`, refused while it streams in, so no more than that is ever held), and 503 with
+`Retry-After` when the store is busy (the vendor delivers again later; nothing was written).
+
+`/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
+way intake uses it, with the same short lock wait, and says why it is not ready.
 """
 
 from __future__ import annotations
@@ -12,22 +18,45 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select, text
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from customer_sync.errors import AuthError, ConnectorError
-from customer_sync.store.tables import AppState
+from customer_sync.engine.webhooks import parked_apps
+from customer_sync.errors import AuthError, ConnectorError, StoreBusy, StoreError
+from customer_sync.sdk.http import redact_text
 
 if TYPE_CHECKING:
     from customer_sync.engine.runner import Engine
 
-__all__ = ["MAX_BODY_BYTES", "create_app", "serve"]
+__all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_S", "create_app", "serve"]
 
 log = structlog.get_logger("customer_sync.api")
 MAX_BODY_BYTES = 1_000_000
+#: What a 503 asks the vendor to wait before delivering again. A store busy past the intake's
+#: short lock wait is usually busy for seconds (a migration, a backup, another replica's batch).
+RETRY_AFTER_S = 10
+
+
+class _BodyTooLarge(Exception):
+    """The body grew past the cap while it streamed in."""
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    """The request body, read as it streams in and given up on past `cap` bytes, so that no
+    more than `cap` plus one received chunk is ever held.
+
+    Raises:
+        _BodyTooLarge: the body is longer than `cap`.
+        ClientDisconnect: the client went away before the body was complete.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise _BodyTooLarge
+    return bytes(body)
 
 
 def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
@@ -38,26 +67,39 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
             exact URL a vendor signed. Default: the URL the request arrived on.
     """
 
-    async def webhook(request: Request) -> JSONResponse:
+    async def webhook(request: Request) -> Response:
         app = request.path_params["app"]
         if app not in engine.apps:
             return JSONResponse({"error": "no such app"}, status_code=404)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return _too_large(app)
+        try:
+            body = await _read_body(request, MAX_BODY_BYTES)
+        except _BodyTooLarge:
+            return _too_large(app)
+        except ClientDisconnect:
+            # Not an error of ours: the vendor will deliver again. Nobody reads this answer.
+            log.info("webhook.client_disconnected", app=app)
+            return Response(status_code=400)
         url = str(request.url)
         if public_url:
             url = public_url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             count = await engine.accept_webhook(app, dict(request.headers), body, url=url, method=request.method)
         except AuthError:
+            log.warning("webhook.rejected", app=app, status_code=401, reason="bad signature")
             return JSONResponse({"error": "signature rejected"}, status_code=401)
         except ConnectorError as exc:
-            log.warning("webhook.rejected", app=app, reason=type(exc).__name__)
-            return JSONResponse({"error": "malformed delivery"}, status_code=400)
+            # the error's own message (no app, connector suffix): a short reason, never a value
+            reason = redact_text(str(exc.args[0]) if exc.args else type(exc).__name__)[:200]
+            log.warning("webhook.rejected", app=app, status_code=400, reason=reason)
+            return JSONResponse({"error": "malformed delivery", "reason": reason}, status_code=400)
+        except StoreError as exc:
+            busy = isinstance(exc, StoreBusy)
+            log.warning("webhook.deferred", app=app, status_code=503, reason=str(exc))
+            return JSONResponse({"error": "store busy" if busy else "store unavailable"},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         log.info("webhook.accepted", app=app, count=count)
         return JSONResponse({"accepted": count})
 
@@ -66,9 +108,13 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         try:
-            parked = await asyncio.to_thread(_parked_apps, engine)
-        except Exception as exc:  # the store is unreachable: not ready, say why in one word
-            return JSONResponse({"status": "store unreachable", "error": type(exc).__name__}, status_code=503)
+            parked = await parked_apps(engine)
+        except StoreBusy as exc:
+            return JSONResponse({"status": "store busy", "reason": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        except StoreError as exc:  # the store is unreachable: not ready, say why
+            return JSONResponse({"status": "store unreachable", "reason": str(exc)},
+                                status_code=503)
         failed = sorted(set(engine.unopened) | set(parked))
         status = 200 if not failed else 503
         return JSONResponse({"status": "ready" if not failed else "degraded", "failed_apps": failed},
@@ -81,11 +127,9 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
     ])
 
 
-def _parked_apps(engine: Engine) -> list[str]:
-    state = AppState.__table__
-    with engine.store.transaction() as conn:
-        conn.execute(text("select 1"))
-        return list(conn.execute(select(state.c.app).where(state.c.parked.is_(True))).scalars())
+def _too_large(app: str) -> JSONResponse:
+    log.warning("webhook.rejected", app=app, status_code=413, reason="body too large")
+    return JSONResponse({"error": "body too large"}, status_code=413)
 
 
 async def serve(engine: Engine, listen: str, stop: asyncio.Event, *, public_url: str | None = None) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
+from customer_sync.engine import webhooks
 from customer_sync.engine._list_worker import ListSpec
 from customer_sync.engine.dispatch import DispatchStats, creating_apps, dispatch_app, ready_writes
 from customer_sync.engine.dry_run import dry_run
@@ -256,17 +257,9 @@ class Engine:
     async def accept_webhook(
         self, app: str, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
     ) -> int:
-        """Verify a webhook delivery and store its changes in the inbox; returns how many.
-
-        The inbox commit happens before this returns, so the caller's 2xx means durable.
-
-        Raises:
-            ConnectorError: the app is unknown, takes no webhooks, or the body is malformed.
-            AuthError: the signature does not verify (or is stale).
-        """
-        from customer_sync.engine.webhooks import accept_webhook
-
-        count = await accept_webhook(self, app, headers, body, url=url, method=method)
+        """Verify a webhook delivery and commit its changes to the inbox (see `engine.webhooks`);
+        the daemon then runs a round soon instead of at its next tick."""
+        count = await webhooks.accept_webhook(self, app, headers, body, url=url, method=method)
         self.notify()
         return count
 

@@ -15,6 +15,16 @@ from customer_sync.errors import (
     RecordGone,
     RecordRejected,
     TransientError,
+    WebhookRefused,
+)
+from customer_sync.sdk._bounded_json import (
+    EARLIEST_EVENT_AT,
+    LATEST_EVENT_AT,
+    EventTime,
+    JsonLimits,
+    PositiveId,
+    read_json,
+    read_webhook,
 )
 from customer_sync.sdk.connector import (
     AppRecord,
@@ -50,6 +60,8 @@ from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_p
 
 __all__ = [
     "DEFAULT_ERROR_TABLE",
+    "EARLIEST_EVENT_AT",
+    "LATEST_EVENT_AT",
     "ApiClient",
     "AppRecord",
     "AuthError",
@@ -64,18 +76,22 @@ __all__ = [
     "Cursor",
     "CursorPaginator",
     "ErrorTable",
+    "EventTime",
     "FullJitterBackoff",
+    "JsonLimits",
     "Limiter",
     "LimiterGate",
     "LinkPaginator",
     "MultiLimiter",
     "OffsetPaginator",
+    "PositiveId",
     "RateLimited",
     "RateLimiter",
     "RecordGone",
     "RecordRejected",
     "StopBeforeBudget",
     "TransientError",
+    "WebhookRefused",
     "WriteOp",
     "WriteOutcome",
     "WriteReceipt",
@@ -86,6 +102,8 @@ __all__ = [
     "fingerprint",
     "json_body",
     "parse_retry_after",
+    "read_json",
+    "read_webhook",
     "redact_text",
     "retry_policy",
 ]

@@ -306,8 +306,14 @@ class Connector(Generic[S]):
     def parse_webhook(self, body: bytes) -> list[Change]:
         """Turn a verified webhook body into change notifications (Capability.WEBHOOKS).
 
+        Read the body with `read_webhook(body, shape)` into a pydantic shape of the vendor's
+        event (ids as `PositiveId`, times as `EventTime`, the event list with a `max_length`):
+        it bounds depth, size and numbers, and refuses everything else with `WebhookRefused`.
+        Let no other exception escape: the daemon answers `WebhookRefused` with 400, and an
+        unexpected error with 500, which makes the vendor retry the same body forever.
+
         Raises:
-            ConnectorError: the body is malformed.
+            WebhookRefused: the body is malformed or out of bounds.
         """
         raise NotImplementedError
 

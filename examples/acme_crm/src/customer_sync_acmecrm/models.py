@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from customer_sync.sdk import EventTime
 
 __all__ = ["BatchAnswer", "Contact", "ContactPage", "ItemError", "WebhookBody"]
 
@@ -51,10 +53,11 @@ class BatchAnswer(BaseModel):
 
 
 class WebhookEvent(BaseModel):
-    type: str
-    contact_id: str
-    occurred_at: datetime
+    type: str = Field(max_length=100)
+    contact_id: str = Field(min_length=1, max_length=64)
+    occurred_at: EventTime  # aware UTC, 1970 to 2099: a far-off date would overflow later
 
 
 class WebhookBody(BaseModel):
-    events: list[WebhookEvent]
+    # AcmeCRM documents no batch size; a delivery longer than this is refused, not stored.
+    events: list[WebhookEvent] = Field(max_length=100)
