@@ -47,9 +47,19 @@ from customer_sync.sdk.pagination import (
 )
 from customer_sync.sdk.ratelimit import Limiter, LimiterGate, MultiLimiter, RateLimiter, collecting, defer_to
 from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_policy
+from customer_sync.sdk.settings import (
+    ALLOW_PRIVATE_URLS,
+    MAX_WEBHOOK_AGE_S,
+    VendorUrl,
+    WebhookMaxAge,
+    check_vendor_url,
+    check_webhook_max_age,
+)
 
 __all__ = [
+    "ALLOW_PRIVATE_URLS",
     "DEFAULT_ERROR_TABLE",
+    "MAX_WEBHOOK_AGE_S",
     "ApiClient",
     "AppRecord",
     "AuthError",
@@ -76,9 +86,13 @@ __all__ = [
     "RecordRejected",
     "StopBeforeBudget",
     "TransientError",
+    "VendorUrl",
+    "WebhookMaxAge",
     "WriteOp",
     "WriteOutcome",
     "WriteReceipt",
+    "check_vendor_url",
+    "check_webhook_max_age",
     "classify_response",
     "classify_transport_error",
     "collecting",
