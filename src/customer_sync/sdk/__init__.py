@@ -46,7 +46,14 @@ from customer_sync.sdk.pagination import (
     OffsetPaginator,
 )
 from customer_sync.sdk.ratelimit import Limiter, LimiterGate, MultiLimiter, RateLimiter, collecting, defer_to
-from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_policy
+from customer_sync.sdk.retry import (
+    DEFAULT_MAX_RETRY_AFTER_S,
+    FullJitterBackoff,
+    RetryTransient,
+    StopBeforeBudget,
+    is_beyond_retry_cap,
+    retry_policy,
+)
 from customer_sync.sdk.settings import (
     ALLOW_PRIVATE_URLS,
     MAX_WEBHOOK_AGE_S,
@@ -59,6 +66,7 @@ from customer_sync.sdk.settings import (
 __all__ = [
     "ALLOW_PRIVATE_URLS",
     "DEFAULT_ERROR_TABLE",
+    "DEFAULT_MAX_RETRY_AFTER_S",
     "MAX_WEBHOOK_AGE_S",
     "ApiClient",
     "AppRecord",
@@ -84,6 +92,7 @@ __all__ = [
     "RateLimiter",
     "RecordGone",
     "RecordRejected",
+    "RetryTransient",
     "StopBeforeBudget",
     "TransientError",
     "VendorUrl",
@@ -98,6 +107,7 @@ __all__ = [
     "collecting",
     "defer_to",
     "fingerprint",
+    "is_beyond_retry_cap",
     "json_body",
     "parse_retry_after",
     "redact_text",
