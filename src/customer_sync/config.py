@@ -39,6 +39,7 @@ from customer_sync.mapping.compile import AppMapping, Direction, compile_mapping
 from customer_sync.mapping.filters import OPS, Filter, compile_filter
 from customer_sync.sdk.connector import Connector, ConnectorSettings
 from customer_sync.sdk.registry import load_connector
+from customer_sync.sdk.retry import DEFAULT_MAX_RETRY_AFTER_S
 from customer_sync.sdk.settings import ALLOW_PRIVATE_URLS
 
 __all__ = [
@@ -146,6 +147,10 @@ class DaemonConfig(_Block):
         description="list apps whose connector allows it in a worker process; default on when "
                     "there is a normalizing worker",
     )
+    max_retry_after_s: float = Field(
+        DEFAULT_MAX_RETRY_AFTER_S, gt=0,
+        description="longest vendor Retry-After a call waits for; a longer one parks the app",
+    )
 
 
 class Condition(_Block):
@@ -171,6 +176,7 @@ class AppConfig(_Block):
     allow_private_urls: bool = Field(
         False, description="let connector URLs point at link-local or cloud metadata addresses"
     )
+    max_retry_after_s: float | None = Field(None, gt=0)  # None: [daemon]'s
 
 
 class FieldRule(_Block):
@@ -248,13 +254,17 @@ class AppRuntime:
     connector_settings: ConnectorSettings
     mapping: AppMapping
     filter: Filter
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S  # the app's, else [daemon]'s
 
     @property
     def poll_interval_s(self) -> float | None:
         return self.config.poll_interval_s
 
     def make_connector(self) -> Connector:  # type: ignore[type-arg]
-        return self.connector_cls(self.connector_settings, app=self.name)
+        """A new connector for this app, with its settings and its `max_retry_after_s`."""
+        connector = self.connector_cls(self.connector_settings, app=self.name)
+        connector.max_retry_after_s = self.max_retry_after_s
+        return connector
 
 
 @dataclass(frozen=True)
@@ -513,7 +523,11 @@ def _compile_app(
     problems += flt_problems
     if map_problems or flt_problems or loose:
         return None
-    return AppRuntime(name, app, cls, conn_settings, mapping, flt)
+    max_retry_after_s = (
+        app.max_retry_after_s if app.max_retry_after_s is not None
+        else settings.daemon.max_retry_after_s
+    )
+    return AppRuntime(name, app, cls, conn_settings, mapping, flt, max_retry_after_s)
 
 
 def _check_conflicts(settings: Settings) -> list[str]:

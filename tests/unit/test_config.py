@@ -760,3 +760,64 @@ def test_webhook_max_age_of_a_year_is_refused(data: dict[str, Any], env: dict[st
         f"{FILE}: apps.crm.settings.webhook_max_age_s: at most 3600 s: a captured delivery can "
         "be replayed for as long as it is accepted (HubSpot's own SDK accepts 300 s)"
     ] == _problems(data, env=env)
+
+
+# -- max_retry_after_s: the longest vendor Retry-After an app's calls wait for -----------------
+
+
+def test_max_retry_after_defaults_to_fifteen_minutes() -> None:
+    """Without the key, every app's connector is built with a 900 s cap."""
+    config = load_config(FILE, data=_two_apps(), env={}, connectors=CONNECTORS)
+
+    assert 900.0 == config.daemon.max_retry_after_s
+    assert [900.0, 900.0] == [rt.make_connector().max_retry_after_s for rt in config.apps.values()]
+
+
+def test_max_retry_after_comes_from_the_daemon_table_and_the_app_overrides_it() -> None:
+    """`[daemon] max_retry_after_s` is every app's cap unless `[apps.NAME]` sets its own."""
+    data = _two_apps(daemon={"max_retry_after_s": 120})
+    data["apps"]["crm"]["max_retry_after_s"] = 30
+
+    config = load_config(FILE, data=data, env={}, connectors=CONNECTORS)
+
+    assert {"crm": 30.0, "shop": 120.0} == {
+        name: rt.make_connector().max_retry_after_s for name, rt in config.apps.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [(_two_apps(daemon={"max_retry_after_s": 0}), "daemon.max_retry_after_s"),
+     (_with_crm(max_retry_after_s=-5), "apps.crm.max_retry_after_s")],
+    ids=["daemon", "app"],
+)
+def test_max_retry_after_of_zero_or_less_is_refused(data: dict[str, Any], key: str) -> None:
+    """A cap of zero or less is refused where it is written."""
+    assert [f"{FILE}: {key}: Input should be greater than 0"] == _problems(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "client_of"),
+    [
+        (_without_none(_with_hubspot()), HS_TOKEN, lambda c: c.client.api),
+        (_without_none(_with_zendesk()), ZD_TOKEN, lambda c: c.http),
+    ],
+    ids=["hubspot", "zendesk"],
+)
+async def test_max_retry_after_from_the_toml_reaches_the_connectors_http_client(
+    tmp_path: Path, data: dict[str, Any], env: dict[str, str], client_of: Any
+) -> None:
+    """The cap written in config.toml is what the opened connector's ApiClient enforces."""
+    app = data["apps"]["crm"]
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[daemon]\nmax_retry_after_s = 60\n\n[apps.crm]\nmax_retry_after_s = 45\n"
+        f'connector = "{app["connector"]}"\n[apps.crm.settings]\n'
+        + "".join(f'{k} = "{v}"\n' for k, v in app["settings"].items())
+        + '\n[apps.shop]\nconnector = "fake"\nfields = { email = "mail" }\n',
+        encoding="utf-8",
+    )
+
+    config = load_config(path, env=env, connectors=CONNECTORS)
+    async with config.apps["crm"].make_connector() as connector:
+        assert 45.0 == client_of(connector).max_retry_after_s

@@ -192,6 +192,9 @@ class Connector(Generic[S]):
     object_types: ClassVar[tuple[str, ...]] = ("contact",)
     batch_size: ClassVar[int] = 100
     lists_in_worker: ClassVar[bool] = False
+    #: Longest vendor `Retry-After` waited for (s); longer ones raise `RateLimited` at once. Set
+    #: per app from `max_retry_after_s` in config.toml; pass it to `ApiClient` in `open`.
+    max_retry_after_s: float = 900.0
 
     def __init__(self, settings: S, *, app: str) -> None:
         import structlog

@@ -115,6 +115,7 @@ class AcmeCrmConnector(Connector[AcmeCrmSettings]):
             base_url=s.base_url,
             auth_headers={"Authorization": f"Bearer {s.api_token.get_secret_value()}"},
             limiter=RateLimiter(calls, s.rate_limit_window_s),
+            max_retry_after_s=self.max_retry_after_s,
             transport=self._transport,
         )
 
