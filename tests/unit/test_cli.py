@@ -294,7 +294,8 @@ NEWLY_REFUSED = [
                  "apps.hs.settings.base_url", id="3-metadata-address"),
     pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\ndefault_region = "XX"\n'),
                  "daemon.default_region", id="4-unknown-region"),
-    pytest.param(lambda t: t.replace('on_delete = "unlink"', 'on_delete = "unlink"\nenabled = "yes"'),
+    pytest.param(lambda t: t.replace('on_delete = "unlink"',
+                                     'on_delete = "unlink"\nenabled = "yes"'),
                  "apps.a.enabled", id="5-string-boolean"),
     pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\nlisten = "8080"\n'),
                  "daemon.listen", id="6-listen-not-host-port"),
@@ -312,8 +313,7 @@ NEWLY_REFUSED = [
 def test_a_value_that_cannot_work_is_refused_by_check_and_run_naming_its_key(
     setup: Setup, monkeypatch: pytest.MonkeyPatch, edit: Any, key: str, command: list[str]
 ) -> None:
-    """`check` and `run` refuse each such value with exit 2 and one line naming its key, and
-    `run` starts nothing (no store is created)."""
+    """`check` and `run` exit 2 with one line naming the key, and create no store."""
     monkeypatch.setenv("CS_TEST_HS_TOKEN", "hs-token-for-tests")
     setup.config.write_text(edit(setup.config.read_text()))
 

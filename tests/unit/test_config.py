@@ -566,8 +566,7 @@ def _without_none(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_app_field_mapped_by_two_canonical_fields_is_refused() -> None:
-    """Case 1: one app field named by two canonical fields is refused on the second key, even
-    when that one only writes (`to_app`): the two would overwrite each other every pass."""
+    """An app field mapped again, even `to_app` only, is refused on the second key."""
     data = _with_crm(fields={
         "email": "contact",
         "other_emails": {"field": "contact", "direction": "to_app"},
@@ -580,8 +579,7 @@ def test_app_field_mapped_by_two_canonical_fields_is_refused() -> None:
 
 
 def test_vendor_base_url_that_is_no_url_is_refused() -> None:
-    """Case 2: `base_url = "not a url"` on a vendor connector is refused at load, naming the
-    setting, instead of being retried as a network failure at every request."""
+    """`base_url = "not a url"` on a vendor connector is refused at load, naming the key."""
     data = _without_none(_with_hubspot(base_url="not a url"))
 
     assert [
@@ -597,8 +595,7 @@ def test_vendor_base_url_that_is_no_url_is_refused() -> None:
     ids=["IPv4 metadata", "IPv6 link-local", "AWS IPv6 metadata", "GCP metadata name"],
 )
 def test_metadata_address_as_vendor_url_is_refused_unless_the_app_allows_it(url: str) -> None:
-    """Case 3: a link-local or cloud metadata base URL is refused, naming the setting and the
-    key that allows it; with `allow_private_urls = true` on the app it loads."""
+    """A metadata base URL is refused naming the key, and loads with allow_private_urls."""
     data = _without_none(_with_hubspot(base_url=url))
 
     problems = _problems(data, env=HS_TOKEN)
@@ -634,7 +631,7 @@ def test_loopback_vendor_url_loads_without_allow_private_urls(url: str) -> None:
     ids=["daemon", "app"],
 )
 def test_unknown_default_region_is_refused(data: dict[str, Any], key: str) -> None:
-    """Case 4: a `default_region` phonenumbers does not know is refused where it is written."""
+    """A `default_region` phonenumbers does not know is refused where it is written."""
     assert [
         f"{FILE}: {key}: 'XX' is not a phone region; write an ISO 3166-1 alpha-2 code such "
         "as US or DE"
@@ -651,8 +648,7 @@ def test_known_default_region_loads_in_upper_case() -> None:
 
 
 def test_boolean_written_as_a_string_is_refused() -> None:
-    """Case 5: `enabled = "yes"` is refused (booleans in the file are TOML booleans), with no
-    second line from the lax parse."""
+    """`enabled = "yes"` is refused in one line: booleans in the file are TOML booleans."""
     assert [
         f"{FILE}: apps.crm.enabled: must be true or false (a TOML boolean, no quotes), "
         "not a string"
@@ -682,8 +678,7 @@ def test_boolean_not_written_as_a_toml_boolean_is_refused_everywhere(
 def test_boolean_from_the_environment_is_still_read_from_text(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Environment values are text by nature: CUSTOMER_SYNC_DAEMON__REDACT_LOGS=false and a
-    `${VAR}` reference in a connector's boolean setting still load."""
+    """A boolean from an env variable or a `${VAR}` reference is still read from its text."""
     monkeypatch.setenv("CUSTOMER_SYNC_DAEMON__REDACT_LOGS", "false")
     data = _without_none(_with_hubspot(field_history="${HS_HISTORY}"))
 
@@ -691,8 +686,9 @@ def test_boolean_from_the_environment_is_still_read_from_text(
         FILE, data=data, env={**HS_TOKEN, "HS_HISTORY": "false"}, connectors=CONNECTORS
     )
 
+    settings: Any = config.apps["crm"].connector_settings
     assert config.daemon.redact_logs is False
-    assert config.apps["crm"].connector_settings.field_history is False  # type: ignore[attr-defined]
+    assert settings.field_history is False
 
 
 @pytest.mark.parametrize(
@@ -717,8 +713,7 @@ def test_boolean_from_the_environment_is_still_read_from_text(
 def test_public_url_or_listen_that_cannot_be_used_is_refused(
     daemon: dict[str, Any], expected: str
 ) -> None:
-    """Case 6: a `public_url` that is no http(s) base URL, or a `listen` that is no host:port
-    address, is refused at load instead of crashing the API server at `run`."""
+    """A `public_url` that is no http(s) base URL or a `listen` that is no HOST:PORT is refused."""
     assert [f"{FILE}: {expected}"] == _problems(_two_apps(daemon=daemon))
 
 
@@ -737,7 +732,7 @@ def test_listen_address_loads_as_the_api_server_splits_it(listen: str, expected:
 
 
 def test_unknown_store_scheme_is_refused_naming_the_key() -> None:
-    """Case 7: a `store_url` on a store customer-sync does not support names daemon.store_url."""
+    """A `store_url` on a store customer-sync does not support names daemon.store_url."""
     data = _two_apps(daemon={"store_url": "mysql://sync@db/sync"})
 
     assert [
@@ -755,7 +750,7 @@ def test_unknown_store_scheme_is_refused_naming_the_key() -> None:
     ids=["hubspot", "zendesk"],
 )
 def test_webhook_max_age_of_a_year_is_refused(data: dict[str, Any], env: dict[str, str]) -> None:
-    """Case 8: `webhook_max_age_s` of a year is refused, naming the setting and the bound."""
+    """`webhook_max_age_s` of a year is refused, naming the setting and the bound."""
     assert [
         f"{FILE}: apps.crm.settings.webhook_max_age_s: at most 3600 s: a captured delivery can "
         "be replayed for as long as it is accepted (HubSpot's own SDK accepts 300 s)"

@@ -168,8 +168,7 @@ async def test_429_asking_to_wait_a_day_raises_rate_limited_at_once(
     client: ApiClient, api_mock: respx.MockRouter, limiter: SpyLimiter, clock: FakeClock,
     method: str,
 ) -> None:
-    """A 429 with Retry-After: 86400 is raised after one request, with nothing slept, carrying
-    the vendor's full wait; the limiter is paused for the cap (900 s), not for a day."""
+    """Retry-After: 86400 raises RateLimited(86400) at once; the limiter pauses 900 s only."""
     route = api_mock.route(method=method, path=CONTACTS).respond(
         429, headers={"Retry-After": "86400"}
     )
@@ -187,8 +186,7 @@ async def test_429_asking_to_wait_a_day_raises_rate_limited_at_once(
 async def test_a_day_long_429_pauses_a_real_limiter_for_the_cap_only(
     api_mock: respx.MockRouter, clock: FakeClock
 ) -> None:
-    """After a day-long 429, the app's next call waits out the configured cap (60 s here), and
-    the cap holds even over a retry policy generous enough to wait the day."""
+    """After a day-long 429 the app's next call waits the cap, even under a generous policy."""
     limiter = RateLimiter(100, 10.0, clock=clock, sleep=clock.sleep)
     generous = retry_policy(max_total_s=10 * A_DAY_S, max_retry_after_s=10 * A_DAY_S,
                             sleep=clock.sleep)
@@ -220,8 +218,7 @@ async def test_429_asking_to_wait_5_s_still_waits_and_retries(
 async def test_429_asking_for_exactly_the_cap_is_waited_for(
     api_mock: respx.MockRouter, limiter: SpyLimiter, clock: FakeClock
 ) -> None:
-    """The cap is the longest wait honoured: a Retry-After equal to it is still waited for
-    (with a time budget that allows it) and retried."""
+    """A Retry-After equal to the cap is still waited for and retried."""
     api_mock.get("/x").mock(
         side_effect=[httpx.Response(429, headers={"Retry-After": "60"}), httpx.Response(200)]
     )

@@ -154,8 +154,7 @@ def test_unparseable_retry_after_is_none() -> None:
 
 @pytest.mark.parametrize("value", ["inf", "Infinity", "nan", "-inf"], ids=str)
 def test_retry_after_that_is_not_a_finite_number_is_none(value: str) -> None:
-    """`Retry-After: inf` is no wait at all (RFC 9110 allows digits only): an infinite pause
-    would stop the app for good and leave no time to resume at."""
+    """`Retry-After: inf` (or nan) gives no wait: an infinite pause would never end."""
     assert parse_retry_after(_response(429, headers={"Retry-After": value})) is None
 
 

@@ -60,8 +60,7 @@ def test_vendor_url_refuses_what_is_not_an_http_url_with_a_host(url: str) -> Non
          "IPv4-mapped IPv6"],
 )
 def test_vendor_url_refuses_link_local_and_metadata_addresses(url: str) -> None:
-    """A base URL at a link-local or cloud metadata address is refused, and the error says how
-    to allow it."""
+    """A link-local or metadata base URL is refused with the key that would allow it."""
     with pytest.raises(ValueError, match="allow_private_urls = true"):
         check_vendor_url(url)
 
@@ -73,8 +72,7 @@ def test_vendor_url_refuses_link_local_and_metadata_addresses(url: str) -> None:
     ids=["loopback", "localhost", "IPv6 loopback", "private network", "HubSpot", "Zendesk"],
 )
 def test_vendor_url_allows_loopback_private_and_public_hosts(url: str) -> None:
-    """Simulators on loopback, self-hosted vendors on a private network and vendors on the
-    internet all pass, unchanged."""
+    """Loopback, private-network and internet vendor URLs pass unchanged (but stripped)."""
     assert url == check_vendor_url(f"  {url} ")
 
 
@@ -86,8 +84,7 @@ def test_vendor_url_allows_a_metadata_address_when_the_app_allows_private_urls()
 
 
 def test_settings_model_reads_the_allow_flag_from_the_validation_context() -> None:
-    """In a settings model the flag comes from the validation context the config loader sets;
-    without it a metadata address is refused."""
+    """In a settings model, only the validation context's flag lets a metadata address in."""
     data = {"base_url": "http://169.254.169.254"}
 
     with pytest.raises(ValidationError) as info:
