@@ -156,6 +156,9 @@ class HubSpotConnector(Connector[HubSpotSettings]):
             clock=self._clock,
             sleep=self._sleep,
         )
+        # The app's cap on a vendor's Retry-After (config `max_retry_after_s`): longer waits
+        # are raised at once for the engine to park the app, not slept on.
+        self._client.api.max_retry_after_s = self.max_retry_after_s
 
     async def close(self) -> None:
         """Close the HTTP client."""

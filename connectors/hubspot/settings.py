@@ -11,7 +11,7 @@ from importlib import resources
 
 from pydantic import Field, SecretStr, field_validator
 
-from customer_sync.sdk import ConnectorSettings
+from customer_sync.sdk import ConnectorSettings, VendorUrl, WebhookMaxAge
 
 __all__ = ["DEFAULT_PROPERTIES", "HubSpotSettings"]
 
@@ -34,7 +34,8 @@ class HubSpotSettings(ConnectorSettings):
     """One `[apps.NAME.settings]` block of the `hubspot` connector.
 
     Attributes:
-        base_url: HubSpot's API root (the spec's `servers` URL).
+        base_url: HubSpot's API root (the spec's `servers` URL); http(s), and no link-local or
+            metadata address unless the app sets `allow_private_urls`.
         access_token: a private app's access token (`${HUBSPOT_TOKEN}`), sent as a Bearer token.
         app_secret: the app's client secret, which signs webhooks (v3); without it every
             webhook delivery is refused.
@@ -52,7 +53,7 @@ class HubSpotSettings(ConnectorSettings):
         lookback_s: every incremental listing re-reads this many seconds before its cursor,
             for contacts that reach the search index late with an older modified time.
         webhook_max_age_s: deliveries signed longer ago than this are refused (HubSpot's SDK
-            uses 300 s).
+            uses 300 s; at most an hour, `MAX_WEBHOOK_AGE_S`).
         id_property: the internal name of a custom contact property with unique values that
             the operator created in HubSpot for customer-sync (e.g. `customer_sync_id`). When
             set, a contact without an email is created by batch/upsert keyed by that property,
@@ -61,7 +62,7 @@ class HubSpotSettings(ConnectorSettings):
             looked for through search (best effort). See docs/connectors.md, "HubSpot".
     """
 
-    base_url: str = "https://api.hubapi.com"
+    base_url: VendorUrl = "https://api.hubapi.com"
     access_token: SecretStr
     app_secret: SecretStr | None = None
     properties: list[str] = Field(default_factory=lambda: list(DEFAULT_PROPERTIES), min_length=1)
@@ -72,7 +73,7 @@ class HubSpotSettings(ConnectorSettings):
     search_per_s: float = Field(4, gt=0)
     field_history: bool = True
     lookback_s: float = Field(2, ge=0)
-    webhook_max_age_s: float = Field(300, gt=0)
+    webhook_max_age_s: WebhookMaxAge = 300.0
     id_property: str | None = None
 
     @field_validator("properties")

@@ -141,6 +141,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             app=self.app, connector=self.name, base_url=s.base_url,
             auth_headers=s.auth_headers(), timeout_s=s.timeout_s, limiter=account,
             retry=retry_policy(sleep=self._sleep), transport=self._transport,
+            max_retry_after_s=self.max_retry_after_s,
         )
         self._api = ZendeskClient(self.http, export_limiter=MultiLimiter(account, export))
 

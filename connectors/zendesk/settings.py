@@ -11,7 +11,7 @@ import base64
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from customer_sync.sdk import ConnectorSettings
+from customer_sync.sdk import ConnectorSettings, VendorUrl, WebhookMaxAge
 
 __all__ = ["ZendeskSettings"]
 
@@ -20,7 +20,8 @@ class ZendeskSettings(ConnectorSettings):
     """One `[apps.NAME.settings]` block of the `zendesk` connector.
 
     Attributes:
-        base_url: the account's API root, `https://SUBDOMAIN.zendesk.com`.
+        base_url: the account's API root, `https://SUBDOMAIN.zendesk.com`; no link-local or
+            metadata address unless the app sets `allow_private_urls`.
         email: the agent (admin) email that API-token auth is sent as.
         api_token: an API token (`{email}/token:{api_token}` Basic auth); or
         oauth_token: an OAuth access token (Bearer). Exactly one of the two.
@@ -34,7 +35,8 @@ class ZendeskSettings(ConnectorSettings):
             Zendesk counts arrivals and we count departures.
         job_poll_interval_s, job_timeout_s: how often, and how long, a bulk job is polled.
         end_users_only: list, read and search end users only.
-        webhook_max_age_s: deliveries signed longer ago (or further ahead) are refused.
+        webhook_max_age_s: deliveries signed longer ago (or further ahead) are refused; at most
+            an hour (`MAX_WEBHOOK_AGE_S`).
         fetch_identities: read extra emails and phones, one request per live end user listed
             or read, unless Zendesk side-loads them (`sideload_identities`).
         sideload_identities: ask the export and show_many for `include=identities`. The
@@ -45,7 +47,7 @@ class ZendeskSettings(ConnectorSettings):
         timeout_s: timeout of each HTTP attempt.
     """
 
-    base_url: str
+    base_url: VendorUrl
     email: str | None = None
     api_token: SecretStr | None = None
     oauth_token: SecretStr | None = None
@@ -58,7 +60,7 @@ class ZendeskSettings(ConnectorSettings):
     job_poll_interval_s: float = Field(2.0, ge=0)
     job_timeout_s: float = Field(300.0, gt=0)
     end_users_only: bool = True
-    webhook_max_age_s: float = Field(300.0, gt=0)
+    webhook_max_age_s: WebhookMaxAge = 300.0
     fetch_identities: bool = True
     sideload_identities: bool = True
     identity_concurrency: int = Field(8, ge=1, le=64)

@@ -6,29 +6,41 @@ the file only as `${ENV_VAR}` references, resolved from the environment at load 
 field written literally is an error. `load_config` returns a `Config`: the validated settings
 plus each app's compiled field map, filter and connector settings. Every problem is reported at
 once, one line each: `FILE: key.path: what is wrong`.
+
+Values are checked for what they will be used as, so that `check` refuses what `run` would
+trip over: the store URL's scheme, the listen address, URLs, phone regions, and connector
+settings through their own types (`sdk.VendorUrl` refuses a link-local or cloud metadata
+address unless the app sets `allow_private_urls`). Booleans written in the file must be TOML
+booleans: `enabled = "yes"` is an error, not a truthy string.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+import httpx
+import phonenumbers
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from customer_sync.canonical import CUSTOM_TYPES, NormalizeContext, field_spec
-from customer_sync.errors import ConfigError
+from customer_sync.errors import ConfigError, StoreError
 from customer_sync.mapping.compile import AppMapping, Direction, compile_mapping
 from customer_sync.mapping.filters import OPS, Filter, compile_filter
 from customer_sync.sdk.connector import Connector, ConnectorSettings
 from customer_sync.sdk.registry import load_connector
+from customer_sync.sdk.retry import DEFAULT_MAX_RETRY_AFTER_S
+from customer_sync.sdk.settings import ALLOW_PRIVATE_URLS
 
 __all__ = [
     "AppConfig",
@@ -50,17 +62,80 @@ class _Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# "001" is phonenumbers' non-geographic pseudo-region: no national number is read in it.
+_PHONE_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_region(value: str) -> str:
+    code = value.strip().upper()
+    if code not in _PHONE_REGIONS:
+        raise ValueError(
+            f"{value!r} is not a phone region; write an ISO 3166-1 alpha-2 code such as US or DE"
+        )
+    return code
+
+
+def _check_store_url(value: str) -> str:
+    # The store's own parser, so that the loader and the store never disagree on what is valid.
+    from customer_sync.store.db import _parse
+
+    try:
+        _parse(value)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _check_listen(value: str) -> str:
+    """`HOST:PORT`; an IPv6 host may be bracketed. Returns it as the API server splits it
+    (at the last colon, host without brackets)."""
+    host, colon, port = value.strip().rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('must be HOST:PORT with a port from 1 to 65535, e.g. "127.0.0.1:8080"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host and not _is_ip(host) and not _HOST_NAME.fullmatch(host):
+        raise ValueError('the host must be a name or an IP address, e.g. "0.0.0.0:8080"')
+    return f"{host}:{int(port)}"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_public_url(value: str) -> str:
+    try:
+        url = httpx.URL(value.strip())
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError('must be an http(s) URL with a host, e.g. "https://sync.example.com"')
+    if url.query or url.fragment:
+        raise ValueError("must be a base URL, without a query or fragment")
+    return value.strip()
+
+
+Region = Annotated[str, AfterValidator(_check_region)]
+
+
 class DaemonConfig(_Block):
     """`[daemon]`: where the store is, where to listen, defaults for every app."""
 
-    store_url: str = "sqlite:///data/customer-sync.db"
-    listen: str = "127.0.0.1:8080"
-    public_url: str | None = Field(None, description="base URL vendors post webhooks to, if behind a proxy")
+    store_url: Annotated[str, AfterValidator(_check_store_url)] = "sqlite:///data/customer-sync.db"
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8080"
+    public_url: Annotated[str, AfterValidator(_check_public_url)] | None = Field(
+        None, description="base URL vendors post webhooks to, if behind a proxy"
+    )
     poll_interval_s: float = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     redact_logs: bool = True
-    default_region: str | None = Field(None, description="phone region for numbers without +")
+    default_region: Region | None = Field(None, description="phone region for numbers without +")
     batch_size: int = Field(500, ge=1, le=10_000)
     max_attempts: int = Field(8, ge=1, description="write attempts before a dead letter")
     normalize_workers: int | None = Field(
@@ -76,6 +151,10 @@ class DaemonConfig(_Block):
         30.0, gt=0,
         description="a poll stops taking pages after this long and goes on in the next round, "
                     "so one long listing does not hold up the other apps' writes",
+    )
+    max_retry_after_s: float = Field(
+        DEFAULT_MAX_RETRY_AFTER_S, gt=0,
+        description="longest vendor Retry-After a call waits for; a longer one parks the app",
     )
 
 
@@ -98,7 +177,11 @@ class AppConfig(_Block):
     direction: Direction = "both"
     filters: list[Condition] = Field(default_factory=list)
     on_delete: DeletePolicy = "unlink"
-    default_region: str | None = None
+    default_region: Region | None = None
+    allow_private_urls: bool = Field(
+        False, description="let connector URLs point at link-local or cloud metadata addresses"
+    )
+    max_retry_after_s: float | None = Field(None, gt=0)  # None: [daemon]'s
     reconcile_interval_s: float | None = Field(
         None, ge=0,
         description="compare the whole app with the store this often (hard deletes, edits saved "
@@ -181,13 +264,17 @@ class AppRuntime:
     connector_settings: ConnectorSettings
     mapping: AppMapping
     filter: Filter
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S  # the app's, else [daemon]'s
 
     @property
     def poll_interval_s(self) -> float | None:
         return self.config.poll_interval_s
 
     def make_connector(self) -> Connector:  # type: ignore[type-arg]
-        return self.connector_cls(self.connector_settings, app=self.name)
+        """A new connector for this app, with its settings and its `max_retry_after_s`."""
+        connector = self.connector_cls(self.connector_settings, app=self.name)
+        connector.max_retry_after_s = self.max_retry_after_s
+        return connector
 
 
 @dataclass(frozen=True)
@@ -259,10 +346,14 @@ def load_config(
                    if isinstance(app, dict) and isinstance(raw["apps"].get(name), dict) else app)
             for name, app in resolved["apps"].items()
         }
+    problems += _loose_booleans(DaemonConfig, raw.get("daemon"), ("daemon",), env_paths)
+    apps_raw = raw.get("apps")
+    for name, app_raw in (apps_raw.items() if isinstance(apps_raw, dict) else ()):
+        problems += _loose_booleans(AppConfig, app_raw, ("apps", name), env_paths)
     try:
         settings = Settings.from_toml_data(shown)
     except ValidationError as exc:
-        problems += _explain(exc)
+        problems += _not_yet_named(_explain(exc), problems)
         problems += _connector_problems(raw, connectors or {})
         raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems]) from None
 
@@ -346,10 +437,52 @@ def _explain(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[s
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            msg = str(err["ctx"]["error"])  # a validator's own words, without "Value error, "
         else:
             msg = err["msg"]
         out.append(f"{_path(loc)}: {msg}")
     return out
+
+
+def _is_bool_field(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        return {a for a in get_args(annotation) if a is not type(None)} == {bool}
+    return False
+
+
+def _loose_booleans(
+    model: type[BaseModel],
+    block: Any,
+    where: tuple[str, ...],
+    env_paths: set[tuple[str, ...]],
+) -> list[str]:
+    """Boolean keys of `block` written as something else than a TOML boolean.
+
+    pydantic would read "yes", "off" or 1 as a boolean; in a file with real booleans such a
+    value is a mistake. A `${VAR}` reference is text by nature and is left to pydantic.
+    """
+    if not isinstance(block, Mapping):
+        return []
+    out = []
+    for key, value in block.items():
+        field = model.model_fields.get(key)
+        if field is None or isinstance(value, bool) or (*where, key) in env_paths:
+            continue
+        if _is_bool_field(field.annotation):
+            kind = "a string" if isinstance(value, str) else type(value).__name__
+            out.append(f"{_path((*where, key))}: must be true or false (a TOML boolean, no "
+                       f"quotes), not {kind}")
+    return out
+
+
+def _not_yet_named(explained: list[str], problems: list[str]) -> list[str]:
+    """The pydantic problems on keys no earlier problem names: a key that is a string instead
+    of a boolean, or whose `${VAR}` is unset, gets one line, not a second one from pydantic."""
+    named = {line.partition(": ")[0] for line in problems}
+    return [line for line in explained if line.partition(": ")[0] not in named]
 
 
 def _default_mapping(connector_cls: type) -> dict[str, Any] | None:
@@ -377,10 +510,14 @@ def _compile_app(
         problems.append(f"{where}.connector: {exc}")
         return None
     raw_settings = resolved.get("apps", {}).get(name, {}).get("settings", {})
+    loose = _loose_booleans(cls.settings_model, raw_settings, ("apps", name, "settings"), env_paths)
+    problems += loose
     try:
-        conn_settings = cls.settings_model.model_validate(raw_settings)
+        conn_settings = cls.settings_model.model_validate(
+            raw_settings, context={ALLOW_PRIVATE_URLS: app.allow_private_urls}
+        )
     except ValidationError as exc:
-        problems += _explain(exc, ("apps", name, "settings"))
+        problems += _not_yet_named(_explain(exc, ("apps", name, "settings")), problems)
         return None
     for fname, finfo in cls.settings_model.model_fields.items():
         is_secret = finfo.annotation is SecretStr or "SecretStr" in str(finfo.annotation)
@@ -402,9 +539,13 @@ def _compile_app(
         name, [c.model_dump() for c in app.filters], custom_fields=settings.custom_fields
     )
     problems += flt_problems
-    if map_problems or flt_problems:
+    if map_problems or flt_problems or loose:
         return None
-    return AppRuntime(name, app, cls, conn_settings, mapping, flt)
+    max_retry_after_s = (
+        app.max_retry_after_s if app.max_retry_after_s is not None
+        else settings.daemon.max_retry_after_s
+    )
+    return AppRuntime(name, app, cls, conn_settings, mapping, flt, max_retry_after_s)
 
 
 def _check_conflicts(settings: Settings) -> list[str]:

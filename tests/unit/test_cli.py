@@ -274,6 +274,81 @@ def test_check_reports_every_config_problem_at_once(setup: Setup, monkeypatch: p
         line.split(": ")[1] for line in result.stderr.splitlines()}
 
 
+HUBSPOT_APP = """
+[apps.hs]
+connector = "hubspot"
+{extra}
+
+[apps.hs.settings]
+access_token = "${{CS_TEST_HS_TOKEN}}"
+{settings}
+"""
+
+
+def _add_hubspot(*, extra: str = "", settings: str = "") -> Any:
+    """An edit that appends a hubspot app (default field map) to the config."""
+    return lambda t: t + HUBSPOT_APP.format(extra=extra, settings=settings)
+
+
+# One edit per value that `check` used to accept, with the key its problem line must name.
+NEWLY_REFUSED = [
+    pytest.param(lambda t: t.replace('first_name = "first_name"\n\n[apps.b]',
+                                     'first_name = "first_name"\n'
+                                     'last_name = { field = "first_name", direction = "to_app" }'
+                                     '\n\n[apps.b]'),
+                 "apps.a.fields.last_name.field", id="1-app-field-mapped-twice"),
+    pytest.param(_add_hubspot(settings='base_url = "not a url"'),
+                 "apps.hs.settings.base_url", id="2-base-url-not-a-url"),
+    pytest.param(_add_hubspot(settings='base_url = "http://169.254.169.254"'),
+                 "apps.hs.settings.base_url", id="3-metadata-address"),
+    pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\ndefault_region = "XX"\n'),
+                 "daemon.default_region", id="4-unknown-region"),
+    pytest.param(lambda t: t.replace('on_delete = "unlink"',
+                                     'on_delete = "unlink"\nenabled = "yes"'),
+                 "apps.a.enabled", id="5-string-boolean"),
+    pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\nlisten = "8080"\n'),
+                 "daemon.listen", id="6-listen-not-host-port"),
+    pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\npublic_url = "sync.example.com"\n'),
+                 "daemon.public_url", id="6-public-url-not-http"),
+    pytest.param(lambda t: t.replace('store_url = "sqlite:', 'store_url = "mysql:'),
+                 "daemon.store_url", id="7-unknown-store-scheme"),
+    pytest.param(_add_hubspot(settings="webhook_max_age_s = 31536000"),
+                 "apps.hs.settings.webhook_max_age_s", id="8-webhook-max-age-a-year"),
+]
+
+
+@pytest.mark.parametrize(("edit", "key"), NEWLY_REFUSED)
+@pytest.mark.parametrize("command", [["check"], ["run", "--once"]], ids=["check", "run"])
+def test_a_value_that_cannot_work_is_refused_by_check_and_run_naming_its_key(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, edit: Any, key: str, command: list[str]
+) -> None:
+    """`check` and `run` exit 2 with one line naming the key, and create no store."""
+    monkeypatch.setenv("CS_TEST_HS_TOKEN", "hs-token-for-tests")
+    setup.config.write_text(edit(setup.config.read_text()))
+
+    result = setup.cli(*command)
+
+    assert 2 == result.exit_code, (result.stdout, result.stderr)
+    assert [key] == [line.split(": ")[1] for line in result.stderr.splitlines()]
+    assert "Traceback" not in result.output
+    assert not (setup.tmp / "store.db").exists()
+
+
+def test_a_hubspot_app_on_loopback_passes_the_config_check(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vendor app pointed at a loopback simulator passes the config step of `check`."""
+    monkeypatch.setenv("CS_TEST_HS_TOKEN", "hs-token-for-tests")
+    setup.config.write_text(
+        _add_hubspot(settings='base_url = "http://127.0.0.1:8123"')(setup.config.read_text())
+    )
+
+    result = setup.cli("check")
+
+    assert "ok config" in result.stdout, result.stderr
+    assert "hs-token-for-tests" not in result.output
+
+
 def test_a_missing_config_file_exits_2(tmp_path: Path) -> None:
     """A config file that does not exist is a config error (exit 2), not a traceback."""
     result = CliRunner().invoke(app, ["status", "--config", str(tmp_path / "nope.toml")])

@@ -534,3 +534,285 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
     assert "postgresql://sync@db/from-env" == config.daemon.store_url
     assert 5.0 == config.daemon.poll_interval_s
+
+
+# -- values checked for what they are used as: each is refused by `check` and by `run` ---------
+
+HS_TOKEN = {"HS_TOKEN": "hs-token-from-env"}
+ZD_TOKEN = {"ZD_TOKEN": "zd-token-from-env"}
+
+
+def _with_hubspot(**settings: Any) -> dict[str, Any]:
+    """The minimal config with `[apps.crm]` on the bundled hubspot connector."""
+    return _with_crm(
+        connector="hubspot", fields=None,
+        settings={"access_token": "${HS_TOKEN}", **settings},
+    )
+
+
+def _with_zendesk(**settings: Any) -> dict[str, Any]:
+    """The minimal config with `[apps.crm]` on the bundled zendesk connector."""
+    base = {"base_url": "https://example.zendesk.com", "email": "admin@example.com",
+            "api_token": "${ZD_TOKEN}"}
+    return _with_crm(connector="zendesk", fields=None, settings={**base, **settings})
+
+
+def _without_none(data: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no null: drop keys set to None (here, `fields` to use the default map)."""
+    for app in data["apps"].values():
+        for key in [k for k, v in app.items() if v is None]:
+            del app[key]
+    return data
+
+
+def test_app_field_mapped_by_two_canonical_fields_is_refused() -> None:
+    """An app field mapped again, even `to_app` only, is refused on the second key."""
+    data = _with_crm(fields={
+        "email": "contact",
+        "other_emails": {"field": "contact", "direction": "to_app"},
+    })
+
+    assert [
+        f"{FILE}: apps.crm.fields.other_emails.field: app field 'contact' is already mapped "
+        "from 'email'; map each app field from one canonical field"
+    ] == _problems(data)
+
+
+def test_vendor_base_url_that_is_no_url_is_refused() -> None:
+    """`base_url = "not a url"` on a vendor connector is refused at load, naming the key."""
+    data = _without_none(_with_hubspot(base_url="not a url"))
+
+    assert [
+        f"{FILE}: apps.crm.settings.base_url: must be an http(s) URL with a host, "
+        "e.g. https://api.example.com"
+    ] == _problems(data, env=HS_TOKEN)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254", "http://[fe80::1]:8080", "http://[fd00:ec2::254]",
+     "http://metadata.google.internal"],
+    ids=["IPv4 metadata", "IPv6 link-local", "AWS IPv6 metadata", "GCP metadata name"],
+)
+def test_metadata_address_as_vendor_url_is_refused_unless_the_app_allows_it(url: str) -> None:
+    """A metadata base URL is refused naming the key, and loads with allow_private_urls."""
+    data = _without_none(_with_hubspot(base_url=url))
+
+    problems = _problems(data, env=HS_TOKEN)
+    data["apps"]["crm"]["allow_private_urls"] = True
+    config = load_config(FILE, data=data, env=HS_TOKEN, connectors=CONNECTORS)
+
+    assert 1 == len(problems)
+    assert problems[0].startswith(f"{FILE}: apps.crm.settings.base_url: ")
+    assert "set allow_private_urls = true on the app" in problems[0]
+    assert url == config.apps["crm"].connector_settings.base_url  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8123", "http://localhost:8123", "http://[::1]:8123"],
+    ids=["127.0.0.1", "localhost", "::1"],
+)
+def test_loopback_vendor_url_loads_without_allow_private_urls(url: str) -> None:
+    """Loopback stays allowed by default: the sandbox simulators and the tests run there."""
+    data = _without_none(_with_zendesk(base_url=url))
+
+    config = load_config(FILE, data=data, env=ZD_TOKEN, connectors=CONNECTORS)
+
+    assert url == config.apps["crm"].connector_settings.base_url  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (_two_apps(daemon={"default_region": "XX"}), "daemon.default_region"),
+        (_with_crm(default_region="XX"), "apps.crm.default_region"),
+    ],
+    ids=["daemon", "app"],
+)
+def test_unknown_default_region_is_refused(data: dict[str, Any], key: str) -> None:
+    """A `default_region` phonenumbers does not know is refused where it is written."""
+    assert [
+        f"{FILE}: {key}: 'XX' is not a phone region; write an ISO 3166-1 alpha-2 code such "
+        "as US or DE"
+    ] == _problems(data)
+
+
+def test_known_default_region_loads_in_upper_case() -> None:
+    """A known region loads whatever its case, and normalization gets it in upper case."""
+    data = _with_crm(default_region="de", fields={"phone": "phone"})
+
+    config = load_config(FILE, data=data, env={}, connectors=CONNECTORS)
+
+    assert "DE" == config.apps["crm"].mapping.ctx.default_region
+
+
+def test_boolean_written_as_a_string_is_refused() -> None:
+    """`enabled = "yes"` is refused in one line: booleans in the file are TOML booleans."""
+    assert [
+        f"{FILE}: apps.crm.enabled: must be true or false (a TOML boolean, no quotes), "
+        "not a string"
+    ] == _problems(_with_crm(enabled="yes"))
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "expected"),
+    [
+        (_two_apps(daemon={"redact_logs": "maybe"}), {},
+         "daemon.redact_logs: must be true or false (a TOML boolean, no quotes), not a string"),
+        (_two_apps(daemon={"list_in_worker": 1}), {},
+         "daemon.list_in_worker: must be true or false (a TOML boolean, no quotes), not int"),
+        (_without_none(_with_hubspot(field_history="no")), HS_TOKEN,
+         "apps.crm.settings.field_history: must be true or false (a TOML boolean, no quotes), "
+         "not a string"),
+    ],
+    ids=["daemon, not even lax", "optional bool as 1", "connector setting"],
+)
+def test_boolean_not_written_as_a_toml_boolean_is_refused_everywhere(
+    data: dict[str, Any], env: dict[str, str], expected: str
+) -> None:
+    """Strict booleans hold in [daemon], for optional booleans and in connector settings."""
+    assert [f"{FILE}: {expected}"] == _problems(data, env=env)
+
+
+def test_boolean_from_the_environment_is_still_read_from_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A boolean from an env variable or a `${VAR}` reference is still read from its text."""
+    monkeypatch.setenv("CUSTOMER_SYNC_DAEMON__REDACT_LOGS", "false")
+    data = _without_none(_with_hubspot(field_history="${HS_HISTORY}"))
+
+    config = load_config(
+        FILE, data=data, env={**HS_TOKEN, "HS_HISTORY": "false"}, connectors=CONNECTORS
+    )
+
+    settings: Any = config.apps["crm"].connector_settings
+    assert config.daemon.redact_logs is False
+    assert settings.field_history is False
+
+
+@pytest.mark.parametrize(
+    ("daemon", "expected"),
+    [
+        ({"public_url": "sync.example.com"},
+         'daemon.public_url: must be an http(s) URL with a host, e.g. "https://sync.example.com"'),
+        ({"public_url": "https://sync.example.com/?via=proxy"},
+         "daemon.public_url: must be a base URL, without a query or fragment"),
+        ({"listen": "8080"},
+         'daemon.listen: must be HOST:PORT with a port from 1 to 65535, e.g. "127.0.0.1:8080"'),
+        ({"listen": "127.0.0.1:http"},
+         'daemon.listen: must be HOST:PORT with a port from 1 to 65535, e.g. "127.0.0.1:8080"'),
+        ({"listen": "127.0.0.1:70000"},
+         'daemon.listen: must be HOST:PORT with a port from 1 to 65535, e.g. "127.0.0.1:8080"'),
+        ({"listen": "my host:8080"},
+         'daemon.listen: the host must be a name or an IP address, e.g. "0.0.0.0:8080"'),
+    ],
+    ids=["public_url without scheme", "public_url with query", "listen without host",
+         "listen with a port name", "listen port too high", "listen host with a space"],
+)
+def test_public_url_or_listen_that_cannot_be_used_is_refused(
+    daemon: dict[str, Any], expected: str
+) -> None:
+    """A `public_url` that is no http(s) base URL or a `listen` that is no HOST:PORT is refused."""
+    assert [f"{FILE}: {expected}"] == _problems(_two_apps(daemon=daemon))
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("0.0.0.0:8080", "0.0.0.0:8080"), ("[::1]:8080", "::1:8080"), (":8080", ":8080"),
+     ("localhost:08080", "localhost:8080")],
+    ids=["IPv4", "bracketed IPv6", "no host (the server's default)", "leading zero"],
+)
+def test_listen_address_loads_as_the_api_server_splits_it(listen: str, expected: str) -> None:
+    """A good `listen` loads as HOST:PORT split at the last colon, IPv6 without brackets."""
+    config = load_config(FILE, data=_two_apps(daemon={"listen": listen}), env={},
+                         connectors=CONNECTORS)
+
+    assert expected == config.daemon.listen
+
+
+def test_unknown_store_scheme_is_refused_naming_the_key() -> None:
+    """A `store_url` on a store customer-sync does not support names daemon.store_url."""
+    data = _two_apps(daemon={"store_url": "mysql://sync@db/sync"})
+
+    assert [
+        f"{FILE}: daemon.store_url: unsupported store 'mysql': use sqlite:///path/to/file.db or "
+        "postgresql://user@host/database"
+    ] == _problems(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "env"),
+    [
+        (_without_none(_with_hubspot(webhook_max_age_s=365 * 86400)), HS_TOKEN),
+        (_without_none(_with_zendesk(webhook_max_age_s=365 * 86400)), ZD_TOKEN),
+    ],
+    ids=["hubspot", "zendesk"],
+)
+def test_webhook_max_age_of_a_year_is_refused(data: dict[str, Any], env: dict[str, str]) -> None:
+    """`webhook_max_age_s` of a year is refused, naming the setting and the bound."""
+    assert [
+        f"{FILE}: apps.crm.settings.webhook_max_age_s: at most 3600 s: a captured delivery can "
+        "be replayed for as long as it is accepted (HubSpot's own SDK accepts 300 s)"
+    ] == _problems(data, env=env)
+
+
+# -- max_retry_after_s: the longest vendor Retry-After an app's calls wait for -----------------
+
+
+def test_max_retry_after_defaults_to_fifteen_minutes() -> None:
+    """Without the key, every app's connector is built with a 900 s cap."""
+    config = load_config(FILE, data=_two_apps(), env={}, connectors=CONNECTORS)
+
+    assert 900.0 == config.daemon.max_retry_after_s
+    assert [900.0, 900.0] == [rt.make_connector().max_retry_after_s for rt in config.apps.values()]
+
+
+def test_max_retry_after_comes_from_the_daemon_table_and_the_app_overrides_it() -> None:
+    """`[daemon] max_retry_after_s` is every app's cap unless `[apps.NAME]` sets its own."""
+    data = _two_apps(daemon={"max_retry_after_s": 120})
+    data["apps"]["crm"]["max_retry_after_s"] = 30
+
+    config = load_config(FILE, data=data, env={}, connectors=CONNECTORS)
+
+    assert {"crm": 30.0, "shop": 120.0} == {
+        name: rt.make_connector().max_retry_after_s for name, rt in config.apps.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [(_two_apps(daemon={"max_retry_after_s": 0}), "daemon.max_retry_after_s"),
+     (_with_crm(max_retry_after_s=-5), "apps.crm.max_retry_after_s")],
+    ids=["daemon", "app"],
+)
+def test_max_retry_after_of_zero_or_less_is_refused(data: dict[str, Any], key: str) -> None:
+    """A cap of zero or less is refused where it is written."""
+    assert [f"{FILE}: {key}: Input should be greater than 0"] == _problems(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "client_of"),
+    [
+        (_without_none(_with_hubspot()), HS_TOKEN, lambda c: c.client.api),
+        (_without_none(_with_zendesk()), ZD_TOKEN, lambda c: c.http),
+    ],
+    ids=["hubspot", "zendesk"],
+)
+async def test_max_retry_after_from_the_toml_reaches_the_connectors_http_client(
+    tmp_path: Path, data: dict[str, Any], env: dict[str, str], client_of: Any
+) -> None:
+    """The cap written in config.toml is what the opened connector's ApiClient enforces."""
+    app = data["apps"]["crm"]
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[daemon]\nmax_retry_after_s = 60\n\n[apps.crm]\nmax_retry_after_s = 45\n"
+        f'connector = "{app["connector"]}"\n[apps.crm.settings]\n'
+        + "".join(f'{k} = "{v}"\n' for k, v in app["settings"].items())
+        + '\n[apps.shop]\nconnector = "fake"\nfields = { email = "mail" }\n',
+        encoding="utf-8",
+    )
+
+    config = load_config(path, env=env, connectors=CONNECTORS)
+    async with config.apps["crm"].make_connector() as connector:
+        assert 45.0 == client_of(connector).max_retry_after_s

@@ -48,6 +48,7 @@ class ListSpec:
     limiters: int  # how many rate limiters the daemon's instance created
     mapping: AppMapping
     identity_key: bytes
+    max_retry_after_s: float  # the app's cap on a vendor's Retry-After, as the daemon's instance has
 
 
 def main(conn: Connection, log_level: str, log_format: str, redact: bool) -> None:
@@ -171,6 +172,7 @@ class _Worker:
         if self.connector is None:
             with collecting() as made:
                 connector = spec.connector_cls(spec.settings, app=spec.app)
+                connector.max_retry_after_s = spec.max_retry_after_s
                 await connector.open()
             if len(made) != spec.limiters:
                 await connector.close()

@@ -60,6 +60,8 @@ __all__ = ["Engine", "RoundResult", "RunSummary", "default_identity_key"]
 
 log = structlog.get_logger("customer_sync.engine")
 T = TypeVar("T")
+# The longest an app is paused for a vendor's Retry-After: a day's quota resets within one.
+_LONGEST_PAUSE_S = 86_400.0
 
 
 def default_identity_key() -> bytes:
@@ -199,7 +201,8 @@ class Engine:
                         self.listing[name] = ListingWorker(
                             ListSpec(app=name, connector_cls=type(connector), settings=connector.settings,
                                      limiters=len(limiters), mapping=rt.mapping,
-                                     identity_key=self.identity_key),
+                                     identity_key=self.identity_key,
+                                     max_retry_after_s=connector.max_retry_after_s),
                             limiters, (d.log_level, d.log_format, d.redact_logs))
                 except Exception as exc:  # per-app failure, as in _guarded
                     self.unopened[name] = f"{type(exc).__name__}: {exc}"
@@ -418,7 +421,8 @@ class Engine:
             except RateLimited as exc:
                 # The vendor asked to wait longer than one request may sleep (the SDK's cap):
                 # leave the app alone until then; the other apps go on.
-                wait_s = exc.retry_after_s if exc.retry_after_s else self.config.daemon.poll_interval_s
+                wait_s = exc.retry_after_s if exc.retry_after_s else self.config.poll_interval_s(app)
+                wait_s = min(wait_s, _LONGEST_PAUSE_S)  # a daily quota, not a year of silence
                 resume_at = self.clock() + timedelta(seconds=wait_s)
                 summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
                 if record:

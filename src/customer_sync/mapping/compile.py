@@ -2,8 +2,9 @@
 
 A field map is keyed by canonical field name; each entry names the app field, the direction
 (`both`, `to_app`, `from_app`), an optional named transform and an optional enum value map
-(app value -> canonical value). Inbound, a value goes app value -> enum map -> transform ->
-canonical normalization. Outbound, canonical value -> transform -> reversed enum map.
+(app value -> canonical value); an app field is named by one entry only. Inbound, a value goes
+app value -> enum map -> transform -> canonical normalization. Outbound, canonical value ->
+transform -> reversed enum map.
 """
 
 from __future__ import annotations
@@ -179,13 +180,17 @@ def compile_mapping(
                     continue
                 values_in[str(app_value)] = norm
                 values_out.setdefault(norm, app_value)
-        if app_field in seen_app_fields and direction != "to_app":
+        # One app field, one canonical field, whatever the directions: two writers of one app
+        # field overwrite each other on every pass (the app never holds both values), and with
+        # two readers a change made elsewhere reaches the app through one of them only, so the
+        # other never agrees with the app again.
+        if app_field in seen_app_fields:
             problems.append(
                 f"{where}.field: app field {app_field!r} is already mapped from "
-                f"{seen_app_fields[app_field]!r}; map it once, or mark one direction = \"to_app\""
+                f"{seen_app_fields[app_field]!r}; map each app field from one canonical field"
             )
             continue
-        seen_app_fields.setdefault(app_field, canonical)
+        seen_app_fields[app_field] = canonical
         compiled.append(
             FieldMapping(canonical, app_field, direction, spec, transform, values_in, values_out)
         )

@@ -56,12 +56,30 @@ from customer_sync.sdk.pagination import (
     OffsetPaginator,
 )
 from customer_sync.sdk.ratelimit import Limiter, LimiterGate, MultiLimiter, RateLimiter, collecting, defer_to
-from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_policy
+from customer_sync.sdk.retry import (
+    DEFAULT_MAX_RETRY_AFTER_S,
+    FullJitterBackoff,
+    RetryTransient,
+    StopBeforeBudget,
+    is_beyond_retry_cap,
+    retry_policy,
+)
+from customer_sync.sdk.settings import (
+    ALLOW_PRIVATE_URLS,
+    MAX_WEBHOOK_AGE_S,
+    VendorUrl,
+    WebhookMaxAge,
+    check_vendor_url,
+    check_webhook_max_age,
+)
 
 __all__ = [
+    "ALLOW_PRIVATE_URLS",
     "DEFAULT_ERROR_TABLE",
     "EARLIEST_EVENT_AT",
     "LATEST_EVENT_AT",
+    "DEFAULT_MAX_RETRY_AFTER_S",
+    "MAX_WEBHOOK_AGE_S",
     "ApiClient",
     "AppRecord",
     "AuthError",
@@ -89,17 +107,23 @@ __all__ = [
     "RateLimiter",
     "RecordGone",
     "RecordRejected",
+    "RetryTransient",
     "StopBeforeBudget",
     "TransientError",
     "WebhookRefused",
+    "VendorUrl",
+    "WebhookMaxAge",
     "WriteOp",
     "WriteOutcome",
     "WriteReceipt",
+    "check_vendor_url",
+    "check_webhook_max_age",
     "classify_response",
     "classify_transport_error",
     "collecting",
     "defer_to",
     "fingerprint",
+    "is_beyond_retry_cap",
     "json_body",
     "parse_retry_after",
     "read_json",

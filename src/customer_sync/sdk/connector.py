@@ -197,6 +197,9 @@ class Connector(Generic[S]):
     batch_size: ClassVar[int] = 100
     reconcile_interval_s: ClassVar[float | None] = None
     lists_in_worker: ClassVar[bool] = False
+    #: Longest vendor `Retry-After` waited for (s); longer ones raise `RateLimited` at once. Set
+    #: per app from `max_retry_after_s` in config.toml; pass it to `ApiClient` in `open`.
+    max_retry_after_s: float = 900.0
 
     def __init__(self, settings: S, *, app: str) -> None:
         import structlog

@@ -10,11 +10,17 @@ Failures are classified through an `ErrorTable` (status code -> error class, the
 or, for a vendor that reports errors in a 200 body, overrides `ApiClient.validate_response`
 (meltano's hook). Error messages carry the vendor's error code and message, truncated and with
 emails, phone numbers and credentials masked; never the request payload or headers.
+
+A 429 pauses the app's rate limiter for the vendor's `Retry-After`, but never longer than the
+client's `max_retry_after_s` (15 minutes by default, set per app in config.toml). A 429 asking
+for a longer wait is not retried: its `RateLimited` is raised at once with the vendor's full
+`retry_after_s`, and the engine parks the app until then.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections import Counter
@@ -38,7 +44,7 @@ from customer_sync.errors import (
     RecordRejected,
     TransientError,
 )
-from customer_sync.sdk.retry import retry_policy
+from customer_sync.sdk.retry import DEFAULT_MAX_RETRY_AFTER_S, is_beyond_retry_cap, retry_policy
 
 if TYPE_CHECKING:
     from customer_sync.sdk.ratelimit import Limiter
@@ -92,7 +98,7 @@ def _delta_seconds(value: str) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+    return max(0.0, seconds) if math.isfinite(seconds) else None  # NaN and inf are no answer
 
 
 def _default_statuses() -> Mapping[int, ErrorClass | None]:
@@ -318,6 +324,10 @@ class ApiClient:
         error_table: the status-to-error table (`DEFAULT_ERROR_TABLE` by default).
         headers: other headers sent with every request (e.g. an API version header).
         rate_limited_pause_s: how long the limiter pauses after a 429 that names no wait.
+        max_retry_after_s: the longest vendor `Retry-After` honoured: the limiter never pauses
+            longer, and a 429 asking for more is raised at once as `RateLimited` (with the
+            vendor's full `retry_after_s`), never slept on or retried, whatever `retry` says.
+            Connectors pass their `Connector.max_retry_after_s` (the app's config).
         clock: monotonic clock for `duration_ms`.
 
     Attributes:
@@ -340,6 +350,7 @@ class ApiClient:
         error_table: ErrorTable = DEFAULT_ERROR_TABLE,
         headers: Mapping[str, str] | None = None,
         rate_limited_pause_s: float = 1.0,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.app = app
@@ -347,6 +358,7 @@ class ApiClient:
         self.limiter = limiter
         self.error_table = error_table
         self.rate_limited_pause_s = rate_limited_pause_s
+        self.max_retry_after_s = max_retry_after_s
         self.request_count = 0
         self.status_counts: Counter[int] = Counter()
         self.transport_error_count = 0
@@ -413,11 +425,21 @@ class ApiClient:
         Raises:
             AuthError, RecordGone, RecordRejected: per the error table; never retried.
             TransientError: retries are exhausted (`RateLimited` for a 429).
+            RateLimited: at once, without a retry, when the vendor asks to wait longer than
+                `max_retry_after_s`; `retry_after_s` is the vendor's full wait.
             ConnectorError: the URL leaves the app's origin, or the response is unexpected.
         """
         method = method.upper()
         self._check_origin(path, operation=operation)
-        retrying = self._retry.copy()
+        # The cap holds whatever policy the connector passed in.
+        retrying = self._retry.copy(
+            retry=tenacity.retry_all(
+                self._retry.retry,
+                tenacity.retry_if_exception(
+                    lambda exc: not is_beyond_retry_cap(exc, self.max_retry_after_s)
+                ),
+            )
+        )
         is_idempotent = method in _IDEMPOTENT_METHODS if idempotent is None else idempotent
         if not is_idempotent:
             retrying = retrying.copy(
@@ -518,7 +540,11 @@ class ApiClient:
             return response
         if isinstance(error, RateLimited) and limiter is not None:
             pause_s = error.retry_after_s
-            limiter.penalize(self.rate_limited_pause_s if pause_s is None else pause_s)
+            if pause_s is None:
+                pause_s = self.rate_limited_pause_s
+            # A day-long pause would stop every call of the app while it still looks healthy;
+            # past the cap the error goes up at once and the engine parks the app instead.
+            limiter.penalize(min(pause_s, self.max_retry_after_s))
         raise error
 
     def _check_origin(self, path: str, *, operation: str) -> None:

@@ -184,7 +184,8 @@ class RateLimiter:
     def penalize(self, retry_after_s: float) -> None:
         """Hold every caller back for `retry_after_s` seconds (the vendor answered 429).
 
-        A later, shorter penalty never shortens a pause already in force.
+        A later, shorter penalty never shortens a pause already in force. `ApiClient` never asks
+        for more than its `max_retry_after_s`: a longer wait parks the app instead.
         """
         if self._gate is not None:
             self._gate.penalize([self._position], retry_after_s)

@@ -6,8 +6,12 @@ and gives up after a number of attempts or when the next wait would overrun the 
 then re-raises the last error, so callers see a `ConnectorError`, never a `tenacity.RetryError`.
 Each scheduled retry logs `http.retry_scheduled`. Nothing else in customer-sync sleeps and loops.
 
-The strategies are small values (`FullJitterBackoff`, `StopBeforeBudget`) that can be tested as
-functions of a `tenacity.RetryCallState`, as tenacity tests its own.
+A `RateLimited` whose `retry_after_s` is longer than `max_retry_after_s` (15 minutes by default)
+is not retried at all: it is raised at once, carrying the vendor's full wait, for the engine to
+park the app until then instead of holding a call (and the app's rate limiter) for a day.
+
+The strategies are small values (`RetryTransient`, `FullJitterBackoff`, `StopBeforeBudget`) that
+can be tested as functions of a `tenacity.RetryCallState`, as tenacity tests its own.
 """
 
 from __future__ import annotations
@@ -21,17 +25,56 @@ from typing import TYPE_CHECKING
 
 import structlog
 import tenacity
+from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from customer_sync.errors import ConnectorError, TransientError
+from customer_sync.errors import ConnectorError, RateLimited, TransientError
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-__all__ = ["FullJitterBackoff", "StopBeforeBudget", "retry_policy"]
+__all__ = [
+    "DEFAULT_MAX_RETRY_AFTER_S",
+    "FullJitterBackoff",
+    "RetryTransient",
+    "StopBeforeBudget",
+    "is_beyond_retry_cap",
+    "retry_policy",
+]
 
 _log = structlog.get_logger("customer_sync.http")
+
+#: The default longest `Retry-After` a call waits for: 15 minutes. Longer waits (a daily quota,
+#: a vendor outage) are the engine's to handle by parking the app.
+DEFAULT_MAX_RETRY_AFTER_S = 900.0
+
+
+def is_beyond_retry_cap(error: BaseException | None, max_retry_after_s: float) -> bool:
+    """Whether `error` is a `RateLimited` asking to wait longer than `max_retry_after_s`.
+
+    Such an error is never slept on or retried: it goes up to the engine as it is.
+    """
+    if not isinstance(error, RateLimited) or error.retry_after_s is None:
+        return False
+    return error.retry_after_s > max_retry_after_s
+
+
+@dataclass(frozen=True)
+class RetryTransient(retry_base):
+    """Retry a `TransientError`, except a `RateLimited` whose wait is beyond the cap.
+
+    Args:
+        max_retry_after_s: the longest vendor `Retry-After` worth waiting for.
+    """
+
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = _error_of(retry_state)
+        return isinstance(error, TransientError) and not is_beyond_retry_cap(
+            error, self.max_retry_after_s
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +127,7 @@ def retry_policy(
     max_total_s: float = 120.0,
     base_s: float = 0.5,
     max_backoff_s: float = 30.0,
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_retry: OnRetry | None = None,
     uniform: Callable[[float, float], float] = random.uniform,
@@ -98,6 +142,8 @@ def retry_policy(
         max_total_s: time budget from the first attempt to the end of the last wait.
         base_s: backoff ceiling after the first failure; doubles with each attempt.
         max_backoff_s: cap of the backoff ceiling (not of a vendor's `Retry-After`).
+        max_retry_after_s: a `RateLimited` asking to wait longer than this is raised at once,
+            not retried (`ApiClient` applies its own `max_retry_after_s` on top of any policy).
         sleep: async sleep; tests inject one that does not sleep.
         on_retry: called with the retry state before each wait (sync or async), after the
             `http.retry_scheduled` log line; benchmarks count retries with it.
@@ -116,7 +162,7 @@ def retry_policy(
 
     return tenacity.AsyncRetrying(
         sleep=sleep,
-        retry=tenacity.retry_if_exception_type(TransientError),
+        retry=RetryTransient(max_retry_after_s=max_retry_after_s),
         wait=FullJitterBackoff(base_s=base_s, max_backoff_s=max_backoff_s, uniform=uniform),
         stop=StopBeforeBudget(max_attempts=max_attempts, max_total_s=max_total_s),
         before_sleep=before_sleep,

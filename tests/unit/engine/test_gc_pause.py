@@ -153,7 +153,7 @@ def _listing_spec(data: str, *, fail: bool = False) -> ListSpec:
     mapping, problems = compile_mapping("crm", {"email": "email", "phone": "phone"}, custom_fields={})
     assert [] == problems
     return ListSpec(app="crm", connector_cls=_WatchingConnector, settings=FakeSettings(page_size=2, data=data),
-                    limiters=0, mapping=mapping, identity_key=b"k" * 32)
+                    limiters=0, mapping=mapping, identity_key=b"k" * 32, max_retry_after_s=900.0)
 
 
 def _sent(conn) -> list[tuple]:

@@ -287,7 +287,7 @@ def test_normalize_context_reaches_normalization() -> None:
             {"company": "org", "job_title": "org"},
             [
                 "apps.crm.fields.job_title.field: app field 'org' is already mapped from "
-                "'company'; map it once, or mark one direction = \"to_app\""
+                "'company'; map each app field from one canonical field"
             ],
         ),
         (
@@ -313,13 +313,29 @@ def test_compile_problems_name_the_key_path(entries: dict[str, Any], expected: l
     assert expected == _problems(entries)
 
 
-def test_app_field_may_be_written_from_two_canonical_fields_when_one_is_to_app() -> None:
-    """An app field mapped twice is allowed when the second mapping only writes (`to_app`)."""
-    mapping = _compile(
-        {"email": "contact", "other_emails": {"field": "contact", "direction": "to_app"}}
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("both", "to_app"), ("to_app", "to_app"), ("both", "from_app"), ("from_app", "from_app")],
+    ids=["both then to_app", "two writers", "both then from_app", "two readers"],
+)
+def test_app_field_mapped_by_two_canonical_fields_is_refused_whatever_the_directions(
+    first: str, second: str
+) -> None:
+    """An app field named by two entries is a problem on the second one, in any direction."""
+    mapping, problems = compile_mapping(
+        "crm",
+        {
+            "email": {"field": "contact", "direction": first},
+            "other_emails": {"field": "contact", "direction": second},
+        },
+        custom_fields={},
     )
 
-    assert ({"email": "a@example.com"}, []) == mapping.to_canonical({"contact": "a@example.com"})
+    assert [
+        "apps.crm.fields.other_emails.field: app field 'contact' is already mapped from "
+        "'email'; map each app field from one canonical field"
+    ] == problems
+    assert ["email"] == [f.canonical for f in mapping.fields]
 
 
 def test_bad_entry_does_not_stop_the_others_compiling() -> None:

@@ -17,6 +17,7 @@ from customer_sync.errors import (
 )
 from customer_sync.sdk.http import ApiClient, classify_response
 from customer_sync.sdk.ratelimit import RateLimiter
+from customer_sync.sdk.retry import retry_policy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -155,6 +156,77 @@ async def test_429_penalizes_a_real_limiter_so_the_next_call_waits(
         await api.request("GET", "/x", operation="x.read")
 
     assert clock() >= 5.0
+
+
+# -- Retry-After beyond the cap: raised at once for the engine to park the app -------------------
+
+A_DAY_S = 86400.0
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"], ids=["read", "create"])
+async def test_429_asking_to_wait_a_day_raises_rate_limited_at_once(
+    client: ApiClient, api_mock: respx.MockRouter, limiter: SpyLimiter, clock: FakeClock,
+    method: str,
+) -> None:
+    """Retry-After: 86400 raises RateLimited(86400) at once; the limiter pauses 900 s only."""
+    route = api_mock.route(method=method, path=CONTACTS).respond(
+        429, headers={"Retry-After": "86400"}
+    )
+
+    with pytest.raises(RateLimited) as caught:
+        await client.request(method, CONTACTS, operation="contacts.sync")
+
+    assert (A_DAY_S, 429, "crm") == (
+        caught.value.retry_after_s, caught.value.status_code, caught.value.app
+    )
+    assert (1, []) == (route.call_count, clock.sleeps)
+    assert [900.0] == limiter.penalties
+
+
+async def test_a_day_long_429_pauses_a_real_limiter_for_the_cap_only(
+    api_mock: respx.MockRouter, clock: FakeClock
+) -> None:
+    """After a day-long 429 the app's next call waits the cap, even under a generous policy."""
+    limiter = RateLimiter(100, 10.0, clock=clock, sleep=clock.sleep)
+    generous = retry_policy(max_total_s=10 * A_DAY_S, max_retry_after_s=10 * A_DAY_S,
+                            sleep=clock.sleep)
+    api_mock.get("/x").respond(429, headers={"Retry-After": "86400"})
+    async with ApiClient(app="crm", connector="hubspot", base_url=BASE_URL, limiter=limiter,
+                         retry=generous, max_retry_after_s=60.0) as api:
+        with pytest.raises(RateLimited) as caught:
+            await api.request("GET", "/x", operation="x.read")
+        await limiter.acquire()
+
+    assert A_DAY_S == caught.value.retry_after_s
+    assert 60.0 == clock()  # the only wait: the limiter's pause, at the cap
+
+
+async def test_429_asking_to_wait_5_s_still_waits_and_retries(
+    client: ApiClient, api_mock: respx.MockRouter, limiter: SpyLimiter, clock: FakeClock
+) -> None:
+    """A Retry-After well under the cap is waited for and retried, as before the cap."""
+    route = api_mock.get(CONTACTS).mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "5"}), httpx.Response(200)]
+    )
+
+    response = await client.request("GET", CONTACTS, operation="contacts.list")
+
+    assert (200, 2) == (response.status_code, route.call_count)
+    assert ([5.0], [5.0]) == (limiter.penalties, clock.sleeps)
+
+
+async def test_429_asking_for_exactly_the_cap_is_waited_for(
+    api_mock: respx.MockRouter, limiter: SpyLimiter, clock: FakeClock
+) -> None:
+    """A Retry-After equal to the cap is still waited for and retried."""
+    api_mock.get("/x").mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "60"}), httpx.Response(200)]
+    )
+    async with ApiClient(app="crm", connector="hubspot", base_url=BASE_URL, limiter=limiter,
+                         retry=retry_policy(sleep=clock.sleep), max_retry_after_s=60.0) as api:
+        response = await api.request("GET", "/x", operation="x.read")
+
+    assert (200, [60.0], [60.0]) == (response.status_code, limiter.penalties, clock.sleeps)
 
 
 async def test_5xx_is_retried_until_attempts_run_out(

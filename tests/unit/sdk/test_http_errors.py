@@ -152,6 +152,12 @@ def test_unparseable_retry_after_is_none() -> None:
     assert parse_retry_after(_response(429, headers={"Retry-After": "soon"})) is None
 
 
+@pytest.mark.parametrize("value", ["inf", "Infinity", "nan", "-inf"], ids=str)
+def test_retry_after_that_is_not_a_finite_number_is_none(value: str) -> None:
+    """`Retry-After: inf` (or nan) gives no wait: an infinite pause would never end."""
+    assert parse_retry_after(_response(429, headers={"Retry-After": value})) is None
+
+
 def test_message_carries_hubspot_category_and_message() -> None:
     """A HubSpot error body gives its category and message to the error text."""
     body = {"category": "VALIDATION_ERROR", "message": "Property values were not valid"}

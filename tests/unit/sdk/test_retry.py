@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 import structlog
 import tenacity
 
 from customer_sync.errors import AuthError, RateLimited, RecordRejected, TransientError
-from customer_sync.sdk.retry import FullJitterBackoff, StopBeforeBudget, retry_policy
+from customer_sync.sdk.retry import (
+    DEFAULT_MAX_RETRY_AFTER_S,
+    FullJitterBackoff,
+    RetryTransient,
+    StopBeforeBudget,
+    retry_policy,
+)
 
 
 def _state(
@@ -128,6 +135,88 @@ def test_stop_before_the_wait_overruns_the_budget(
     assert expected == stop(state)
 
 
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (RateLimited("HTTP 429", retry_after_s=5.0), True),
+        (RateLimited("HTTP 429", retry_after_s=900.0), True),
+        (RateLimited("HTTP 429", retry_after_s=900.5), False),
+        (RateLimited("HTTP 429", retry_after_s=86400.0), False),
+        (RateLimited("HTTP 429"), True),
+        (TransientError("HTTP 503"), True),
+        (RecordRejected("HTTP 422"), False),
+    ],
+    ids=["5 s", "exactly the cap", "just over the cap", "a day", "no Retry-After", "5xx",
+         "rejected"],
+)
+def test_retry_transient_stops_at_a_retry_after_beyond_the_cap(
+    error: Exception, expected: bool
+) -> None:
+    """A transient error is retried unless it is a 429 asking to wait longer than the cap."""
+    assert expected == RetryTransient(max_retry_after_s=900.0)(_state(1, error))
+
+
+def test_default_cap_is_fifteen_minutes() -> None:
+    """Without a configured cap, a wait up to 15 minutes is retried and a longer one is not."""
+    retry = RetryTransient()
+
+    assert 900.0 == DEFAULT_MAX_RETRY_AFTER_S
+    assert retry(_state(1, RateLimited("HTTP 429", retry_after_s=900.0)))
+    assert not retry(_state(1, RateLimited("HTTP 429", retry_after_s=901.0)))
+
+
+async def test_policy_raises_a_retry_after_beyond_the_cap_at_once_without_sleeping() -> None:
+    """A day-long Retry-After is raised on the first attempt, whatever the time budget."""
+    slept: list[float] = []
+    calls: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def quota_exhausted() -> None:
+        calls.append(1)
+        raise RateLimited("HTTP 429", retry_after_s=86400.0)
+
+    policy = retry_policy(max_total_s=10 * 86400.0, sleep=sleep)
+
+    with pytest.raises(RateLimited) as caught:
+        await policy(quota_exhausted)
+
+    assert (86400.0, [1], []) == (caught.value.retry_after_s, calls, slept)
+
+
+def _rate_limited_once(calls: list[int], retry_after_s: float) -> Callable[[], Awaitable[str]]:
+    """A call that answers 429 with `retry_after_s` once, then succeeds; counts into `calls`."""
+
+    async def call() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RateLimited("HTTP 429", retry_after_s=retry_after_s)
+        return "ok"
+
+    return call
+
+
+async def test_policy_with_a_lower_cap_raises_a_wait_it_would_otherwise_retry() -> None:
+    """Under `max_retry_after_s=10`, a 20 s Retry-After is raised on the first attempt."""
+    calls: list[int] = []
+    policy = retry_policy(max_retry_after_s=10.0, sleep=_no_sleep)
+
+    with pytest.raises(RateLimited):
+        await policy(_rate_limited_once(calls, 20.0))
+
+    assert 1 == len(calls)
+
+
+async def test_policy_with_a_higher_cap_retries_that_wait() -> None:
+    """Under `max_retry_after_s=30`, the same 20 s Retry-After is waited for and retried."""
+    calls: list[int] = []
+    policy = retry_policy(max_retry_after_s=30.0, sleep=_no_sleep)
+
+    assert "ok" == await policy(_rate_limited_once(calls, 20.0))
+    assert 2 == len(calls)
+
+
 async def test_policy_reraises_the_last_error_after_max_attempts() -> None:
     """After max_attempts transient failures the last error itself is raised, not RetryError."""
     calls: list[int] = []
@@ -226,3 +315,4 @@ async def test_policy_calls_on_retry_and_sleeps_the_computed_wait() -> None:
 
 async def _no_sleep(seconds: float) -> None:
     return None
+

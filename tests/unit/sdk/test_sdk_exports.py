@@ -9,7 +9,7 @@ import pytest
 import customer_sync.sdk
 
 
-@pytest.mark.parametrize("module", ["http", "pagination", "ratelimit", "retry"])
+@pytest.mark.parametrize("module", ["http", "pagination", "ratelimit", "retry", "settings"])
 def test_every_public_name_is_reexported_from_sdk(module: str) -> None:
     """Each name in the module's __all__ is in customer_sync.sdk.__all__ and is the same object."""
     mod = importlib.import_module(f"customer_sync.sdk.{module}")

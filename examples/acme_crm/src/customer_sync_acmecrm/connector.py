@@ -30,6 +30,8 @@ from customer_sync.sdk import (
     RateLimiter,
     RecordRejected,
     WebhookRefused,
+    VendorUrl,
+    WebhookMaxAge,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -62,13 +64,13 @@ class AcmeCrmSettings(ConnectorSettings):
         webhook_max_age_s: deliveries signed longer ago (or further ahead) are refused.
     """
 
-    base_url: str = "https://api.acmecrm.example/v1"
+    base_url: VendorUrl = "https://api.acmecrm.example/v1"
     api_token: SecretStr
     webhook_secret: SecretStr | None = None
     page_size: int = Field(100, ge=1, le=100)
     rate_limit_calls: int = Field(100, ge=1)
     rate_limit_window_s: float = Field(10.0, gt=0)
-    webhook_max_age_s: float = Field(300.0, gt=0)
+    webhook_max_age_s: WebhookMaxAge = 300.0
 
 
 class AcmeCrmConnector(Connector[AcmeCrmSettings]):
@@ -115,6 +117,7 @@ class AcmeCrmConnector(Connector[AcmeCrmSettings]):
             base_url=s.base_url,
             auth_headers={"Authorization": f"Bearer {s.api_token.get_secret_value()}"},
             limiter=RateLimiter(calls, s.rate_limit_window_s),
+            max_retry_after_s=self.max_retry_after_s,
             transport=self._transport,
         )
 
