@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -306,7 +307,7 @@ NEWLY_REFUSED = [
     pytest.param(lambda t: t.replace('on_delete = "unlink"',
                                      'on_delete = "unlink"\nenabled = "yes"'),
                  "apps.a.enabled", id="5-string-boolean"),
-    pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\nlisten = "8080"\n'),
+    pytest.param(lambda t: re.sub(r'listen = ".*"', 'listen = "8080"', t),
                  "daemon.listen", id="6-listen-not-host-port"),
     pytest.param(lambda t: t.replace("[daemon]\n", '[daemon]\npublic_url = "sync.example.com"\n'),
                  "daemon.public_url", id="6-public-url-not-http"),
