@@ -26,6 +26,7 @@ Transient failures back off and retry; a record the app refuses becomes a dead l
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,7 +38,7 @@ from customer_sync.canonical import identity_values
 from customer_sync.engine.plan import plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, RateLimited, RecordGone, TransientError
-from customer_sync.sdk.connector import AppRecord, Capability, Connector, WriteOp
+from customer_sync.sdk.connector import AppRecord, Capability, Connector, WriteOp, WriteOutcome
 from customer_sync.store import app_state
 from customer_sync.store.inbox import inbox_row
 from customer_sync.store.tables import DeadLetter, InboxItem, LinkRow, OutboxItem, stored_utc
@@ -102,21 +103,20 @@ async def dispatch_app(
     first complete listing has been processed.
     """
     stats = DispatchStats()
-    creates = creates and bool(app_state.listed_apps(store, [rt.name]))
+    # Every store call runs in a thread: a busy store must never stall the event loop (and
+    # with it webhook intake and /healthz).
+    creates = creates and bool(await asyncio.to_thread(app_state.listed_apps, store, [rt.name]))
     while True:
-        rows = _claim(store, rt.name, now(), batch_size, creates=creates)
+        rows = await asyncio.to_thread(_claim, store, rt.name, now(), batch_size, creates=creates)
         if not rows:
             return stats
         faults("mid_dispatch")
-        by_key = {str(r["seq"]): r for r in rows}
         updates = [(r["customer_id"], rt.name) for r in rows if r["op"] == "update"]
-        with store.transaction() as conn:
-            uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
-            uow.load_bases(updates)
+        bases = await asyncio.to_thread(_bases, store, updates, identity_key=identity_key, now=now(), run_id=run_id)
         adopted, refused = await _look_up_creates(store, rt, connector, rows)
         sending = [r for r in rows if r["seq"] not in adopted and r["seq"] not in refused]
-        ops, rechecks, gone = await _build_ops(rt, connector, sending, uow)
-        outcomes = []
+        ops, rechecks, gone = await _build_ops(rt, connector, sending, bases)
+        outcomes: list[WriteOutcome] = []
         if ops:
             try:
                 outcomes = await connector.write_many(ops)
@@ -124,67 +124,98 @@ async def dispatch_app(
                 # A 429 was refused before the app did anything; any other failure may have
                 # come after the app made the records (a timeout, a dropped connection).
                 maybe_sent = set() if isinstance(exc, RateLimited) else {op.key for op in ops if op.op == "create"}
-                with store.transaction() as conn:
-                    _release(conn, rows, now(), max_attempts, f"{type(exc).__name__}: {exc}", rt.name,
-                             maybe_sent=maybe_sent)
+                await asyncio.to_thread(_release_in_store, store, rows, now(), max_attempts,
+                                        f"{type(exc).__name__}: {exc}", rt.name, maybe_sent=maybe_sent)
                 stats.retried += len(rows)
                 return stats
             except AuthError:
-                with store.transaction() as conn:
-                    _release(conn, rows, now(), max_attempts=None, error="auth refused", app=rt.name)
+                await asyncio.to_thread(_release_in_store, store, rows, now(), None, "auth refused", rt.name)
                 raise
         faults("before_confirm")
-        with store.transaction() as conn:
-            uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
-            uow.load_bases([(r["customer_id"], rt.name) for r in rows])
-            done: list[int] = []
-            for outcome in outcomes:
-                row = by_key[outcome.key]
-                if outcome.receipt is not None:
-                    _confirm(uow, rt, row, outcome.receipt.app_record_id, stats)
-                    done.append(row["seq"])
-                elif isinstance(outcome.error, RecordGone) and row["op"] == "delete":
-                    _confirm(uow, rt, row, row["app_record_id"], stats)
-                    done.append(row["seq"])
-                elif isinstance(outcome.error, RecordGone):
-                    gone.append(row)
-                elif isinstance(outcome.error, TransientError):
-                    # this write alone had no clear answer: retried later, a create as uncertain
-                    stats.retried += 1
-                    maybe = set() if isinstance(outcome.error, RateLimited) else {outcome.key}
-                    _release(conn, [row], uow.now, max_attempts, str(outcome.error), rt.name,
-                             maybe_sent=maybe if row["op"] == "create" else set())
-                else:
-                    stats.rejected += 1
-                    _dead(conn, row, str(outcome.error), uow)
-                    done.append(row["seq"])
-            for seq, record in adopted.items():
-                _adopt(conn, uow, rt, by_key[str(seq)], record)
-                stats.adopted += 1
-                done.append(seq)
-            for seq, reason in refused.items():
-                stats.rejected += 1
-                _dead(conn, by_key[str(seq)], reason, uow)
-                done.append(seq)
-            for row in gone:
+        settled = _Settled(outcomes=outcomes, adopted=adopted, refused=refused, gone=gone, rechecks=rechecks)
+        await asyncio.to_thread(_settle, store, rt, rows, settled, stats, identity_key=identity_key,
+                                now=now(), run_id=run_id, max_attempts=max_attempts)
+
+
+@dataclass
+class _Settled:
+    """What became of a claimed batch, for `_settle` to commit."""
+
+    outcomes: list[WriteOutcome]
+    adopted: dict[int, AppRecord]  # seq -> the record the app holds, linked instead of created
+    refused: dict[int, str]  # seq -> why it is not created
+    gone: list[dict[str, Any]]  # updates whose record vanished from the app
+    rechecks: list[tuple[dict[str, Any], AppRecord]]  # rows whose record changed in the app
+
+
+def _bases(store: Store, pairs: list[tuple[str, str]], *, identity_key: bytes, now: datetime,
+           run_id: str) -> UnitOfWork:
+    """A unit of work holding these (customer, app) bases, read in a transaction of its own."""
+    with store.transaction() as conn:
+        uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id=run_id)
+        uow.load_bases(pairs)
+    return uow
+
+
+def _settle(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], settled: _Settled,
+            stats: DispatchStats, *, identity_key: bytes, now: datetime, run_id: str,
+            max_attempts: int) -> None:
+    """Commit what became of a claimed batch, in one transaction: confirmed writes (links,
+    bases, change log), adopted records, refusals, retries, vanished records and rechecks."""
+    by_key = {str(r["seq"]): r for r in rows}
+    gone = list(settled.gone)
+    with store.transaction() as conn:
+        uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id=run_id)
+        uow.load_bases([(r["customer_id"], rt.name) for r in rows])
+        done: list[int] = []
+        for outcome in settled.outcomes:
+            row = by_key[outcome.key]
+            if outcome.receipt is not None:
+                _confirm(uow, rt, row, outcome.receipt.app_record_id, stats)
                 done.append(row["seq"])
-                if rt.config.on_delete == "ignore":
-                    # Deletes in this app are ignored: the customer is created there again.
-                    uow.drop_link(rt.name, row["app_record_id"])
-                    uow.drop_snapshot(row["customer_id"], rt.name)
-                    plan_customer(uow, row["customer_id"], {rt.name: rt}, now=uow.now, reason="re-create: record gone")
-                    continue
-                # The record vanished from the app: handle it as a delete seen there.
-                conn.execute(insert(inbox_t), [inbox_row(
-                    rt.name, AppRecord(app_record_id=row["app_record_id"], deleted=True), "recheck", uow.now)])
-            for row, record in rechecks:
-                conn.execute(insert(inbox_t), [inbox_row(rt.name, record, "recheck", uow.now)])
-                stats.deferred += 1
-                if row["seq"] not in done and not any(o.key == str(row["seq"]) for o in outcomes):
-                    done.append(row["seq"])
-            uow.flush()
-            if done:
-                conn.execute(delete(outbox_t).where(outbox_t.c.seq.in_(done)))
+            elif isinstance(outcome.error, RecordGone) and row["op"] == "delete":
+                _confirm(uow, rt, row, row["app_record_id"], stats)
+                done.append(row["seq"])
+            elif isinstance(outcome.error, RecordGone):
+                gone.append(row)
+            elif isinstance(outcome.error, TransientError):
+                # this write alone had no clear answer: retried later, a create as uncertain
+                stats.retried += 1
+                maybe = set() if isinstance(outcome.error, RateLimited) else {outcome.key}
+                _release(conn, [row], now, max_attempts, str(outcome.error), rt.name,
+                         maybe_sent=maybe if row["op"] == "create" else set())
+            else:
+                stats.rejected += 1
+                _dead(conn, row, str(outcome.error), uow)
+                done.append(row["seq"])
+        for seq, record in settled.adopted.items():
+            _adopt(conn, uow, rt, by_key[str(seq)], record)
+            stats.adopted += 1
+            done.append(seq)
+        for seq, reason in settled.refused.items():
+            stats.rejected += 1
+            _dead(conn, by_key[str(seq)], reason, uow)
+            done.append(seq)
+        for row in gone:
+            done.append(row["seq"])
+            if rt.config.on_delete == "ignore":
+                # Deletes in this app are ignored: the customer is created there again.
+                uow.drop_link(rt.name, row["app_record_id"])
+                uow.drop_snapshot(row["customer_id"], rt.name)
+                plan_customer(uow, row["customer_id"], {rt.name: rt}, now=uow.now, reason="re-create: record gone")
+                continue
+            # The record vanished from the app: handle it as a delete seen there.
+            conn.execute(insert(inbox_t), [inbox_row(
+                rt.name, AppRecord(app_record_id=row["app_record_id"], deleted=True), "recheck", uow.now)])
+        answered = {o.key for o in settled.outcomes}
+        for row, record in settled.rechecks:
+            conn.execute(insert(inbox_t), [inbox_row(rt.name, record, "recheck", uow.now)])
+            stats.deferred += 1
+            if row["seq"] not in done and str(row["seq"]) not in answered:
+                done.append(row["seq"])
+        uow.flush()
+        if done:
+            conn.execute(delete(outbox_t).where(outbox_t.c.seq.in_(done)))
 
 
 def ready_writes(store: Store, apps: list[str], now: datetime, *, ready_only: bool = True) -> int:
@@ -308,9 +339,7 @@ async def _look_up_creates(
     if not holders:
         return {}, {}
     found_ids = sorted({rec.app_record_id for recs in holders.values() for rec in recs})
-    with store.transaction() as conn:
-        linked = dict(conn.execute(select(links_t.c.app_record_id, links_t.c.customer_id).where(
-            links_t.c.app == rt.name, links_t.c.app_record_id.in_(found_ids))).all())
+    linked = await asyncio.to_thread(_linked, store, rt.name, found_ids)
     adopted: dict[int, AppRecord] = {}
     refused: dict[int, str] = {}
     taken: set[str] = set()
@@ -324,6 +353,13 @@ async def _look_up_creates(
             refused[seq] = (f"not created: {rt.name} already holds this email on record "
                             f"{recs[0].app_record_id}, which is linked to another customer")
     return adopted, refused
+
+
+def _linked(store: Store, app: str, app_record_ids: list[str]) -> dict[str, str]:
+    """app record id -> customer id, for those of these records that have a link (any state)."""
+    with store.transaction() as conn:
+        return dict(conn.execute(select(links_t.c.app_record_id, links_t.c.customer_id).where(
+            links_t.c.app == app, links_t.c.app_record_id.in_(app_record_ids))).all())
 
 
 def _looks_up(connector: Connector) -> bool:  # type: ignore[type-arg]
@@ -395,6 +431,13 @@ def _dead(conn: Any, row: dict[str, Any], error: str, uow: UnitOfWork) -> None:
     }])
     uow.log("error", app=row["app"], app_record_id=row["app_record_id"], customer_id=row["customer_id"],
             diff={"fields": sorted(row["fields"])}, reason=f"write rejected: {error}")
+
+
+def _release_in_store(store: Store, rows: list[dict[str, Any]], now: datetime, max_attempts: int | None,
+                      error: str, app: str, *, maybe_sent: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """`_release` in a transaction of its own."""
+    with store.transaction() as conn:
+        _release(conn, rows, now, max_attempts, error, app, maybe_sent=maybe_sent)
 
 
 def _release(conn: Any, rows: list[dict[str, Any]], now: datetime, max_attempts: int | None,

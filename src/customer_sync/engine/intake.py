@@ -41,11 +41,7 @@ async def process_inbox(engine: Engine, *, limit: int | None = None) -> ProcessS
         done = 0
         after = -1
         while limit is None or done < limit:
-            with engine.store.transaction() as conn:
-                items = [dict(r) for r in conn.execute(
-                    select(inbox_t).where(inbox_t.c.state == "pending", inbox_t.c.seq > after)
-                    .order_by(inbox_t.c.seq).limit(batch)
-                ).mappings()]
+            items = await engine.db(_pending_items, engine, after, batch)
             if not items:
                 break
             after = items[-1]["seq"]
@@ -68,6 +64,14 @@ def pending_inbox(engine: Engine, apps: list[str]) -> int:
     with engine.store.transaction() as conn:
         return conn.execute(select(func.count()).select_from(inbox_t).where(
             inbox_t.c.state == "pending", inbox_t.c.app.in_(apps))).scalar_one()
+
+
+def _pending_items(engine: Engine, after: int, limit: int) -> list[dict[str, Any]]:
+    with engine.store.transaction() as conn:
+        return [dict(r) for r in conn.execute(
+            select(inbox_t).where(inbox_t.c.state == "pending", inbox_t.c.seq > after)
+            .order_by(inbox_t.c.seq).limit(limit)
+        ).mappings()]
 
 
 def _process_batch(engine: Engine, items: list[dict[str, Any]]) -> ProcessStats:

@@ -88,8 +88,7 @@ async def poll_app(
     batch_size = engine.config.daemon.batch_size
     cursor: Cursor | None = None
     if not full:
-        with engine.store.transaction() as conn:
-            raw = conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
+        raw = await engine.db(_stored_cursor, engine, app)
         cursor = Cursor(value=raw) if raw is not None else None
     # each page comes with its normalization: under way in a worker as soon as it was read,
     # or done already by the app's listing worker
@@ -173,8 +172,13 @@ async def poll_app(
     if failed:
         raise failed[0]
     if complete and not full:
-        app_state.mark_listed(engine.store, app, engine.clock())
+        await engine.db(app_state.mark_listed, engine.store, app, engine.clock())
     return PollResult(fresh=count, complete=complete)
+
+
+def _stored_cursor(engine: Engine, app: str) -> str | None:
+    with engine.store.transaction() as conn:
+        return conn.execute(select(cursors_t.c.value).where(cursors_t.c.app == app)).scalar()
 
 
 async def _listed(

@@ -58,7 +58,7 @@ async def reconcile_app(engine: Engine, app: str) -> int:
     started = engine.clock()
     gone = await scan_ids(engine, app)
     result = await poll_app(engine, app, full=True)
-    app_state.mark_reconciled(engine.store, app, started)
+    await engine.db(app_state.mark_reconciled, engine.store, app, started)
     if gone or result.fresh:
         log.info("app.reconciled", app=app, deletes=gone, changed=result.fresh)
     return gone + result.fresh
@@ -77,6 +77,11 @@ async def scan_ids(engine: Engine, app: str) -> int:
     live: set[str] = set()
     async for chunk in connector.list_ids():
         live.update(chunk)
+    return await engine.db(_queue_gone, engine, app, live, started)
+
+
+def _queue_gone(engine: Engine, app: str, live: set[str], started: datetime) -> int:
+    """Queue a delete for every record linked before `started` that is not among `live`."""
     now = engine.clock()
     with engine.store.transaction() as conn:
         linked = conn.execute(

@@ -206,7 +206,7 @@ class Engine:
                             limiters, (d.log_level, d.log_format, d.redact_logs))
                 except Exception as exc:  # per-app failure, as in _guarded
                     self.unopened[name] = f"{type(exc).__name__}: {exc}"
-                    self._record_app_error(name, exc, parked=isinstance(exc, AuthError))
+                    await self._record_app_error(name, exc, parked=isinstance(exc, AuthError))
                     log.error("app.open_failed", reason=type(exc).__name__, error=str(exc))
         return self
 
@@ -270,6 +270,14 @@ class Engine:
         """Read every app and decide, but write nothing (see `engine.dry_run`)."""
         return await dry_run(self)
 
+    async def db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a blocking store call in a thread (inline in a dry run, whose one transaction
+        lives on one connection): a busy store must never stall the event loop, which serves
+        webhook intake and /healthz while a round runs."""
+        if self._offload:
+            return await asyncio.to_thread(fn, *args, **kw)
+        return fn(*args, **kw)
+
     def notify(self) -> None:
         """Something arrived (a webhook): the daemon runs a round soon instead of at its tick."""
         if self._wake is not None:
@@ -290,7 +298,7 @@ class Engine:
         started = time.perf_counter()
         await self._loop(schedule)
         summary = schedule.summary
-        summary.waiting = ready_writes(self.store, self.live_apps(), self.clock(), ready_only=False)
+        summary.waiting = await self.db(ready_writes, self.store, self.live_apps(), self.clock(), ready_only=False)
         summary.duration_s = time.perf_counter() - started
         line = {k: v for k, v in summary.as_dict().items() if k != "failed_apps"}
         line["failed_apps"] = sorted(summary.failed_apps)
@@ -337,7 +345,7 @@ class Engine:
         self.rounds += 1
         summary.rounds += 1
         result = RoundResult(number=self.rounds, started_at=time.monotonic())
-        paused = app_state.paused_until(self.store, self.clock())
+        paused = await self.db(app_state.paused_until, self.store, self.clock())
         live = [a for a in self.live_apps() if a not in paused]
         slice_s = self.config.daemon.poll_slice_s
         intake_before = _copy(self.intake)
@@ -382,8 +390,8 @@ class Engine:
         summary.dispatch.add(result.dispatch)
 
         ready = [a for a in live if a not in summary.failed_apps]
-        result.waiting = (ready_writes(self.store, ready, self.clock())
-                          + pending_inbox(self, ready))
+        result.waiting = (await self.db(ready_writes, self.store, ready, self.clock())
+                          + await self.db(pending_inbox, self, ready))
         result.failed = {a for a in summary.failed_apps if a in self.apps}
         if result.active:
             log.info("sync.round_finished", round=result.number, polled=sorted(result.polled),
@@ -414,7 +422,7 @@ class Engine:
             try:
                 result = await work
             except AuthError as exc:
-                self._record_app_error(app, exc, parked=True, record=record)
+                await self._record_app_error(app, exc, parked=True, record=record)
                 summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
                 log.error("app.parked", reason=type(exc).__name__, error=str(exc))
                 return None
@@ -426,26 +434,26 @@ class Engine:
                 resume_at = self.clock() + timedelta(seconds=wait_s)
                 summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
                 if record:
-                    app_state.pause_until(self.store, app, resume_at, f"{type(exc).__name__}: {exc}",
-                                          self.clock())
+                    await self.db(app_state.pause_until, self.store, app, resume_at,
+                                  f"{type(exc).__name__}: {exc}", self.clock())
                     self._failing.add(app)
                 log.warning("app.paused", reason=type(exc).__name__, resume_at=resume_at.isoformat(),
                             retry_after_s=wait_s)
                 return None
             except Exception as exc:  # per-app pass: log with traceback, mark failed, go on
-                self._record_app_error(app, exc, parked=False, record=record)
+                await self._record_app_error(app, exc, parked=False, record=record)
                 summary.failed_apps[app] = f"{type(exc).__name__}: {exc}"
                 log.exception("sync.pass_failed", reason=type(exc).__name__)
                 return None
             if record and (record_ok or app in self._failing):
-                app_state.record_ok(self.store, app, self.clock())
+                await self.db(app_state.record_ok, self.store, app, self.clock())
                 self._failing.discard(app)
             return result
 
-    def _record_app_error(self, app: str, exc: Exception, *, parked: bool, record: bool = True) -> None:
+    async def _record_app_error(self, app: str, exc: Exception, *, parked: bool, record: bool = True) -> None:
         if record:
-            app_state.record_error(self.store, app, f"{type(exc).__name__}: {exc}", self.clock(),
-                                   parked=parked)
+            await self.db(app_state.record_error, self.store, app, f"{type(exc).__name__}: {exc}",
+                          self.clock(), parked=parked)
             self._failing.add(app)
 
 
@@ -467,7 +475,7 @@ class _UntilQuiet:
             # reconcile=True: in the first round every app that has reconciliation on, whatever
             # its interval (then it is not due again in this run)
             force = self.reconcile is True and self.last is None
-            due.reconciles = due_for_reconcile(engine, apps, engine.clock(), force=force)
+            due.reconciles = await engine.db(due_for_reconcile, engine, apps, engine.clock(), force=force)
         return due
 
     def finished(self, engine: Engine, result: RoundResult) -> None:
@@ -517,8 +525,9 @@ class _OnClock:
         due, self.due = self.due, set()
         apps = engine.live_apps()
         # an app about to receive creates is read first, in the same round (see `dispatch`)
-        due |= creating_apps(engine.store, apps, engine.clock())
-        return Due(polls=due & set(apps), reconciles=due_for_reconcile(engine, apps, engine.clock()))
+        due |= await engine.db(creating_apps, engine.store, apps, engine.clock())
+        reconciles = await engine.db(due_for_reconcile, engine, apps, engine.clock())
+        return Due(polls=due & set(apps), reconciles=reconciles)
 
     def finished(self, engine: Engine, result: RoundResult) -> None:
         self.due |= result.more  # a listing cut at its slice goes on in the next round
