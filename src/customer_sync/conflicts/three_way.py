@@ -2,7 +2,10 @@
 
 For each field the incoming app holds: if it equals the base, the app did not change it; if the
 canonical value still equals the base, only the app changed it and it wins; if both changed it
-to different values, that is a conflict for the rules (`rules.decide`). Set-valued fields
+to different values, that is a conflict for the rules (`rules.decide`). When the app holds the
+value the customer already has, the value's provenance moves to the app if the rules would
+rank its claim higher (a later time, a higher priority): so the outcome does not depend on the
+order in which the apps' records arrive. Set-valued fields
 (tags, other emails) merge element-wise: additions and removals since the base both apply, so
 two apps adding different tags both win.
 
@@ -94,8 +97,19 @@ def merge_record(
                 out.changes[name] = merged
                 out.provenance[name] = _prov(at, "set_merge")
             continue
+        if same_value(cur, new) and is_empty(new):
+            continue  # nothing, still nothing
         if same_value(cur, new):
-            continue  # already agreed
+            # Already agreed. The value now stands on the stronger of the two claims (the later
+            # time, the app of higher priority), so that the next conflict on this field is
+            # decided as if the records had come in the other order.
+            holder = provenance.get(name, {})
+            claim = Contender(app, new, at)
+            ranked = decide(rules.rule_for(name), incoming=claim,
+                            current=Contender(holder.get("app"), cur, _parse(holder.get("at"))))
+            if ranked.winner is claim and not ranked.parked:
+                out.provenance[name] = _prov(at, "agreed")
+            continue
         if not has_base and is_empty(new):
             continue  # the app merely lacks a value we hold: it will be written, not erased
         if is_empty(cur) and not has_base:

@@ -212,9 +212,11 @@ def _apply_record(
         cid, how, ambiguous = _match(uow, app, values)
         if ambiguous:
             stats.parked += 1
-            uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
-                             detail={"candidates": sorted(ambiguous), "reason": how})
-            uow.log("conflict", app=app, app_record_id=rid, reason=f"{how}: {len(ambiguous)} candidates; parked for review")
+            if not uow.is_match_parked(app, rid):  # read again (a reconciliation): parked once
+                uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
+                                 detail={"candidates": sorted(ambiguous), "reason": how})
+                uow.log("conflict", app=app, app_record_id=rid,
+                        reason=f"{how}: {len(ambiguous)} candidates; parked for review")
             return
         if cid is None:
             cid = new_customer_id()
@@ -253,7 +255,10 @@ def _apply_record(
         else:
             uow.log("decided", app=app, app_record_id=rid, customer_id=cid,
                     diff={f: [before.get(f), v] for f, v in result.changes.items()},
-                    reason=", ".join(f"{f}: {p['rule']}" for f, p in result.provenance.items()))
+                    reason=", ".join(f"{f}: {result.provenance[f]['rule']}" for f in result.changes))
+    if result.provenance and not result.changes:  # agreed values now stand on a stronger claim
+        customer["provenance"] = {**customer["provenance"], **result.provenance}
+        uow.touch_customer(cid)
     for conflict in result.conflicts:
         d = conflict.decision
         stats.conflicts += 1

@@ -336,6 +336,16 @@ class UnitOfWork:
     def release_field(self, customer_id: str, field: str) -> None:
         self.held.get(customer_id, set()).discard(field)
 
+    def is_match_parked(self, app: str, app_record_id: str) -> bool:
+        """This record already waits for review as an ambiguous match (in the store, or added
+        by this batch)."""
+        if any(c["kind"] == "match" and c["app"] == app and c["app_record_id"] == app_record_id
+               for c in self._conflicts):
+            return True
+        return self.conn.execute(select(conflicts_t.c.id).where(
+            conflicts_t.c.kind == "match", conflicts_t.c.status == "parked",
+            conflicts_t.c.app == app, conflicts_t.c.app_record_id == app_record_id).limit(1)).first() is not None
+
     def add_conflict(self, **row: Any) -> None:
         if row.get("kind") == "field" and row.get("status") == "parked" and row.get("customer_id"):
             self.held.setdefault(row["customer_id"], set()).add(row["field"])

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from customer_sync.config import ConflictsConfig, FieldRule
 from customer_sync.conflicts.rules import Contender, Decision
@@ -395,3 +397,51 @@ def test_a_customer_with_nothing_yet_merges_as_the_general_rules_say() -> None:
         fast = merge_record(current={}, **kwargs)
         general = merge_record(current={"unrelated": "held"}, **kwargs)  # takes the general loop
         assert general == fast, incoming
+
+
+def test_agreeing_with_a_later_time_moves_the_provenance_to_that_app() -> None:
+    """An app holding the value the customer has, with a later time, becomes its provenance:
+    the next conflict on the field is measured against that later time."""
+    result = _merge(incoming={"first_name": "Ann"}, base=None, current={"first_name": "Ann"},
+                    provenance={"first_name": _held_by("shop", T0)}, modified_at=T0 + timedelta(hours=1))
+
+    assert {} == result.changes
+    assert {"first_name": {"app": "crm", "at": (T0 + timedelta(hours=1)).isoformat(), "rule": "agreed"}} == result.provenance
+
+
+def test_agreeing_with_an_earlier_time_leaves_the_provenance() -> None:
+    """An app holding the customer's value, with an earlier time, does not weaken its claim."""
+    result = _merge(incoming={"first_name": "Ann"}, base=None, current={"first_name": "Ann"},
+                    provenance={"first_name": _held_by("shop", T0)}, modified_at=T0 - timedelta(hours=1))
+
+    assert ({}, {}) == (result.changes, result.provenance)
+
+
+_apps_st = st.lists(st.sampled_from(["crm", "desk", "shop", "erp"]), min_size=2, max_size=4, unique=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(apps=_apps_st, data=st.data(),
+       rules=st.sampled_from([ConflictsConfig(default="last_writer"),
+                              ConflictsConfig(default="priority", priority=["desk", "crm"])]))
+def test_first_meeting_ends_the_same_whatever_order_the_apps_come_in(apps, data, rules) -> None:
+    """Each app holds a value of one field with its own time (all distinct): merged into a new
+    customer in any order, the field ends with the same value."""
+    minutes = data.draw(st.lists(st.integers(0, 10_000), min_size=len(apps), max_size=len(apps), unique=True))
+    held = {app: (data.draw(st.sampled_from(["Ann", "Bea", "Cid"])), T0 + timedelta(minutes=m))
+            for app, m in zip(apps, minutes, strict=True)}
+    order = data.draw(st.permutations(apps))
+
+    def fold(sequence: list[str]) -> Any:
+        values: dict[str, Any] = {}
+        provenance: dict[str, Any] = {}
+        for app in sequence:
+            value, at = held[app]
+            result = merge_record(app=app, incoming={"first_name": value}, base=None, current=values,
+                                  provenance=provenance, modified_at=at, field_modified_at={},
+                                  set_fields=frozenset(), rules=rules)
+            values = {**values, **result.changes}
+            provenance = {**provenance, **result.provenance}
+        return values["first_name"]
+
+    assert fold(sorted(apps)) == fold(list(order))
