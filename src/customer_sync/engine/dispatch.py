@@ -113,8 +113,10 @@ async def dispatch_app(
         with store.transaction() as conn:
             uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
             uow.load_bases(updates)
-        adopted, refused = await _look_up_creates(store, rt, connector, rows)
-        sending = [r for r in rows if r["seq"] not in adopted and r["seq"] not in refused]
+            overtaken = _overtaken(uow, rt, rows)
+        current = [r for r in rows if r["seq"] not in overtaken]
+        adopted, refused = await _look_up_creates(store, rt, connector, current)
+        sending = [r for r in current if r["seq"] not in adopted and r["seq"] not in refused]
         ops, rechecks, gone = await _build_ops(rt, connector, sending, uow)
         outcomes = []
         if ops:
@@ -165,6 +167,11 @@ async def dispatch_app(
             for seq, reason in refused.items():
                 stats.rejected += 1
                 _dead(conn, by_key[str(seq)], reason, uow)
+                done.append(seq)
+            for seq, reason in overtaken.items():
+                row = by_key[str(seq)]
+                uow.log("decided", app=rt.name, app_record_id=row["app_record_id"],
+                        customer_id=row["customer_id"], reason=f"{row['op']} not sent again: {reason}")
                 done.append(seq)
             for row in gone:
                 done.append(row["seq"])
@@ -273,6 +280,45 @@ async def _build_ops(
                                fields=rt.mapping.to_app(fields_to_write)))
             row["fields"] = fields_to_write
     return ops, rechecks, gone
+
+
+def _overtaken(uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Rows left `sending` by a daemon that stopped, which what happened since has overtaken
+    (seq -> why); the updates among the others keep only the fields that still hold.
+
+    Such a row was decided on what the daemon knew before it stopped. Since then a poll may
+    have linked the record its create made, a user may have deleted that record or changed a
+    value, and the merge decided again (planning what that needs). Sent as it was decided, the
+    row would make a record its user deleted, or overwrite a newer value with an older one. So
+    a create is not sent again once the customer has a link to the app (the record is linked,
+    or no longer synced there), nor anything for a customer deleted since; an update carries
+    only the values that are still the customer's, to the record still linked.
+    """
+    uncertain = [r for r in rows if r["state"] == "sending" and r["op"] != "delete"]
+    if not uncertain:
+        return {}
+    uow.load_customers({r["customer_id"] for r in uncertain})
+    overtaken: dict[int, str] = {}
+    for row in uncertain:
+        cid = row["customer_id"]
+        customer = uow.customer(cid)
+        link = uow.link_for(cid, rt.name)
+        if customer is None or customer["deleted_at"] is not None:
+            overtaken[row["seq"]] = "the customer was deleted since"
+        elif row["op"] == "create":
+            if link is not None:
+                overtaken[row["seq"]] = (f"the customer is linked to record {link['app_record_id']} "
+                                         f"({link['state']}) since")
+        elif link is None or link["state"] != "active" or link["app_record_id"] != row["app_record_id"]:
+            overtaken[row["seq"]] = "the record is no longer linked"
+        else:
+            held = uow.held_fields(cid)
+            values = customer["values"]
+            row["fields"] = {f: v for f, v in row["fields"].items()
+                             if f not in held and same_value(v, values.get(f))}
+            if not row["fields"]:
+                overtaken[row["seq"]] = "every value it carried has changed since"
+    return overtaken
 
 
 def _uncertain_since(row: Mapping[str, Any]) -> datetime | None:
