@@ -73,6 +73,22 @@ async def test_a_create_left_sending_is_not_refused_when_its_record_has_been_lin
     assert {"crm": ["Ann"], "desk": ["Ann"]} == first_names(w)
 
 
+async def test_a_create_left_sending_carries_the_values_decided_since(world) -> None:
+    """A create that had not reached its app when the daemon died is made with the values of
+    now, not those it was decided with: made later, the old values would look newest."""
+    w = world(apps=("crm", "desk"), conflicts={"default": "last_writer"})
+    crm_id = w.apps["crm"].put({"email": "ann@x.io", "first": "Ann"})
+    with pytest.raises(Crash):
+        async with w.engine(faults=crash_at("mid_dispatch")) as engine:
+            await engine.run_once()  # the create to desk is claimed, not sent: left `sending`
+    assert {"crm": ["Ann"], "desk": []} == first_names(w)
+
+    w.apps["crm"].edit(crm_id, first="Bea")
+    await w.run()
+
+    assert {"crm": ["Bea"], "desk": ["Bea"]} == first_names(w)
+
+
 async def test_the_echo_of_an_unconfirmed_write_does_not_beat_a_newer_edit(world) -> None:
     """A value the daemon wrote but did not confirm is its own, not the app user's, even when
     the user then edits another field of that record: it must not win over a newer edit."""

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, insert, or_, select, update
 
 from customer_sync.canonical import identity_values
-from customer_sync.engine.plan import plan_customer, same_value
+from customer_sync.conflicts.three_way import is_empty
+from customer_sync.engine.plan import desired_fields, plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, RateLimited, RecordGone, TransientError
 from customer_sync.sdk.connector import AppRecord, Capability, Connector, WriteOp
@@ -113,7 +114,7 @@ async def dispatch_app(
         with store.transaction() as conn:
             uow = UnitOfWork(conn, identity_key=identity_key, now=now(), run_id=run_id)
             uow.load_bases(updates)
-            overtaken = _overtaken(uow, rt, rows)
+            overtaken = _recheck_left_sending(uow, rt, rows)
         current = [r for r in rows if r["seq"] not in overtaken]
         adopted, refused = await _look_up_creates(store, rt, connector, current)
         sending = [r for r in current if r["seq"] not in adopted and r["seq"] not in refused]
@@ -282,17 +283,19 @@ async def _build_ops(
     return ops, rechecks, gone
 
 
-def _overtaken(uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]]) -> dict[int, str]:
-    """Rows left `sending` by a daemon that stopped, which what happened since has overtaken
-    (seq -> why); the updates among the others keep only the fields that still hold.
+def _recheck_left_sending(uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Bring rows left `sending` by a daemon that stopped up to date: returns those that what
+    happened since has overtaken (seq -> why), and sets the fields of the others to send.
 
     Such a row was decided on what the daemon knew before it stopped. Since then a poll may
     have linked the record its create made, a user may have deleted that record or changed a
     value, and the merge decided again (planning what that needs). Sent as it was decided, the
-    row would make a record its user deleted, or overwrite a newer value with an older one. So
-    a create is not sent again once the customer has a link to the app (the record is linked,
-    or no longer synced there), nor anything for a customer deleted since; an update carries
-    only the values that are still the customer's, to the record still linked.
+    row would make a record its user deleted, overwrite a newer value with an older one, or
+    make a record with old values at a time that makes them look newest. So a create is not
+    sent again once the customer has a link to the app (the record is linked, or no longer
+    synced there), and otherwise carries the customer's values of now; an update to the record
+    still linked carries only the values that are still the customer's; nothing is sent for a
+    customer deleted since.
     """
     uncertain = [r for r in rows if r["state"] == "sending" and r["op"] != "delete"]
     if not uncertain:
@@ -305,19 +308,23 @@ def _overtaken(uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]]) -> d
         link = uow.link_for(cid, rt.name)
         if customer is None or customer["deleted_at"] is not None:
             overtaken[row["seq"]] = "the customer was deleted since"
-        elif row["op"] == "create":
+            continue
+        desired = desired_fields(rt, customer["values"], uow.held_fields(cid))
+        if row["op"] == "create":
             if link is not None:
                 overtaken[row["seq"]] = (f"the customer is linked to record {link['app_record_id']} "
                                          f"({link['state']}) since")
+            elif rt.filter and not rt.filter.matches(customer["values"], uow.now):
+                overtaken[row["seq"]] = "the customer no longer passes the app's filter"
+            else:
+                row["fields"] = {f: v for f, v in desired.items() if not is_empty(v)}
         elif link is None or link["state"] != "active" or link["app_record_id"] != row["app_record_id"]:
             overtaken[row["seq"]] = "the record is no longer linked"
         else:
-            held = uow.held_fields(cid)
-            values = customer["values"]
             row["fields"] = {f: v for f, v in row["fields"].items()
-                             if f not in held and same_value(v, values.get(f))}
-            if not row["fields"]:
-                overtaken[row["seq"]] = "every value it carried has changed since"
+                             if f in desired and same_value(v, desired[f])}
+        if row["seq"] not in overtaken and not row["fields"]:
+            overtaken[row["seq"]] = "no value it carried is still to be written"
     return overtaken
 
 
