@@ -1,7 +1,8 @@
 """Dispatch the outbox to one app: claim, check, send, confirm.
 
 1. **claim** a batch: rows go `pending -> sending` in a committed transaction. Rows found in
-   `sending` (a crash between send and confirm) are claimed again first. No create is claimed
+   `sending` (a crash between send and confirm) are claimed again first, and brought up to
+   date with what happened since they were decided (`_recheck_left_sending`). No create is claimed
    for an app whose first complete listing has not been processed (`app_state.listed_at`): a
    record the app already holds would be created a second time.
 2. **check** against the app:
@@ -172,7 +173,8 @@ async def dispatch_app(
             for seq, reason in overtaken.items():
                 row = by_key[str(seq)]
                 uow.log("decided", app=rt.name, app_record_id=row["app_record_id"],
-                        customer_id=row["customer_id"], reason=f"{row['op']} not sent again: {reason}")
+                        customer_id=row["customer_id"],
+                        reason=f"{row['op']} not sent again: {reason}")
                 done.append(seq)
             for row in gone:
                 done.append(row["seq"])
@@ -283,7 +285,9 @@ async def _build_ops(
     return ops, rechecks, gone
 
 
-def _recheck_left_sending(uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]]) -> dict[int, str]:
+def _recheck_left_sending(
+    uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]],
+) -> dict[int, str]:
     """Bring rows left `sending` by a daemon that stopped up to date: returns those that what
     happened since has overtaken (seq -> why), and sets the fields of the others to send.
 
@@ -312,13 +316,14 @@ def _recheck_left_sending(uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, 
         desired = desired_fields(rt, customer["values"], uow.held_fields(cid))
         if row["op"] == "create":
             if link is not None:
-                overtaken[row["seq"]] = (f"the customer is linked to record {link['app_record_id']} "
-                                         f"({link['state']}) since")
+                overtaken[row["seq"]] = (f"the customer is linked to record "
+                                         f"{link['app_record_id']} ({link['state']}) since")
             elif rt.filter and not rt.filter.matches(customer["values"], uow.now):
                 overtaken[row["seq"]] = "the customer no longer passes the app's filter"
             else:
                 row["fields"] = {f: v for f, v in desired.items() if not is_empty(v)}
-        elif link is None or link["state"] != "active" or link["app_record_id"] != row["app_record_id"]:
+        elif (link is None or link["state"] != "active"
+              or link["app_record_id"] != row["app_record_id"]):
             overtaken[row["seq"]] = "the record is no longer linked"
         else:
             row["fields"] = {f: v for f, v in row["fields"].items()
