@@ -112,7 +112,7 @@ async def test_the_echo_of_an_unconfirmed_write_does_not_beat_a_newer_edit(world
         app: sorted(str(f.get("last")) for f in w.apps[app].live().values()) for app in w.apps}
 
 
-# -- with `sql` apps: a hard delete ------------------------------------------------------------------
+# -- with `sql` apps: a hard delete -------------------------------------------------------------
 
 
 def _sql_config(folder: Path) -> Any:
@@ -130,7 +130,9 @@ def _sql_config(folder: Path) -> Any:
     })
 
 
-async def test_a_create_left_sending_does_not_bring_back_a_record_deleted_since(tmp_path: Path) -> None:
+async def test_a_create_left_sending_does_not_bring_back_a_record_deleted_since(
+    tmp_path: Path,
+) -> None:
     """A record an unconfirmed create made, linked by the next poll and then deleted by the app's
     user, stays deleted: the create left `sending` is not made again."""
     config = _sql_config(tmp_path)
