@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,12 +247,14 @@ class World:
         return out
 
     def insert(self, name: str, email: str, values: dict[str, str | None], *, app_record_id: str,
-               stamp: str, shown: str | None = None) -> None:
-        """Add a row; `shown`: the email as the user typed it (any case)."""
+               stamp: str, shown: str | None = None, conn: sqlite3.Connection | None = None,
+               ) -> None:
+        """Add a row; `shown`: the email as the user typed it (any case); `conn`: a connection
+        to the app's database to use (else one of its own)."""
         app = APPS[name]
         columns = {app.email: shown or email, **{app.columns[f]: v for f, v in values.items()}}
-        with closing(self.db(name)) as conn:
-            conn.execute(
+        with closing(self.db(name)) if conn is None else nullcontext(conn) as db:
+            db.execute(
                 f"insert into {app.table} (id, updated_at, {', '.join(columns)}) values "
                 f"(?, ?, {', '.join('?' for _ in columns)})",
                 (app_record_id, stamp, *columns.values()))
@@ -293,10 +295,13 @@ class World:
 
     # -- the store -----------------------------------------------------------------------------
 
-    def store_state(self) -> dict[str, Any]:
-        """What the daemon has committed: cursors, work waiting, links and customers."""
+    def store(self) -> sqlite3.Connection:
         path = self.folder / "store.db"
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+    def store_state(self) -> dict[str, Any]:
+        """What the daemon has committed: its cursors, and the work it has left waiting."""
+        with closing(self.store()) as conn:
             return {
                 "cursors": dict(conn.execute("select app, value from cursors").fetchall()),
                 "outbox": conn.execute("select count(*) from outbox "
@@ -305,18 +310,25 @@ class World:
                     "select count(*) from outbox where state = 'sending'").fetchone()[0],
                 "inbox": conn.execute(
                     "select count(*) from inbox where state = 'pending'").fetchone()[0],
-                "links": set(conn.execute(
-                    "select app, app_record_id from links where state = 'active'").fetchall()),
-                "customers": [json.loads(v).get("email") for (v,) in conn.execute(
-                    'select "values" from customers where deleted_at is null').fetchall()],
             }
+
+    def links(self) -> set[tuple[str, str]]:
+        """The (app, id) of every record linked to a customer."""
+        with closing(self.store()) as conn:
+            return set(conn.execute(
+                "select app, app_record_id from links where state = 'active'").fetchall())
+
+    def customers(self) -> list[str | None]:
+        """The email of every live customer in the store."""
+        with closing(self.store()) as conn:
+            return [json.loads(v).get("email") for (v,) in conn.execute(
+                'select "values" from customers where deleted_at is null').fetchall()]
 
     def progress(self) -> tuple[Any, ...]:
         """What moves when the daemon commits a step: the change log and the cursors."""
-        path = self.folder / "store.db"
-        if not path.exists():
+        if not (self.folder / "store.db").exists():
             return (None, ())
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+        with closing(self.store()) as conn:
             try:
                 return (conn.execute("select max(seq) from changelog").fetchone()[0],
                         tuple(conn.execute("select app, value from cursors order by app")))
@@ -366,14 +378,22 @@ class World:
                     "address.city": f"City{i}-{name}" if self.rng.random() < 0.3 else None,
                 }))
         self.rng.shuffle(planned)  # which app saved a person last varies
-        for n, (name, email, values) in enumerate(planned):
-            self.insert(name, email, values, app_record_id=f"{name}-seed-{n:05d}",
-                        stamp=self.clock.stamp(now=False))
+        conns = {name: self.db(name) for name in APPS}
+        try:
+            for conn in conns.values():
+                conn.execute("begin")
+            for n, (name, email, values) in enumerate(planned):
+                self.insert(name, email, values, app_record_id=f"{name}-seed-{n:05d}",
+                            stamp=self.clock.stamp(now=False), conn=conns[name])
+            for conn in conns.values():
+                conn.execute("commit")
+        finally:
+            for conn in conns.values():
+                conn.close()
 
     def edit_while_down(self, count: int) -> None:
         """`count` things the users do while the daemon is down."""
-        state = self.store_state()
-        cursors, links = state["cursors"], state["links"]
+        cursors, links = self.store_state()["cursors"], self.links()
         held = {name: self.by_email(name) for name in APPS}
         emails = sorted(self.people)
         for _ in range(count):
@@ -446,7 +466,7 @@ class World:
                         if (want or None) != (have or None):
                             out.differing.append(
                                 f"{name}: {email} {f} = {have!r}, expected {want!r}")
-        customers = Counter(self.store_state()["customers"])
+        customers = Counter(self.customers())
         out.duplicated += [f"store: {email} is {n} customers"
                            for email, n in customers.items() if n > 1]
         out.lost += [f"store: {email} is no customer"
