@@ -211,7 +211,9 @@ class Kill:
 
     @property
     def mid_sync(self) -> bool:
-        return self.progressed and bool(self.outbox or self.inbox or self.unread or not self.agree)
+        """The daemon had done some of its work and had more waiting. Apps that disagree with
+        nothing waiting do not count: the daemon is idle then, and only a bug leaves them so."""
+        return self.progressed and bool(self.outbox or self.inbox or self.unread)
 
 
 class World:
