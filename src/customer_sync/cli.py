@@ -134,8 +134,8 @@ def _setup(config_path: Path) -> Config:
 
 
 @contextlib.contextmanager
-def _opened_store(config: Config, *, migrate: bool = False) -> Iterator[Store]:
-    """The store, closed afterwards. Only `run` creates or migrates a store (`migrate=True`):
+def _opened_store(config: Config) -> Iterator[Store]:
+    """The store, closed afterwards. Only `run` creates or migrates a store (`_daemon_store`):
     an operator command against a missing or outdated store says so instead.
 
     Raises:
@@ -143,11 +143,32 @@ def _opened_store(config: Config, *, migrate: bool = False) -> Iterator[Store]:
     """
     from customer_sync.store.db import check_store, open_store
 
-    if not migrate:
-        check_store(config.daemon.store_url)
-    store = open_store(config.daemon.store_url, migrate=migrate)
+    check_store(config.daemon.store_url)
+    store = open_store(config.daemon.store_url, migrate=False)
     try:
         yield store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _daemon_store(config: Config) -> Iterator[Store]:
+    """The store of `run`, held under the daemon lock, and created or migrated only once the
+    lock is held: a second daemon is refused before it touches the store (it neither migrates
+    the store under the first, nor waits for the first's write lock to say so).
+
+    Raises:
+        StoreLocked: another daemon holds the store.
+        StoreError: the store is unreachable, or cannot be locked or migrated.
+    """
+    from customer_sync.store.db import migrate_store, open_store
+    from customer_sync.store.lock import daemon_lock
+
+    store = open_store(config.daemon.store_url, migrate=False)
+    try:
+        with daemon_lock(store):
+            migrate_store(store)
+            yield store
     finally:
         store.close()
 
@@ -203,9 +224,7 @@ def run(
         raise typer.BadParameter("--reconcile goes with --once (the daemon reconciles on its "
                                  "interval)", param_hint="--reconcile")
     config = _setup(config_path)
-    from customer_sync.store.lock import daemon_lock
-
-    with _opened_store(config, migrate=True) as store, daemon_lock(store):
+    with _daemon_store(config) as store:
         if dry_run:
             plan = asyncio.run(_dry_run(config, store))
             _print_plan(plan, as_json=as_json)

@@ -84,6 +84,23 @@ async def test_last_writer_wins_and_conflict_keeps_both_values(world):
         (conflict["winner_app"], conflict["winner_value"]), (conflict["loser_app"], conflict["loser_value"])}
 
 
+async def test_last_writer_counts_the_latest_edit_even_when_it_agrees(world):
+    """Two apps set a field to one value, a third to another in between: the latest edit wins,
+    though it agreed with the value the daemon held already when it was read."""
+    w = world(conflicts={"default": "last_writer"})
+    rid = w.apps["crm"].put({"email": "e@x.io", "first": "Eve"})
+    await w.run()
+    ids = {app: next(iter(w.apps[app].live())) for app in ("desk", "shop")}
+    w.apps["crm"].edit(rid, first="Eva")
+    w.apps["shop"].edit(ids["shop"], first="Evie")
+    w.apps["desk"].edit(ids["desk"], first="Eva")  # the latest edit
+    w.apps["shop"].fail_next("list", TransientError("shop is down", operation="list"))
+    await w.run()  # crm's edit and desk's are read; shop is down
+    await w.run()  # shop's edit, older than desk's, is read now
+    for app in w.apps:
+        assert "Eva" == w.by_email(app)["e@x.io"]["first"], app
+
+
 async def test_priority_rule_prefers_the_listed_app_whatever_the_time(world):
     """With a per-field priority list, the higher-priority app wins even with the older edit."""
     w = world(conflicts={"default": "last_writer",

@@ -469,6 +469,76 @@ def test_the_daemon_syncs_and_stops_gracefully_on_sigterm(setup: Setup) -> None:
     assert "Traceback" not in err
 
 
+def _changelog_size(store_url: str) -> int:
+    """Entries in the store's change log, read without waiting for its writer."""
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.pool import NullPool
+
+    from customer_sync.store.tables import ChangeLogEntry
+
+    engine = create_engine(store_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            query = select(func.count()).select_from(ChangeLogEntry.__table__)
+            return conn.execute(query).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _cli(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command in a process of its own (CliRunner would share this one's locks)."""
+    return subprocess.run([sys.executable, "-m", "customer_sync", *args, "--config",
+                           str(setup.config)], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_a_second_daemon_on_a_store_in_use_is_refused_and_sends_nothing(
+    setup: Setup, store_url: str,
+) -> None:
+    """While a daemon runs, `run` and `run --once` on its store exit 1 with one line naming the
+    holder, and touch nothing; once the daemon is killed with SIGKILL, `run --once` works at
+    once: kill -9 leaves no stale lock."""
+    text = setup.config.read_text(encoding="utf-8")
+    text = re.sub(r'store_url = ".*"', f'store_url = "{store_url}"\nnormalize_workers = 0', text)
+    setup.config.write_text(text, encoding="utf-8")
+    setup.ok("run", "--once")
+    setup.insert("a", "a1", "ann@example.com", "Ann")
+    daemon = subprocess.Popen([sys.executable, "-m", "customer_sync", "run", "--config",
+                               str(setup.config)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not setup.rows("b"):  # the daemon runs, and holds the store
+            assert daemon.poll() is None, daemon.communicate()[1]
+            assert time.monotonic() < deadline, "the daemon did not sync"
+            time.sleep(0.05)
+        daemon.send_signal(signal.SIGSTOP)  # it keeps the lock, and does nothing while stopped
+        setup.insert("a", "a2", "bob@example.com", "Bob")
+        logged = _changelog_size(store_url)
+
+        refused = [_cli(setup, "run"), _cli(setup, "run", "--once")]
+
+        assert [1, 1] == [r.returncode for r in refused]
+        holder = f"(pid {daemon.pid} on " if "sqlite" in store_url else "(it holds advisory lock"
+        for result in refused:
+            [line] = result.stderr.splitlines()
+            assert line.startswith("error: another customer-sync daemon is running on the store")
+            assert holder in line
+        assert ["ann@example.com"] == [r["email"] for r in setup.rows("b")]
+        assert logged == _changelog_size(store_url)
+
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=30)
+        again = _cli(setup, "run", "--once")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.communicate(timeout=30)
+
+    assert 0 == again.returncode, again.stderr
+    assert ["ann@example.com", "bob@example.com"] == [r["email"] for r in setup.rows("b")]
+
+
 # -- one customer: log, explain ------------------------------------------------------------------
 
 

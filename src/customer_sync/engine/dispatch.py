@@ -1,7 +1,8 @@
 """Dispatch the outbox to one app: claim, check, send, confirm.
 
 1. **claim** a batch: rows go `pending -> sending` in a committed transaction. Rows found in
-   `sending` (a crash between send and confirm) are claimed again first. No create is claimed
+   `sending` (a crash between send and confirm) are claimed again first, and brought up to
+   date with what happened since they were decided (`_recheck_left_sending`). No create is claimed
    for an app whose first complete listing has not been processed (`app_state.listed_at`): a
    record the app already holds would be created a second time.
 2. **check** against the app:
@@ -35,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, insert, or_, select, update
 
 from customer_sync.canonical import identity_values
-from customer_sync.engine.plan import plan_customer, same_value
+from customer_sync.conflicts.three_way import is_empty
+from customer_sync.engine.plan import desired_fields, plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, RateLimited, RecordGone, TransientError
 from customer_sync.sdk.connector import AppRecord, Capability, Connector, WriteOp, WriteOutcome
@@ -112,9 +114,11 @@ async def dispatch_app(
             return stats
         faults("mid_dispatch")
         updates = [(r["customer_id"], rt.name) for r in rows if r["op"] == "update"]
-        bases = await asyncio.to_thread(_bases, store, updates, identity_key=identity_key, now=now(), run_id=run_id)
-        adopted, refused = await _look_up_creates(store, rt, connector, rows)
-        sending = [r for r in rows if r["seq"] not in adopted and r["seq"] not in refused]
+        bases, overtaken = await asyncio.to_thread(
+            _bases, store, rt, rows, updates, identity_key=identity_key, now=now(), run_id=run_id)
+        current = [r for r in rows if r["seq"] not in overtaken]
+        adopted, refused = await _look_up_creates(store, rt, connector, current)
+        sending = [r for r in current if r["seq"] not in adopted and r["seq"] not in refused]
         ops, rechecks, gone = await _build_ops(rt, connector, sending, bases)
         outcomes: list[WriteOutcome] = []
         if ops:
@@ -132,7 +136,8 @@ async def dispatch_app(
                 await asyncio.to_thread(_release_in_store, store, rows, now(), None, "auth refused", rt.name)
                 raise
         faults("before_confirm")
-        settled = _Settled(outcomes=outcomes, adopted=adopted, refused=refused, gone=gone, rechecks=rechecks)
+        settled = _Settled(outcomes=outcomes, adopted=adopted, refused=refused, overtaken=overtaken,
+                           gone=gone, rechecks=rechecks)
         await asyncio.to_thread(_settle, store, rt, rows, settled, stats, identity_key=identity_key,
                                 now=now(), run_id=run_id, max_attempts=max_attempts)
 
@@ -144,17 +149,20 @@ class _Settled:
     outcomes: list[WriteOutcome]
     adopted: dict[int, AppRecord]  # seq -> the record the app holds, linked instead of created
     refused: dict[int, str]  # seq -> why it is not created
+    overtaken: dict[int, str]  # seq -> why a row left `sending` is not sent again
     gone: list[dict[str, Any]]  # updates whose record vanished from the app
     rechecks: list[tuple[dict[str, Any], AppRecord]]  # rows whose record changed in the app
 
 
-def _bases(store: Store, pairs: list[tuple[str, str]], *, identity_key: bytes, now: datetime,
-           run_id: str) -> UnitOfWork:
-    """A unit of work holding these (customer, app) bases, read in a transaction of its own."""
+def _bases(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], pairs: list[tuple[str, str]], *,
+           identity_key: bytes, now: datetime, run_id: str) -> tuple[UnitOfWork, dict[int, str]]:
+    """A unit of work holding these (customer, app) bases, and the rows left `sending` that
+    what happened since overtook (`_recheck_left_sending`), read in one transaction."""
     with store.transaction() as conn:
         uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id=run_id)
         uow.load_bases(pairs)
-    return uow
+        overtaken = _recheck_left_sending(uow, rt, rows)
+    return uow, overtaken
 
 
 def _settle(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], settled: _Settled,
@@ -195,6 +203,11 @@ def _settle(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], settled: _
         for seq, reason in settled.refused.items():
             stats.rejected += 1
             _dead(conn, by_key[str(seq)], reason, uow)
+            done.append(seq)
+        for seq, reason in settled.overtaken.items():
+            row = by_key[str(seq)]
+            uow.log("decided", app=rt.name, app_record_id=row["app_record_id"],
+                    customer_id=row["customer_id"], reason=f"{row['op']} not sent again: {reason}")
             done.append(seq)
         for row in gone:
             done.append(row["seq"])
@@ -304,6 +317,54 @@ async def _build_ops(
                                fields=rt.mapping.to_app(fields_to_write)))
             row["fields"] = fields_to_write
     return ops, rechecks, gone
+
+
+def _recheck_left_sending(
+    uow: UnitOfWork, rt: AppRuntime, rows: list[dict[str, Any]],
+) -> dict[int, str]:
+    """Bring rows left `sending` by a daemon that stopped up to date: returns those that what
+    happened since has overtaken (seq -> why), and sets the fields of the others to send.
+
+    Such a row was decided on what the daemon knew before it stopped. Since then a poll may
+    have linked the record its create made, a user may have deleted that record or changed a
+    value, and the merge decided again (planning what that needs). Sent as it was decided, the
+    row would make a record its user deleted, overwrite a newer value with an older one, or
+    make a record with old values at a time that makes them look newest. So a create is not
+    sent again once the customer has a link to the app (the record is linked, or no longer
+    synced there), and otherwise carries the customer's values of now; an update to the record
+    still linked carries only the values that are still the customer's; nothing is sent for a
+    customer deleted since.
+    """
+    uncertain = [r for r in rows if r["state"] == "sending" and r["op"] != "delete"]
+    if not uncertain:
+        return {}
+    uow.load_customers({r["customer_id"] for r in uncertain})
+    overtaken: dict[int, str] = {}
+    for row in uncertain:
+        cid = row["customer_id"]
+        customer = uow.customer(cid)
+        link = uow.link_for(cid, rt.name)
+        if customer is None or customer["deleted_at"] is not None:
+            overtaken[row["seq"]] = "the customer was deleted since"
+            continue
+        desired = desired_fields(rt, customer["values"], uow.held_fields(cid))
+        if row["op"] == "create":
+            if link is not None:
+                overtaken[row["seq"]] = (f"the customer is linked to record "
+                                         f"{link['app_record_id']} ({link['state']}) since")
+            elif rt.filter and not rt.filter.matches(customer["values"], uow.now):
+                overtaken[row["seq"]] = "the customer no longer passes the app's filter"
+            else:
+                row["fields"] = {f: v for f, v in desired.items() if not is_empty(v)}
+        elif (link is None or link["state"] != "active"
+              or link["app_record_id"] != row["app_record_id"]):
+            overtaken[row["seq"]] = "the record is no longer linked"
+        else:
+            row["fields"] = {f: v for f, v in row["fields"].items()
+                             if f in desired and same_value(v, desired[f])}
+        if row["seq"] not in overtaken and not row["fields"]:
+            overtaken[row["seq"]] = "no value it carried is still to be written"
+    return overtaken
 
 
 def _uncertain_since(row: Mapping[str, Any]) -> datetime | None:

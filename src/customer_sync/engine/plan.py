@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from customer_sync.conflicts.three_way import is_empty, same_value
 
@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from customer_sync.config import AppRuntime
     from customer_sync.store.uow import UnitOfWork
 
-__all__ = ["plan_customer", "same_value"]
+__all__ = ["desired_fields", "plan_customer", "same_value"]
+
+
+def desired_fields(rt: AppRuntime, values: Mapping[str, Any], held: set[str]) -> dict[str, Any]:
+    """The canonical values an app is to hold: those of its outbound fields, but none `held`
+    (a field with a parked conflict)."""
+    return {fm.canonical: values[fm.canonical] for fm in rt.mapping.outbound
+            if fm.canonical in values and fm.canonical not in held}
 
 
 def plan_customer(
@@ -47,10 +54,7 @@ def plan_customer(
         if rt.filter and not rt.filter.matches(values, now):
             uow.cancel_write(customer_id, name)
             continue
-        desired = {
-            fm.canonical: values[fm.canonical] for fm in rt.mapping.outbound
-            if fm.canonical in values and fm.canonical not in held
-        }
+        desired = desired_fields(rt, values, held)
         if link is None:
             fields = {k: v for k, v in desired.items() if not is_empty(v)}
             if not fields:

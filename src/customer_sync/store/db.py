@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
 
-__all__ = ["Store", "check_store", "open_store"]
+__all__ = ["Store", "check_store", "migrate_store", "open_store"]
 
 log = structlog.get_logger("customer_sync.store")
 
@@ -118,6 +118,15 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
         engine.dispose()
         raise
     return Store(engine)
+
+
+def migrate_store(store: Store) -> None:
+    """Bring an opened store's schema to head; a no-op when it is there already.
+
+    Raises:
+        StoreError: the store cannot be migrated.
+    """
+    _migrate(store.engine)
 
 
 def check_store(url: str) -> None:

@@ -8,7 +8,9 @@ daemon on the same store is refused at start with a message that says who holds 
   holding the pid and start time of its holder. The OS releases it when the process ends,
   however it ends (kill -9 included), so a crash never leaves a stale lock behind.
 - **PostgreSQL**: a session advisory lock, held on a connection of its own for the daemon's
-  life; PostgreSQL releases it when that connection closes or its process dies.
+  life; PostgreSQL releases it when that connection closes or its process dies. Its key is
+  derived from the store's schema, as advisory locks are database-wide: two stores in two
+  schemas of one database are two stores.
 
 An in-memory SQLite store (tests) lives in one process and needs no lock.
 """
@@ -32,11 +34,15 @@ from customer_sync.errors import StoreError, StoreLocked
 if TYPE_CHECKING:
     from customer_sync.store.db import Store
 
-__all__ = ["ADVISORY_KEY", "daemon_lock"]
+__all__ = ["advisory_key", "daemon_lock"]
 
-# The advisory lock's key: a fixed 63-bit number derived from the project's name, so that other
-# applications' advisory locks in the same database do not collide with it by accident.
-ADVISORY_KEY = int.from_bytes(hashlib.blake2b(b"customer-sync/daemon", digest_size=8).digest(), "big") >> 1
+
+def advisory_key(schema: str) -> int:
+    """The advisory lock's key for a store in `schema`: a 63-bit number derived from the
+    project's name and the schema, so that other applications' advisory locks in the same
+    database do not collide with it by accident, nor do stores in other schemas."""
+    digest = hashlib.blake2b(f"customer-sync/daemon/{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @contextlib.contextmanager
@@ -91,29 +97,37 @@ def _advisory_lock(store: Store) -> Iterator[None]:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot reach the store at {store.display_url} to lock it") from exc
     try:
-        taken = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}).scalar()
-        conn.commit()
+        try:
+            key = advisory_key(conn.execute(text("SELECT current_schema()")).scalar_one())
+            taken = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+            conn.commit()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot lock the store at {store.display_url}: "
+                             f"{type(exc).__name__}") from exc
         if not taken:
+            # the lock is this database's (advisory locks of other databases show in pg_locks)
             holder = conn.execute(text(
                 "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
                 "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND l.classid = (:key >> 32) AND l.objid = (:key & 4294967295)"
-            ), {"key": ADVISORY_KEY}).first()
+            ), {"key": key}).first()
             conn.rollback()
             who = (f"server process {holder.pid}, {holder.application_name or 'no name'} from "
-                   f"{holder.client_addr or 'a local socket'} since {holder.backend_start:%Y-%m-%d %H:%M:%S %Z}"
+                   f"{holder.client_addr or 'a local socket'} since "
+                   f"{holder.backend_start:%Y-%m-%d %H:%M:%S %Z}"
                    if holder is not None else "another session")
             raise StoreLocked(
                 f"another customer-sync daemon is running on the store at {store.display_url} "
-                f"(it holds advisory lock {ADVISORY_KEY}: {who}): stop it first, or give this one "
-                "a database of its own"
+                f"(it holds advisory lock {key}: {who}): stop it first, or give this one "
+                "a database or schema of its own"
             )
         try:
             yield
         finally:
             with contextlib.suppress(SQLAlchemyError):
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 conn.commit()
     finally:
         conn.close()
