@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DispatchStats", "creating_apps", "dispatch_app", "expected_app_fields", "idempotency_key",
-    "ready_writes",
+    "ready_writes", "settle_uncertain_updates",
 ]
 
 outbox_t = OutboxItem.__table__
@@ -108,6 +108,7 @@ async def dispatch_app(
     # Every store call runs in a thread: a busy store must never stall the event loop (and
     # with it webhook intake and /healthz).
     creates = creates and bool(await asyncio.to_thread(app_state.listed_apps, store, [rt.name]))
+    await settle_uncertain_updates(store, rt, connector, now=now(), identity_key=identity_key, run_id=run_id)
     while True:
         rows = await asyncio.to_thread(_claim, store, rt.name, now(), batch_size, creates=creates)
         if not rows:
@@ -229,6 +230,69 @@ def _settle(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], settled: _
         uow.flush()
         if done:
             conn.execute(delete(outbox_t).where(outbox_t.c.seq.in_(done)))
+
+
+async def settle_uncertain_updates(
+    store: Store, rt: AppRuntime, connector: Connector, *,  # type: ignore[type-arg]
+    now: datetime, identity_key: bytes, run_id: str,
+) -> int:
+    """Find out whether updates that may have reached the app unanswered did, before the app is
+    read or written again; returns how many fields were found written.
+
+    Such an update (left `sending` by a crash, or sent without a clear answer) may or may not be
+    in the app. Read before settling, the app's record would show our own value as a change
+    made there, and win over newer edits elsewhere by its modified time; the check before the
+    next update would take it for one too. So the records are read first: a field that holds
+    what the update sent was written, and joins the base as if confirmed; what is left of the
+    update is sent as an ordinary one.
+    """
+    rows = await asyncio.to_thread(_uncertain_updates, store, rt.name)
+    if not rows:
+        return 0
+    held = {rec.app_record_id: rec for rec in await connector.read(sorted({r["app_record_id"] for r in rows}))}
+    return await asyncio.to_thread(_fold_landed, store, rt, rows, held, now=now,
+                                   identity_key=identity_key, run_id=run_id)
+
+
+def _uncertain_updates(store: Store, app: str) -> list[dict[str, Any]]:
+    with store.transaction() as conn:
+        return [dict(r) for r in conn.execute(select(outbox_t).where(
+            outbox_t.c.app == app, outbox_t.c.op == "update", outbox_t.c.state.in_(("pending", "sending")),
+            or_(outbox_t.c.state == "sending", outbox_t.c.sent_at.is_not(None)),
+        )).mappings()]
+
+
+def _fold_landed(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], held: dict[str, AppRecord], *,
+                 now: datetime, identity_key: bytes, run_id: str) -> int:
+    landed_fields = 0
+    with store.transaction() as conn:
+        uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id=run_id)
+        uow.load_bases([(r["customer_id"], rt.name) for r in rows])
+        for row in rows:
+            rec = held.get(row["app_record_id"])
+            if rec is None:
+                continue  # gone from the app: the dispatch handles it as a delete seen there
+            values, _ = rt.mapping.to_canonical(rec.fields)
+            landed = {f: v for f, v in row["fields"].items() if f in values and same_value(values[f], v)}
+            rest = {f: v for f, v in row["fields"].items() if f not in landed}
+            if landed:
+                cid = row["customer_id"]
+                snap = uow.snapshot(cid, rt.name)
+                old = snap["values"] if snap else {}
+                new_base = {**old, **landed}
+                uow.set_snapshot(cid, rt.name, new_base,
+                                 app_fingerprint=app_fingerprint(rt, expected_app_fields(rt, new_base)))
+                uow.log("written", app=rt.name, app_record_id=row["app_record_id"], customer_id=cid,
+                        diff={f: [old.get(f), v] for f, v in landed.items()},
+                        reason=f"update found written: {row['reason']}")
+                landed_fields += len(landed)
+            if not rest:
+                conn.execute(delete(outbox_t).where(outbox_t.c.seq == row["seq"]))
+            else:  # what did not land is sent as an ordinary update
+                conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(
+                    fields=rest, state="pending", sent_at=None))
+        uow.flush()
+    return landed_fields
 
 
 def ready_writes(store: Store, apps: list[str], now: datetime, *, ready_only: bool = True) -> int:

@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy import insert, select
 
 from customer_sync.engine._gc import collect_young, gc_deferred
+from customer_sync.engine.dispatch import settle_uncertain_updates
 from customer_sync.engine.listing import WorkerGone
 from customer_sync.engine.process import process_records, record_fingerprint
 from customer_sync.sdk.connector import AppRecord, ChangePage, Connector, Cursor
@@ -86,6 +87,9 @@ async def poll_app(
     """
     connector = engine.connectors[app]
     batch_size = engine.config.daemon.batch_size
+    # our own unanswered updates are settled first, so the listing does not take them for edits
+    await settle_uncertain_updates(engine.store, engine.apps[app], connector, now=engine.clock(),
+                                   identity_key=engine.identity_key, run_id=engine.run_id)
     cursor: Cursor | None = None
     if not full:
         raw = await engine.db(_stored_cursor, engine, app)

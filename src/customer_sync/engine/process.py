@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from customer_sync.canonical import identity_values
-from customer_sync.conflicts.three_way import merge_record
+from customer_sync.conflicts.three_way import merge_record, same_value
 from customer_sync.engine._normalize_worker import fields_fingerprint
 from customer_sync.engine.plan import plan_customer
 from customer_sync.sdk.connector import AppRecord, Capability
@@ -231,6 +231,13 @@ def _apply_record(
     assert customer is not None
     snapshot = uow.snapshot(cid, app)
     base = snapshot["values"] if snapshot else None
+    if base is None and how != "new":
+        # A create that may have reached the app without our hearing back (a crash, a lost
+        # answer) made what it sent: the record holding those values holds ours, not an edit
+        # of the app's user, and must not win over newer edits elsewhere by its modified time.
+        sent = uow.uncertain_create(cid, app)
+        if sent is not None:
+            base = {f: v for f, v in sent["fields"].items() if f in values and same_value(values[f], v)}
     result = merge_record(
         app=app, incoming=values, base=base, current=customer["values"],
         provenance=customer["provenance"], modified_at=rec.modified_at,
