@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from customer_sync.errors import AuthError, TransientError
+from customer_sync.engine import admin
+from customer_sync.errors import AuthError, RateLimited, TransientError
 from customer_sync.store.tables import DeadLetter, PendingDelete
 
 
@@ -256,6 +257,33 @@ async def test_auth_error_parks_one_app_and_the_others_keep_syncing(world):
     summary = await w.run()
     assert ["shop"] == sorted(summary.failed_apps)
     assert {"n@x.io"} == set(w.by_email("desk"))
+
+
+async def test_a_wait_longer_than_the_cap_pauses_that_app_until_then(world):
+    """A vendor asking to wait a day (a RateLimited that the SDK would not sleep on) pauses that
+    app until then, as status shows; the other apps keep syncing; the app resumes afterwards."""
+    w = world()
+    w.apps["crm"].put({"email": "p@x.io", "first": "Pia"})
+    w.apps["shop"].fail_next("list", RateLimited("429", app="shop", retry_after_s=86_400))
+    summary = await w.run()
+    assert ["shop"] == sorted(summary.failed_apps)
+    assert {"p@x.io"} == set(w.by_email("desk"))
+    (shop,) = [row for row in admin.app_status(w.store, w.config, now=w.clock.t) if row["app"] == "shop"]
+    assert shop["paused_until"] is not None
+    assert timedelta(hours=23) < shop["paused_until"] - w.clock.t <= timedelta(days=1)
+
+    w.apps["crm"].put({"email": "q@x.io", "first": "Quin"})
+    calls = w.apps["shop"].calls.get("list", 0)
+    await w.run()  # still paused: the shop is neither read nor written
+    assert calls == w.apps["shop"].calls.get("list", 0)
+    assert set() == set(w.by_email("shop"))
+
+    w.clock.t += timedelta(days=1)
+    resumed = await w.run()
+    assert {} == resumed.failed_apps
+    assert {"p@x.io", "q@x.io"} == set(w.by_email("shop"))
+    (shop,) = [row for row in admin.app_status(w.store, w.config, now=w.clock.t) if row["app"] == "shop"]
+    assert (None, None) == (shop["paused_until"], shop["last_error"])
 
 
 async def test_ambiguous_match_is_parked_not_guessed(world):

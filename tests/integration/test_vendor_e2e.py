@@ -537,3 +537,91 @@ async def test_crash_before_confirm_of_an_emailless_create_makes_no_second_hubsp
     assert {str(contact)} == {lk["app_record_id"] for lk in v.active_links() if lk["app"] == "crm"}
     assert 1 == len(v.customers())
     assert 0 == quiet.dispatch.written
+
+
+# -- lost answers: the vendor makes the records, the answer never reaches the daemon ----------
+
+
+class LosesAnswers(httpx.AsyncBaseTransport):
+    """Forwards every request to the simulator, which applies it; for the first `times`
+    requests to a route in `routes`, the answer is then lost (a read timeout), as when a
+    connection drops after the vendor did the work."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, routes: set[str], times: int) -> None:
+        self.inner = inner
+        self.routes = routes
+        self.left = times
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if self.left > 0 and f"{request.method} {request.url.path}" in self.routes:
+            self.left -= 1
+            self.lost += 1
+            await response.aread()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+async def _run_until_settled(v: Vendors, engine: Engine, *, runs: int = 8) -> None:
+    """Run passes, letting the writes' backoff run out between them, until nothing waits."""
+    for _ in range(runs):
+        summary = await engine.run_once()
+        if summary.waiting == 0:
+            return
+        v.later(600)
+    raise AssertionError("writes still waiting after the lost answers")
+
+
+@pytest.mark.parametrize("id_property", [None, "customer_sync_id"], ids=["search", "id-property"])
+async def test_a_lost_answer_to_emailless_hubspot_creates_makes_one_contact_each(store, id_property):
+    """30 Zendesk users with neither email nor phone are created in HubSpot and the answer is
+    lost (the incident re-sent such a batch 4 times: 120 contacts). The creates are kept as
+    uncertain; the next poll of HubSpot takes the 30 contacts for what they made (they hold
+    exactly what was sent) instead of 30 new customers; HubSpot ends with 30 contacts, each
+    linked to its customer, and Zendesk gets nobody twice."""
+    settings = {"id_property": id_property} if id_property else {}
+    v = Vendors(store, **settings)
+    if id_property:
+        v.hubspot = HubSpotSimulator(
+            clock=v.clock, rate_limit=(100, 10.0), app_secret=HUBSPOT_SECRET, access_token=HUBSPOT_TOKEN,
+            webhook_url=CRM_HOOK, unique_properties=[id_property])
+        v.hubspot_http = StatusCounter(v.hubspot.app)
+    for i in range(30):
+        v.zendesk.add_user(name=f"Nora Quinn{i}")
+    route = ("POST /crm/v3/objects/contacts/batch/upsert" if id_property
+             else "POST /crm/v3/objects/contacts/batch/create")
+    lossy = LosesAnswers(v.hubspot_http, {route}, times=3)
+    v.hubspot_http = lossy  # type: ignore[assignment]
+    async with v.engine() as engine:
+        await _run_until_settled(v, engine)
+        quiet = await engine.run_once()
+    assert 1 <= lossy.lost
+    assert 30 == len(v.hubspot.contact_ids())
+    assert 30 == v.end_users()
+    linked = {lk["app_record_id"] for lk in v.active_links() if lk["app"] == "crm"}
+    assert {str(c) for c in v.hubspot.contact_ids()} == linked
+    assert 30 == len(v.customers())
+    assert (0, 0) == (quiet.dispatch.written, quiet.process.planned)
+
+
+async def test_a_lost_answer_to_emailless_zendesk_creates_makes_one_user_each(store):
+    """30 HubSpot contacts with neither email nor phone are created in Zendesk and the answer
+    to the bulk upsert is lost: Zendesk ends with exactly 30 end users, each linked, and
+    HubSpot gets nobody twice."""
+    v = Vendors(store)
+    for i in range(30):
+        v.hubspot.add_contact({"firstname": f"Nora{i}", "lastname": "Quinn"},
+                              updated_at=START + timedelta(seconds=i))
+    lossy = LosesAnswers(v.zendesk_http, {"POST /api/v2/users/create_or_update_many"}, times=3)
+    v.zendesk_http = lossy  # type: ignore[assignment]
+    async with v.engine() as engine:
+        await _run_until_settled(v, engine)
+        quiet = await engine.run_once()
+    assert 1 <= lossy.lost
+    assert 30 == v.end_users()
+    assert 30 == len(v.hubspot.contact_ids())
+    linked = {lk["app_record_id"] for lk in v.active_links() if lk["app"] == "desk"}
+    assert 30 == len(linked)
+    assert 30 == len(v.customers())
+    assert (0, 0) == (quiet.dispatch.written, quiet.process.planned)

@@ -446,6 +446,35 @@ def test_once_and_dry_run_together_is_a_usage_error(setup: Setup) -> None:
     assert 2 == result.exit_code
 
 
+def test_the_daemon_polls_every_app_at_start_whatever_its_interval(setup: Setup) -> None:
+    """With an hour between polls, the daemon still reads every app at once when it starts
+    (nothing waits an hour), and its start logs no warning."""
+    setup.config.write_text(setup.config.read_text(encoding="utf-8").replace(
+        "poll_interval_s = 0.2", "poll_interval_s = 3600").replace('log_level = "warning"', 'log_level = "info"'),
+        encoding="utf-8")
+    setup.ok("run", "--once")
+    setup.insert("a", "a1", "ann@example.com", "Ann")
+    env = {**os.environ, "CUSTOMER_SYNC_CONFIG": str(setup.config)}
+    proc = subprocess.Popen([sys.executable, "-m", "customer_sync", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not setup.rows("b") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        synced = [r["email"] for r in setup.rows("b")]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert ["ann@example.com"] == synced
+    assert 0 == proc.returncode, err
+    levels = [json.loads(line).get("level") for line in err.splitlines() if line.startswith("{")]
+    assert levels and not {"warning", "error", "critical"} & set(levels), err
+
+
 def test_the_daemon_syncs_and_stops_gracefully_on_sigterm(setup: Setup) -> None:
     """`run` keeps syncing until SIGTERM, then stops and exits 0."""
     setup.ok("run", "--once")

@@ -176,6 +176,8 @@ def _settle(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], settled: _
     with store.transaction() as conn:
         uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id=run_id)
         uow.load_bases([(r["customer_id"], rt.name) for r in rows])
+        uow.prefetch_links([(rt.name, o.receipt.app_record_id) for o in settled.outcomes
+                            if o.receipt is not None])
         done: list[int] = []
         for outcome in settled.outcomes:
             row = by_key[outcome.key]
@@ -536,6 +538,17 @@ def _confirm(uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], app_record_id
         stats.deleted += 1
         return
     if row["op"] == "create":
+        holder = uow.link(app, app_record_id)
+        if holder is not None and holder["customer_id"] != cid:
+            # The app answered with a record another customer is linked to (a re-sent create
+            # found what the first send made, after a poll had taken it for a new customer).
+            # Linking it twice is impossible; leave it to an operator rather than guess.
+            uow.add_conflict(kind="match", status="parked", app=app, app_record_id=app_record_id,
+                             customer_id=cid, detail={"candidates": sorted({cid, holder["customer_id"]}),
+                                                      "reason": "create answered with a linked record"})
+            uow.log("conflict", app=app, app_record_id=app_record_id, customer_id=cid,
+                    reason="the app answered the create with a record linked to another customer; parked")
+            return
         uow.add_link(app, app_record_id, cid)
         stats.created += 1
     snap = uow.snapshot(cid, app)

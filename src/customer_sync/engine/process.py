@@ -219,6 +219,9 @@ def _apply_record(
                         reason=f"{how}: {len(ambiguous)} candidates; parked for review")
             return
         if cid is None:
+            cid = _made_by_our_create(uow, app, values)
+            how = "made_by_our_create" if cid is not None else how
+        if cid is None:
             cid = new_customer_id()
             uow.new_customer(cid)
             stats.created += 1
@@ -235,7 +238,7 @@ def _apply_record(
         # A create that may have reached the app without our hearing back (a crash, a lost
         # answer) made what it sent: the record holding those values holds ours, not an edit
         # of the app's user, and must not win over newer edits elsewhere by its modified time.
-        sent = uow.uncertain_create(cid, app)
+        sent = uow.uncertain_creates(app).get(cid)
         if sent is not None:
             base = {f: v for f, v in sent["fields"].items() if f in values and same_value(values[f], v)}
     result = merge_record(
@@ -280,6 +283,27 @@ def _apply_record(
     uow.set_snapshot(cid, app, new_base, app_fingerprint=fp, source_modified_at=rec.modified_at)
     uow.set_identities(cid, identity_values(customer["values"]))
     stats.planned += plan_customer(uow, cid, apps, now=now, reason=f"{how} via {app}")
+
+
+def _made_by_our_create(uow: UnitOfWork, app: str, values: Mapping[str, Any]) -> str | None:
+    """The customer whose unanswered create made this record, when it can only be that one.
+
+    A record with no identity that matches (no email, no phone: a name, a company) cannot be
+    matched to a customer; but a create we sent without hearing back makes exactly such a
+    record. When one unanswered create to this app, of a customer not linked there yet, sent
+    exactly the values the record holds, the record is taken for what that create made, rather
+    than a new customer (who would be created again in every other app).
+    """
+    sent = uow.uncertain_creates(app)
+    if not sent:
+        return None
+    uow.load_customers(sent)  # their links, to leave out customers linked there since
+    made = [
+        cid for cid, row in sent.items()
+        if uow.link_for(cid, app) is None and row["fields"]
+        and all(same_value(values.get(f), v) for f, v in row["fields"].items())
+    ]
+    return made[0] if len(made) == 1 else None
 
 
 def _apply_delete(

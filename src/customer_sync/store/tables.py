@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -158,6 +158,9 @@ class OutboxItem(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_app_state", "app", "state", "seq"),
         Index("ix_outbox_customer_app", "customer_id", "app", "state"),
+        # the few writes sent without a clear answer, looked up per app on every batch decided
+        Index("ix_outbox_uncertain", "app", "customer_id",
+              sqlite_where=text("sent_at IS NOT NULL"), postgresql_where=text("sent_at IS NOT NULL")),
     )
     seq: int | None = Field(default=None, sa_column=Column(_SEQ, primary_key=True, autoincrement=True))
     customer_id: str = Field(sa_column=Column(String(36), nullable=False))

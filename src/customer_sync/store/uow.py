@@ -70,9 +70,11 @@ _HELD_FIELDS = select(conflicts_t.c.customer_id, conflicts_t.c.field).where(
     _in(conflicts_t.c.customer_id), conflicts_t.c.status == "parked", conflicts_t.c.kind == "field")
 _IDENTITIES_OF_CUSTOMERS = select(identities_t).where(_in(identities_t.c.customer_id))
 _PENDING_OUTBOX = select(outbox_t).where(_in(outbox_t.c.customer_id), outbox_t.c.state == "pending")
-_UNCERTAIN_CREATES = select(outbox_t).where(
-    outbox_t.c.op == "create",
-    (outbox_t.c.state == "sending") | outbox_t.c.sent_at.is_not(None))
+_CREATES_LEFT_SENDING = select(outbox_t).where(  # ix_outbox_app_state
+    outbox_t.c.app == bindparam("app"), outbox_t.c.state == "sending", outbox_t.c.op == "create")
+_CREATES_SENT_UNANSWERED = select(outbox_t).where(  # ix_outbox_uncertain, partial
+    outbox_t.c.app == bindparam("app"), outbox_t.c.sent_at.is_not(None),
+    outbox_t.c.state == "pending", outbox_t.c.op == "create")
 
 
 def _pair_params(pairs: Iterable[tuple[Any, Any]], *, group_first: bool) -> Iterable[dict[str, Any]]:
@@ -109,7 +111,7 @@ class UnitOfWork:
         self.held: dict[str, set[str]] = {}  # customer -> fields with a parked conflict
         self._snap_in_db: set[tuple[str, str]] = set()  # bases that have a row to replace
         self._hashes: dict[tuple[str, str], bytes] = {}  # identity -> keyed hash, per batch
-        self._uncertain_creates: dict[tuple[str, str], dict[str, Any]] | None = None
+        self._uncertain_creates: dict[str, dict[str, dict[str, Any]]] = {}  # app -> cid -> row
         # write sets
         self._new_customers: set[str] = set()
         self._dirty_customers: set[str] = set()
@@ -340,17 +342,19 @@ class UnitOfWork:
     def release_field(self, customer_id: str, field: str) -> None:
         self.held.get(customer_id, set()).discard(field)
 
-    def uncertain_create(self, customer_id: str, app: str) -> dict[str, Any] | None:
-        """The create of this customer in this app that may have reached the app unanswered
-        (left `sending` by a crash, or sent without a clear answer), if there is one.
+    def uncertain_creates(self, app: str) -> dict[str, dict[str, Any]]:
+        """Creates in this app that may have reached it unanswered (left `sending` by a crash,
+        or sent without a clear answer), by customer id.
 
-        All such creates are read once per batch, on the first call: there are none unless a
-        send went wrong, and the call is made only when a record is first linked."""
-        if self._uncertain_creates is None:
-            self._uncertain_creates = {
-                (row["customer_id"], row["app"]): dict(row)
-                for row in self.conn.execute(_UNCERTAIN_CREATES).mappings()}
-        return self._uncertain_creates.get((customer_id, app))
+        Read once per batch and app, with two index searches: there are none unless a send went
+        wrong, and they are asked for only when a record is first linked or is new."""
+        found = self._uncertain_creates.get(app)
+        if found is None:
+            found = self._uncertain_creates[app] = {}
+            for query in (_CREATES_LEFT_SENDING, _CREATES_SENT_UNANSWERED):
+                for row in self.conn.execute(query, {"app": app}).mappings():
+                    found[row["customer_id"]] = dict(row)
+        return found
 
     def is_match_parked(self, app: str, app_record_id: str) -> bool:
         """This record already waits for review as an ambiguous match (in the store, or added

@@ -36,9 +36,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("resume_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("outbox") as batch:
         batch.add_column(sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index("ix_outbox_uncertain", "outbox", ["app", "customer_id"],
+                    sqlite_where=sa.text("sent_at IS NOT NULL"),
+                    postgresql_where=sa.text("sent_at IS NOT NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_uncertain", table_name="outbox")
     with op.batch_alter_table("outbox") as batch:
         batch.drop_column("sent_at")
     with op.batch_alter_table("app_state") as batch:
