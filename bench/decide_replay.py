@@ -47,11 +47,11 @@ def capture(path: Path, n: int, history: bool) -> dict[str, Any]:
     takes: list[tuple[str, list[Any], list[Any]]] = []
     take_pages = Engine._take_pages
 
-    def keep(self: Engine, app: str, pages: Any, normalized: Any = None) -> int:
+    def keep(self: Engine, app: str, pages: Any, normalized: Any = None, full: bool = False) -> int:
         records = [rec for page in pages for rec in page.records]
         # keyed by id(record) in the engine: by position here, which survives pickling
         takes.append((app, list(pages), [(normalized or {}).get(id(rec)) for rec in records]))
-        return take_pages(self, app, pages, normalized)
+        return take_pages(self, app, pages, normalized, full)
 
     Engine._take_pages = keep  # type: ignore[method-assign]
     try:

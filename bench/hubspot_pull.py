@@ -166,7 +166,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
             wcpu0, lcpu0 = _cpu_s_of(worker_pids), _cpu_s_of(lister_pids)
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:
-                received = await engine.poll("hubspot")
+                received = (await engine.poll("hubspot")).fresh
             except Exception as exc:  # a failed run is a result too
                 received, error = 0, f"{type(exc).__name__}: {exc}"
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
