@@ -26,6 +26,7 @@ from customer_sync.sandbox.hubspot import HubSpotSimulator
 from customer_sync.sandbox.zendesk import ZendeskSimulator
 from customer_sync.store.db import Store
 from customer_sync.store.tables import ConflictRow, CustomerRow, DeadLetter, LinkRow
+from customer_sync.testing.conformance import LostAnswerTransport
 from customer_sync_connectors.hubspot import HubSpotConnector
 from customer_sync_connectors.zendesk import ZendeskConnector
 
@@ -542,25 +543,11 @@ async def test_crash_before_confirm_of_an_emailless_create_makes_no_second_hubsp
 # -- lost answers: the vendor makes the records, the answer never reaches the daemon ----------
 
 
-class LosesAnswers(httpx.AsyncBaseTransport):
-    """Forwards every request to the simulator, which applies it; for the first `times`
-    requests to a route in `routes`, the answer is then lost (a read timeout), as when a
-    connection drops after the vendor did the work."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, routes: set[str], times: int) -> None:
-        self.inner = inner
-        self.routes = routes
-        self.left = times
-        self.lost = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if self.left > 0 and f"{request.method} {request.url.path}" in self.routes:
-            self.left -= 1
-            self.lost += 1
-            await response.aread()
-            raise httpx.ReadTimeout("the answer was lost", request=request)
-        return response
+def _losing(inner: httpx.AsyncBaseTransport, route: str, times: int) -> LostAnswerTransport:
+    """The vendor applies every request; the answers to the first `times` on `route` are lost."""
+    lossy = LostAnswerTransport(inner)
+    lossy.lose(times, when=lambda request: f"{request.method} {request.url.path}" == route)
+    return lossy
 
 
 async def _run_until_settled(v: Vendors, engine: Engine, *, runs: int = 8) -> None:
@@ -591,12 +578,12 @@ async def test_a_lost_answer_to_emailless_hubspot_creates_makes_one_contact_each
         v.zendesk.add_user(name=f"Nora Quinn{i}")
     route = ("POST /crm/v3/objects/contacts/batch/upsert" if id_property
              else "POST /crm/v3/objects/contacts/batch/create")
-    lossy = LosesAnswers(v.hubspot_http, {route}, times=3)
+    lossy = _losing(v.hubspot_http, route, times=3)
     v.hubspot_http = lossy  # type: ignore[assignment]
     async with v.engine() as engine:
         await _run_until_settled(v, engine)
         quiet = await engine.run_once()
-    assert 1 <= lossy.lost
+    assert 1 <= len(lossy.lost)
     assert 30 == len(v.hubspot.contact_ids())
     assert 30 == v.end_users()
     linked = {lk["app_record_id"] for lk in v.active_links() if lk["app"] == "crm"}
@@ -613,12 +600,12 @@ async def test_a_lost_answer_to_emailless_zendesk_creates_makes_one_user_each(st
     for i in range(30):
         v.hubspot.add_contact({"firstname": f"Nora{i}", "lastname": "Quinn"},
                               updated_at=START + timedelta(seconds=i))
-    lossy = LosesAnswers(v.zendesk_http, {"POST /api/v2/users/create_or_update_many"}, times=3)
+    lossy = _losing(v.zendesk_http, "POST /api/v2/users/create_or_update_many", times=3)
     v.zendesk_http = lossy  # type: ignore[assignment]
     async with v.engine() as engine:
         await _run_until_settled(v, engine)
         quiet = await engine.run_once()
-    assert 1 <= lossy.lost
+    assert 1 <= len(lossy.lost)
     assert 30 == v.end_users()
     assert 30 == len(v.hubspot.contact_ids())
     linked = {lk["app_record_id"] for lk in v.active_links() if lk["app"] == "desk"}

@@ -446,14 +446,9 @@ def test_once_and_dry_run_together_is_a_usage_error(setup: Setup) -> None:
     assert 2 == result.exit_code
 
 
-def test_the_daemon_polls_every_app_at_start_whatever_its_interval(setup: Setup) -> None:
-    """With an hour between polls, the daemon still reads every app at once when it starts
-    (nothing waits an hour), and its start logs no warning."""
-    setup.config.write_text(setup.config.read_text(encoding="utf-8").replace(
-        "poll_interval_s = 0.2", "poll_interval_s = 3600").replace('log_level = "warning"', 'log_level = "info"'),
-        encoding="utf-8")
-    setup.ok("run", "--once")
-    setup.insert("a", "a1", "ann@example.com", "Ann")
+def _daemon_until_b_holds_a_row(setup: Setup) -> tuple[list[str], int, str]:
+    """Start `customer-sync run`, wait (at most a minute) until app b holds a row, then SIGTERM:
+    b's emails at that moment, the exit code and stderr."""
     env = {**os.environ, "CUSTOMER_SYNC_CONFIG": str(setup.config)}
     proc = subprocess.Popen([sys.executable, "-m", "customer_sync", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -468,9 +463,22 @@ def test_the_daemon_polls_every_app_at_start_whatever_its_interval(setup: Setup)
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    return synced, proc.returncode, err
+
+
+def test_the_daemon_polls_every_app_at_start_whatever_its_interval(setup: Setup) -> None:
+    """With an hour between polls, the daemon still reads every app at once when it starts
+    (nothing waits an hour), and its start logs no warning."""
+    setup.config.write_text(setup.config.read_text(encoding="utf-8").replace(
+        "poll_interval_s = 0.2", "poll_interval_s = 3600").replace('log_level = "warning"', 'log_level = "info"'),
+        encoding="utf-8")
+    setup.ok("run", "--once")
+    setup.insert("a", "a1", "ann@example.com", "Ann")
+
+    synced, code, err = _daemon_until_b_holds_a_row(setup)
 
     assert ["ann@example.com"] == synced
-    assert 0 == proc.returncode, err
+    assert 0 == code, err
     levels = [json.loads(line).get("level") for line in err.splitlines() if line.startswith("{")]
     assert levels and not {"warning", "error", "critical"} & set(levels), err
 
@@ -479,22 +487,11 @@ def test_the_daemon_syncs_and_stops_gracefully_on_sigterm(setup: Setup) -> None:
     """`run` keeps syncing until SIGTERM, then stops and exits 0."""
     setup.ok("run", "--once")
     setup.insert("a", "a1", "ann@example.com", "Ann")
-    env = {**os.environ, "CUSTOMER_SYNC_CONFIG": str(setup.config)}
-    proc = subprocess.Popen([sys.executable, "-m", "customer_sync", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not setup.rows("b") and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=40)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
-    assert 0 == proc.returncode, err
-    assert ["ann@example.com"] == [r["email"] for r in setup.rows("b")]
+    synced, code, err = _daemon_until_b_holds_a_row(setup)
+
+    assert 0 == code, err
+    assert ["ann@example.com"] == synced
     assert "Traceback" not in err
 
 
