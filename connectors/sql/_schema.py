@@ -10,6 +10,7 @@ the config loader does.
 from __future__ import annotations
 
 import uuid
+import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning
 from sqlalchemy.pool import StaticPool
 
 from customer_sync.sdk import ConfigError
@@ -229,6 +230,9 @@ def _sqlite_pragmas(*, wal: bool) -> Any:
     return on_connect
 
 
+_EXPRESSION_INDEX = "Skipped unsupported reflection of expression-based index"
+
+
 def describe_table(engine: Engine, settings: SqlSettings, *, app: str) -> TableSpec:
     """Reflect the table (creating it first when `create_table` is set) and check the columns.
 
@@ -250,11 +254,15 @@ def describe_table(engine: Engine, settings: SqlSettings, *, app: str) -> TableS
                 )
             _create_table(conn, settings)
             created = True
-        table = Table(settings.table, MetaData(), autoload_with=conn)
-        spec = _roles(table, settings, where=where, created=created, text_clock=text_clock,
-                      dialect=engine.dialect.name)
-        sample = _latest_clock(conn, spec) if text_clock else None
-        key_unique = spec.key is not None and _is_unique(inspect(conn), spec.key)
+        with warnings.catch_warnings():
+            # SQLAlchemy cannot reflect an index on an expression (the lower(email) index the
+            # connector makes, or one of the operator's) and says so; no column depends on it.
+            warnings.filterwarnings("ignore", message=_EXPRESSION_INDEX, category=SAWarning)
+            table = Table(settings.table, MetaData(), autoload_with=conn)
+            spec = _roles(table, settings, where=where, created=created, text_clock=text_clock,
+                          dialect=engine.dialect.name)
+            sample = _latest_clock(conn, spec) if text_clock else None
+            key_unique = spec.key is not None and _is_unique(inspect(conn), spec.key)
     style = clock_style(spec.modified, text_clock=text_clock, sample=sample)
     return replace(spec, stamp_style=style, key_unique=key_unique)
 
