@@ -57,6 +57,32 @@ async def test_a_write_left_sending_does_not_overwrite_a_newer_edit_in_its_app(w
     assert {"crm": ["Cy"], "desk": ["Cy"]} == first_names(w)
 
 
+async def test_a_write_left_unsent_is_not_sent_after_a_newer_value_was_written(world) -> None:
+    """A write killed before it was sent ("Bea") and a newer one ("Cy") killed after it reached
+    the app: settling them finds "Cy" written, and "Bea" is never sent afterwards (the kill loop
+    saw such a stale write overwrite the newer value)."""
+    w = world(apps=("crm", "desk"), conflicts={"default": "last_writer"})
+    crm_id = w.apps["crm"].put({"email": "ann@x.io", "first": "Ann"})
+    await w.run()
+    w.apps["crm"].edit(crm_id, first="Bea")
+    with pytest.raises(Crash):
+        async with w.engine(faults=crash_at("mid_dispatch")) as engine:
+            await engine.run_once()  # "Bea" claimed (`sending`), never sent
+    w.apps["crm"].edit(crm_id, first="Cy")
+    w.apps["desk"].fail_next("read", TransientError("desk is down", operation="read"))
+    await w.run()  # "Cy" is decided beside the row left `sending`; desk is not reached
+    with pytest.raises(Crash):
+        async with w.engine(faults=crash_at("before_confirm")) as engine:
+            await engine.run_once()  # both sent; "Cy" last: desk holds "Cy", unconfirmed
+    assert {"crm": ["Cy"], "desk": ["Cy"]} == first_names(w)
+
+    await w.run()
+    await w.run()
+
+    assert {"crm": ["Cy"], "desk": ["Cy"]} == first_names(w)
+    assert [] == [o for o in w.outbox() if o["app"] == "desk"]
+
+
 async def test_a_create_left_sending_is_not_refused_when_its_record_has_been_linked(world) -> None:
     """The record an unconfirmed create made is found and linked by the next poll; the create
     is then done, not refused as a write the app "already holds for another customer"."""

@@ -246,7 +246,7 @@ async def settle_uncertain_updates(
     made there, and win over newer edits elsewhere by its modified time; the check before the
     next update would take it for one too. So the records are read first: a field that holds
     what the update sent was written, and joins the base as if confirmed; what is left of the
-    update is sent as an ordinary one.
+    update is sent as before (a row left `sending` is brought up to date first).
     """
     rows = await asyncio.to_thread(_uncertain_updates, store, rt.name)
     if not rows:
@@ -290,9 +290,11 @@ def _fold_landed(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], held:
                 landed_fields += len(landed)
             if not rest:
                 conn.execute(delete(outbox_t).where(outbox_t.c.seq == row["seq"]))
-            else:  # what did not land is sent as an ordinary update
-                conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(
-                    fields=rest, state="pending", sent_at=None))
+            elif landed:
+                # What did not land stays to send. A row left `sending` stays so: it is brought
+                # up to date before it is sent (`_recheck_left_sending`), so a value overtaken
+                # since is never written; a pending one is kept up to date by the merge anyway.
+                conn.execute(update(outbox_t).where(outbox_t.c.seq == row["seq"]).values(fields=rest))
         uow.flush()
     return landed_fields
 
