@@ -94,6 +94,7 @@ FIELDS: dict[str, FieldSpec] = {
     )
 }
 SOCIAL_PREFIX = "social."
+WHATSAPP = "social.whatsapp"  # a phone number, matched as one
 CUSTOM_PREFIX = "custom."
 _SOCIAL_RE = re.compile(r"^social\.[a-z][a-z0-9_]{0,31}$")
 _SET_KINDS = frozenset({"email_set", "phone_set", "tag_set"})
@@ -384,7 +385,8 @@ def identity_hash(key: bytes, kind: str, value: str) -> bytes:
 
 
 def identity_values(values: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (kind, normalized value) pairs a customer can be matched by: emails, then phones."""
+    """The (kind, normalized value) pairs a customer can be matched by: emails, then phones
+    (WhatsApp numbers are phones), then social handles as `network:handle` (kind `handle`)."""
     out: list[tuple[str, str]] = []
     if values.get("email"):
         out.append(("email", values["email"]))
@@ -392,6 +394,14 @@ def identity_values(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     if values.get("phone"):
         out.append(("phone", values["phone"]))
     out += [("phone", p) for p in values.get("other_phones") or () if p != values.get("phone")]
+    for name, value in values.items():
+        if not value or not name.startswith(SOCIAL_PREFIX):
+            continue
+        if name == WHATSAPP:
+            if value != values.get("phone") and value not in (values.get("other_phones") or ()):
+                out.append(("phone", value))
+        else:
+            out.append(("handle", f"{name[len(SOCIAL_PREFIX):]}:{value}"))
     return out
 
 

@@ -286,14 +286,17 @@ async def test_a_wait_longer_than_the_cap_pauses_that_app_until_then(world):
     assert (None, None) == (shop["paused_until"], shop["last_error"])
 
 
-async def test_ambiguous_match_is_parked_not_guessed(world):
-    """A second record of one app with an email already linked there is parked, not merged."""
+async def test_a_second_record_of_one_app_with_the_same_email_joins_as_a_duplicate(world):
+    """A second record of one app with an email already linked there is the same customer (one
+    email shared, one customer): it joins as a duplicate, is listed for review, is never
+    written to, and no second customer is created anywhere."""
     w = world(apps=("crm", "desk"))
-    w.apps["crm"].put({"email": "o@x.io", "first": "Olga"})
-    w.apps["crm"].put({"email": "O@x.io", "first": "Oleg"})
+    first = w.apps["crm"].put({"email": "o@x.io", "first": "Olga"})
+    second = w.apps["crm"].put({"email": "O@x.io", "first": "Oleg"})
     await w.run()
-    (parked,) = [c for c in w.conflicts() if c["kind"] == "match"]
-    assert ("crm", "ambiguous_email", "parked") == (parked["app"], parked["detail"]["reason"], parked["status"])
+    (dup,) = [c for c in w.conflicts() if c["kind"] == "match"]
+    assert ("crm", "duplicate_in_app", "decided") == (dup["app"], dup["detail"]["reason"], dup["status"])
+    assert {dup["app_record_id"], dup["detail"]["duplicate_of"]} == {first, second}
     assert 1 == len(w.customers())
     assert 1 == len(w.apps["desk"].live())
 
@@ -383,7 +386,11 @@ async def test_merge_in_one_app_leaves_one_linked_customer(world):
     assert ("crm", second) not in active
     assert "+14155550777" == customer["values"]["phone"]  # the loser's values fill the gaps
     dup = [c for c in w.conflicts() if c["kind"] == "match"]
-    assert ["duplicate_after_merge"] == [c["detail"]["reason"] for c in dup]  # desk holds two records now
+    # the desk holds two records of the one customer now: one is written, the other joins it
+    # as a duplicate, read but never written, and listed for review
+    assert [("desk", "duplicate_in_app")] == [(c["app"], c["detail"]["reason"]) for c in dup]
+    assert ["duplicate"] == [lk["state"] for lk in w.links() if lk["app"] == "desk"
+                             and lk["app_record_id"] == dup[0]["app_record_id"]]
     again = await w.run()
     assert 0 == again.dispatch.written
 

@@ -74,7 +74,8 @@ def hubspot() -> Iterator[Served]:
     sim = HubSpotSimulator(access_token=TOKEN, rate_limit=None, search_rate_limit=None)
     for i in range(240):
         # every 7th contact (34 of them) has no email and the phone of the contact before it:
-        # each is parked as an ambiguous match, so there is more to compare than inserts
+        # each joins that contact's customer as a duplicate in the app, so there is more to
+        # compare than inserts
         email = None if i % 7 == 0 else f"Person.{i}@Example.com"
         sim.add_contact(
             {"email": email, "firstname": f"First{i}", "lastname": f"Last{i}",
@@ -113,12 +114,12 @@ def stored(store: Store) -> dict[str, Any]:
         links = {customer: tuple(sorted(ids)) for customer, ids in linked.items()}
         customers = {links[r.customer_id]: (r.values, r.provenance)
                      for r in conn.execute(select(CustomerRow.__table__))}
-        snapshots = {links[r.customer_id]: (r.values, r.app_fingerprint, r.source_modified_at)
+        snapshots = {(links[r.customer_id], r.app): (r.values, r.app_fingerprint, r.source_modified_at)
                      for r in conn.execute(select(SnapshotRow.__table__))}
         identities = Counter((links[r.customer_id], r.kind, r.value_hash)
                              for r in conn.execute(select(IdentityRow.__table__)))
         cursor = conn.execute(select(CursorRow.__table__.c.value)).scalar()
-        parked = sorted((r.app_record_id, r.status, r.detail["reason"])
+        parked = sorted((r.kind, r.app_record_id or "", r.field or "", r.status, (r.detail or {}).get("reason", ""))
                         for r in conn.execute(select(ConflictRow.__table__)))
     return {"customers": customers, "snapshots": snapshots, "identities": identities,
             "cursor": cursor, "parked": parked, "links": sum(len(ids) for ids in links.values())}
@@ -141,7 +142,10 @@ async def test_a_pull_listed_in_the_worker_stores_what_a_pull_in_place_stores(hu
         assert engine.listing["crm"].listings == 1  # every page came from the worker
         assert n_place == n_worker == 240
         expected, got = stored(in_place), stored(in_worker)
-        assert expected["links"] == 240 - 34 and len(expected["parked"]) == 34
+        # 34 contacts share an email with another one: each joins that customer as a duplicate
+        dups = [p for p in expected["parked"] if p[0] == "match"]
+        assert expected["links"] == 240 and len(dups) == 34
+        assert {("decided", "duplicate_in_app")} == {(p[3], p[4]) for p in dups}
         assert got == expected
     finally:
         in_place.close()
@@ -162,7 +166,7 @@ async def test_a_poll_hands_over_to_the_worker_once_it_is_ready(hubspot: Served,
         hubspot.on_list = second_page_waits_for_the_worker
         assert (await engine.poll("crm")).fresh == 240
         assert worker.listings == 1  # pages 3 to 5
-    assert stored(store)["links"] == 206  # 240 but the 34 parked
+    assert stored(store)["links"] == 240  # the 34 sharing an email joined as duplicates
     assert hubspot.lists == 5  # 240 contacts in pages of 50, each read once
 
 
@@ -203,7 +207,7 @@ async def test_an_error_in_the_worker_is_raised_by_the_poll_after_the_pages_befo
     with pytest.raises(AuthError) as raised:
         await pull(cfg, store)
     assert raised.value.app == "crm" and raised.value.status_code == 401
-    assert stored(store)["links"] == 80 - 11  # the four pages before the refusal (11 parked)
+    assert stored(store)["links"] == 80  # the four pages before the refusal (11 duplicates)
     assert stored(store)["cursor"] is not None
 
 
@@ -225,7 +229,7 @@ async def test_a_worker_that_dies_hands_the_listing_back_to_the_engine(hubspot: 
         await engine.poll("crm")  # in place now; it re-reads the last contacts (lookback)
         assert worker.listings == 1
     after = stored(store)
-    assert after["links"] == len(after["customers"]) == 206  # nothing lost, nobody twice
+    assert after["links"] == 240 and len(after["customers"]) == 206  # nothing lost, nobody twice
 
 
 def test_only_connectors_that_allow_it_and_that_the_engine_built_list_in_a_worker(tmp_path: Path):

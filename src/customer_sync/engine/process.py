@@ -4,8 +4,9 @@ For each record received from an app:
 1. **echo check**: the app fields we map hash to the fingerprint of what we last wrote (or
    read) there, so nothing changed; done without normalizing.
 2. **normalize** through the app's field map; a bad value is an error for that field only.
-3. **match** to a canonical customer: existing link, then normalized email, then phone. Two or
-   more candidates is an ambiguous match, parked for review, never guessed.
+3. **match** to a canonical customer: an existing link, else by the rules of `engine.match`
+   (emails; then phone or handle for records without one). An ambiguous match is parked for
+   review, never guessed.
 4. **merge** field by field against the app's base (`conflicts.three_way`).
 5. **plan** the writes every app needs (`engine.plan`).
 Deletes follow the app's delete policy. Everything is recorded in the change log.
@@ -15,16 +16,18 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from customer_sync.canonical import identity_values
 from customer_sync.conflicts.three_way import merge_record, same_value
 from customer_sync.engine._normalize_worker import fields_fingerprint
+from customer_sync.engine.match import Keys, email_keys, is_email_less, match_record, record_keys
 from customer_sync.engine.plan import plan_customer
 from customer_sync.sdk.connector import AppRecord, Capability
+from customer_sync.store.uow import duplicate_base
 
 if TYPE_CHECKING:
     from customer_sync.config import AppRuntime, ConflictsConfig
@@ -32,8 +35,15 @@ if TYPE_CHECKING:
     from customer_sync.store.uow import UnitOfWork
 
 __all__ = [
-    "Counts", "ProcessStats", "new_customer_id", "app_fingerprint", "merge_customers", "process_items", "process_records", "record_fingerprint",
+    "Counts",
+    "ProcessStats",
+    "app_fingerprint",
+    "merge_customers",
+    "new_customer_id",
+    "process_items",
+    "process_records",
     "propagate_delete",
+    "record_fingerprint",
 ]
 
 
@@ -146,8 +156,8 @@ def process_records(
         if rec.deleted or (rec.merged_into is not None and not rec.fields):
             prepared.append((rec, rt, None, fp))
             continue
-        if link is not None and link["state"] == "active":
-            snap = uow.snapshot(link["customer_id"], rt.name)
+        if link is not None and link["state"] in ("active", "duplicate"):
+            snap = uow.snapshot(link["customer_id"], _base_key(link))
             if snap is not None and snap["app_fingerprint"] == fp:
                 stats.echoes += 1
                 continue
@@ -161,10 +171,13 @@ def process_records(
             uow.log("error", app=rt.name, app_record_id=rec.app_record_id,
                     customer_id=link["customer_id"] if link else None,
                     diff={"fields": [err.field]}, reason=str(err))
-        if link is None:
-            wanted += identity_values(values)
+        # every record's identities: a new one is matched by them, and a linked one that
+        # brings a phone or handle new to its customer re-decides the records holding it
+        wanted += identity_values(values)
         prepared.append((rec, rt, values, fp))
     uow.prefetch(app_records=[(rt.name, rec.app_record_id) for rec, rt, _, _ in prepared], identities=wanted)
+    uow.load_bases([(lk["customer_id"], _base_key(lk)) for rec, rt, _, _ in prepared
+                    if (lk := uow.link(rt.name, rec.app_record_id)) is not None and lk["state"] == "duplicate"])
 
     for rec, rt, values, fp in prepared:
         if rec.merged_into is not None:
@@ -178,21 +191,11 @@ def process_records(
     return stats
 
 
-def _match(uow: UnitOfWork, app: str, values: Mapping[str, Any]) -> tuple[str | None, str, set[str]]:
-    """(customer id or None, how, ambiguous candidates)."""
-    identities = identity_values(values)
-    for kind in ("email", "phone"):
-        found: set[str] = set()
-        for k, value in identities:
-            if k == kind:
-                found |= uow.candidates(kind, value)
-        # A customer already holding another live record of this app is not this record.
-        free = {c for c in found if (lk := uow.link_for(c, app)) is None or lk["state"] != "active"}
-        if len(found) > 1 or (found and not free):
-            return None, f"ambiguous_{kind}", found
-        if free:
-            return free.pop(), f"matched_by_{kind}", set()
-    return None, "new", set()
+def _base_key(link: Mapping[str, Any]) -> str:
+    """The snapshot key of a linked record's base: its app, or its own key for a duplicate."""
+    if link["state"] == "duplicate":
+        return duplicate_base(link["app"], link["app_record_id"])
+    return link["app"]
 
 
 def _apply_record(
@@ -201,23 +204,25 @@ def _apply_record(
 ) -> None:
     app, rid = rt.name, rec.app_record_id
     link = uow.link(app, rid)
-    if link is not None and link["state"] != "active":
+    if link is not None and link["state"] not in ("active", "duplicate"):
         stats.skipped += 1  # unlinked or deleted: this record is no longer synced
         return
     how = "linked"
+    keys = record_keys(values)
     if link is None:
         if rt.filter and not rt.filter.matches(values, now):
             stats.skipped += 1
             return
-        cid, how, ambiguous = _match(uow, app, values)
-        if ambiguous:
+        found = match_record(uow, keys)
+        if found.parked:
             stats.parked += 1
             if not uow.is_match_parked(app, rid):  # read again (a reconciliation): parked once
                 uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
-                                 detail={"candidates": sorted(ambiguous), "reason": how})
+                                 detail={"candidates": sorted(found.parked), "reason": found.how})
                 uow.log("conflict", app=app, app_record_id=rid,
-                        reason=f"{how}: {len(ambiguous)} candidates; parked for review")
+                        reason=f"{found.how}: {len(found.parked)} candidates; parked for review")
             return
+        cid, how = found.customer_id, found.how
         if cid is None:
             cid = _made_by_our_create(uow, app, values)
             how = "made_by_our_create" if cid is not None else how
@@ -227,12 +232,16 @@ def _apply_record(
             stats.created += 1
         else:
             stats.matched += 1
-        uow.add_link(app, rid, cid)
+        for other in found.join:
+            merge_customers(uow, loser=other, winner=cid, now=now,
+                            reason=f"{app} record {rid} holds what both hold ({how})")
+        link = _link_record(uow, app, rid, cid, how=how)
     else:
         cid = link["customer_id"]
+    base_key = _base_key(link)
     customer = uow.customer(cid)
     assert customer is not None
-    snapshot = uow.snapshot(cid, app)
+    snapshot = uow.snapshot(cid, base_key)
     base = snapshot["values"] if snapshot else None
     if base is None and how != "new":
         # A create that may have reached the app without our hearing back (a crash, a lost
@@ -280,9 +289,147 @@ def _apply_record(
                 diff={conflict.field: [d.loser.value, d.winner.value]},
                 reason=f"{conflict.field}: {d.rule} {'parked' if d.parked else f'-> {d.winner.app}'}")
     new_base = {**(base or {}), **values}
-    uow.set_snapshot(cid, app, new_base, app_fingerprint=fp, source_modified_at=rec.modified_at)
-    uow.set_identities(cid, identity_values(customer["values"]))
+    brings = (keys.phones or keys.handles) and not is_email_less(new_base)
+    before = email_keys(uow, cid) if brings else None
+    uow.set_snapshot(cid, base_key, new_base, app_fingerprint=fp, source_modified_at=rec.modified_at)
+    uow.set_identities(cid, identity_values(customer["values"]) + keys.pairs())
     stats.planned += plan_customer(uow, cid, apps, now=now, reason=f"{how} via {app}")
+    if before is not None:
+        new_keys = Keys(phones=keys.phones - before.phones, handles=keys.handles - before.handles)
+        if new_keys.phones or new_keys.handles:
+            _settle_email_less(uow, cid, new_keys, apps, rules, now=now, stats=stats)
+
+
+def _link_record(uow: UnitOfWork, app: str, rid: str, cid: str, *, how: str) -> dict[str, Any]:
+    """Link a record to its customer: as the customer's record in that app, or, when the
+    customer already holds another live record there (a double import), as a duplicate,
+    read and merged but never written, and listed for review."""
+    held = uow.link_for(cid, app)
+    if held is not None and held["state"] == "active" and held["app_record_id"] != rid:
+        uow.add_duplicate_link(app, rid, cid)
+        uow.add_conflict(kind="match", status="decided", customer_id=cid, app=app, app_record_id=rid,
+                         detail={"reason": "duplicate_in_app", "duplicate_of": held["app_record_id"],
+                                 "matched": how})
+        uow.log("conflict", app=app, app_record_id=rid, customer_id=cid,
+                reason=f"duplicate in {app} of record {held['app_record_id']} ({how}): joined, not written")
+    else:
+        uow.add_link(app, rid, cid)
+    uow.resolve_parked_match(app, rid)
+    link = uow.link(app, rid)
+    assert link is not None
+    return link
+
+
+def _settle_email_less(
+    uow: UnitOfWork, cid: str, new_keys: Keys, apps: Mapping[str, AppRuntime], rules: ConflictsConfig,
+    *, now: datetime, stats: ProcessStats,
+) -> None:
+    """A record with an email gave customer `cid` phones or handles it did not hold: re-decide
+    the email-less records of other customers that hold them (engine.match, rule 2). A record
+    that now attaches to `cid` moves to it; one whose attachment has become ambiguous is parked.
+    A customer left with no record is retired."""
+    holders: set[str] = set()
+    for kind, value in new_keys.pairs():
+        holders |= uow.candidates(kind, value)
+    holders.discard(cid)
+    for holder in sorted(holders):
+        for link, key in _records_of(uow, holder):
+            snap = uow.snapshot(holder, key)
+            if snap is None or not is_email_less(snap["values"]):
+                continue
+            keys = record_keys(snap["values"])
+            if not (keys.phones & new_keys.phones or keys.handles & new_keys.handles):
+                continue
+            found = match_record(uow, keys)
+            if found.customer_id == holder and not found.parked:
+                continue
+            if not found.parked and found.how.startswith("grouped"):
+                continue  # still attaches to no customer with an email: its group stays
+            app, rid = link["app"], link["app_record_id"]
+            uow.drop_link(app, rid)
+            uow.drop_snapshot(holder, key)
+            if key == app:
+                uow.cancel_write(holder, app)
+                uow.promote_duplicate(holder, app)
+            if found.parked:
+                stats.parked += 1
+                uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
+                                 detail={"candidates": sorted(found.parked), "reason": found.how})
+                uow.log("conflict", app=app, app_record_id=rid, customer_id=holder,
+                        reason=f"{found.how}: {len(found.parked)} candidates; unlinked and parked for review")
+                continue
+            target = found.customer_id
+            assert target is not None
+            moved = _link_record(uow, app, rid, target, how=found.how)
+            at = snap["source_modified_at"]
+            if at is not None and at.tzinfo is None:  # as SQLite gives it back
+                at = at.replace(tzinfo=UTC)
+            record = AppRecord(app_record_id=rid, fields={}, modified_at=at)
+            uow.log("observed", app=app, app_record_id=rid, customer_id=target,
+                    reason=f"{found.how}: moved from customer {holder}")
+            _merge_moved(uow, record, moved, snap, apps, rules, now=now, stats=stats)
+        _retire_if_empty(uow, holder, now=now)
+
+
+def _records_of(uow: UnitOfWork, cid: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The customer's active and duplicate links with their base keys, each once, read afresh
+    after each (a record moving away promotes a duplicate, whose base key then changes)."""
+    seen: set[tuple[str, str]] = set()
+    while True:
+        links = [*uow.links_by_customer.get(cid, {}).values(), *uow.duplicates_by_customer.get(cid, {}).values()]
+        todo = [lk for lk in links if lk["state"] in ("active", "duplicate")
+                and (lk["app"], lk["app_record_id"]) not in seen]
+        if not todo:
+            return
+        link = min(todo, key=lambda lk: (lk["app"], lk["app_record_id"]))
+        seen.add((link["app"], link["app_record_id"]))
+        yield link, _base_key(link)
+
+
+def _merge_moved(
+    uow: UnitOfWork, rec: AppRecord, link: Mapping[str, Any], snap: Mapping[str, Any],
+    apps: Mapping[str, AppRuntime], rules: ConflictsConfig, *, now: datetime, stats: ProcessStats,
+) -> None:
+    """Merge the values of a record that moved to another customer as if it had been read."""
+    app, cid = link["app"], link["customer_id"]
+    customer = uow.customer(cid)
+    assert customer is not None
+    values = snap["values"]
+    result = merge_record(
+        app=app, incoming=values, base=None, current=customer["values"],
+        provenance=customer["provenance"], modified_at=rec.modified_at, field_modified_at={},
+        set_fields=apps[app].mapping.set_fields if app in apps else frozenset(), rules=rules,
+    )
+    if result.changes:
+        customer["values"] = {**customer["values"], **result.changes}
+        customer["provenance"] = {**customer["provenance"], **result.provenance}
+        uow.touch_customer(cid)
+    for conflict in result.conflicts:
+        d = conflict.decision
+        stats.conflicts += 1
+        uow.add_conflict(kind="field", status="parked" if d.parked else "decided", customer_id=cid,
+                         field=conflict.field, rule=d.rule, winner_app=d.winner.app,
+                         winner_value=d.winner.value, loser_app=d.loser.app, loser_value=d.loser.value)
+    uow.set_snapshot(cid, _base_key(link), values, app_fingerprint=snap["app_fingerprint"],
+                     source_modified_at=snap["source_modified_at"])
+    uow.set_identities(cid, identity_values(customer["values"]) + record_keys(values).pairs())
+    stats.planned += plan_customer(uow, cid, apps, now=now, reason=f"record of {app} joined")
+
+
+def _retire_if_empty(uow: UnitOfWork, cid: str, *, now: datetime) -> None:
+    """A customer whose every record moved to others or was parked is no longer anyone."""
+    customer = uow.customer(cid)
+    if customer is None or customer["deleted_at"] is not None:
+        return
+    if uow.duplicates_by_customer.get(cid) or any(
+            lk["state"] == "active" for lk in uow.links_by_customer.get(cid, {}).values()):
+        return
+    for _, app in [k for k in uow.pending_outbox if k[0] == cid]:
+        uow.cancel_write(cid, app)
+    customer["deleted_at"] = now
+    uow.touch_customer(cid)
+    uow.drop_identities(cid)
+    uow.log("deleted", customer_id=cid, reason="every record of this customer joined another or was parked")
 
 
 def _made_by_our_create(uow: UnitOfWork, app: str, values: Mapping[str, Any]) -> str | None:
@@ -312,6 +459,13 @@ def _apply_delete(
 ) -> None:
     app, rid = rt.name, rec.app_record_id
     link = uow.link(app, rid)
+    if link is not None and link["state"] == "duplicate":
+        # a duplicate is never written to: its going leaves the customer's record in place
+        uow.drop_link(app, rid)
+        uow.drop_snapshot(link["customer_id"], _base_key(link))
+        uow.log("deleted", app=app, app_record_id=rid, customer_id=link["customer_id"],
+                source_modified_at=rec.modified_at, reason=f"duplicate deleted in {app}")
+        return
     if link is None or link["state"] != "active":
         return
     cid = link["customer_id"]
@@ -391,22 +545,22 @@ def merge_customers(uow: UnitOfWork, *, loser: str, winner: str, now: datetime, 
     review (that app now has a duplicate). Empty winner fields take the loser's values."""
     lose, win = uow.customer(loser), uow.customer(winner)
     assert lose is not None and win is not None
-    for app, link in list(uow.links_by_customer.get(loser, {}).items()):
-        rid = link["app_record_id"]
-        snap = uow.snapshot(loser, app)
-        if link["state"] == "active" and uow.link_for(winner, app) is None:
+    for link in [*uow.links_by_customer.get(loser, {}).values(), *uow.duplicates_by_customer.get(loser, {}).values()]:
+        app, rid = link["app"], link["app_record_id"]
+        key = _base_key(link)
+        snap = uow.snapshot(loser, key)
+        if link["state"] in ("active", "duplicate"):
+            # Where the winner holds a record of that app already, the loser's is a duplicate
+            # of it: it joins the winner, read but not written, and is listed for review.
             uow.drop_link(app, rid)
-            uow.add_link(app, rid, winner)
+            moved = _link_record(uow, app, rid, winner, how=f"merged customer {loser}")
             if snap is not None:
-                uow.set_snapshot(winner, app, snap["values"], app_fingerprint=snap["app_fingerprint"],
+                uow.set_snapshot(winner, _base_key(moved), snap["values"], app_fingerprint=snap["app_fingerprint"],
                                  source_modified_at=snap["source_modified_at"])
-        elif link["state"] == "active":
-            uow.set_link_state(app, rid, "unlinked")
-            uow.add_conflict(kind="match", status="parked", customer_id=winner, app=app, app_record_id=rid,
-                             detail={"reason": "duplicate_after_merge", "merged_customer": loser})
-        uow.cancel_write(loser, app)
+        if key == app:
+            uow.cancel_write(loser, app)
         if snap is not None:
-            uow.drop_snapshot(loser, app)
+            uow.drop_snapshot(loser, key)
     values = dict(win["values"])
     for name, value in lose["values"].items():
         if isinstance(value, list):

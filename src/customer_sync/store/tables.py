@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -84,7 +84,11 @@ class LinkRow(SQLModel, table=True):
     keeps its record but it is no longer synced, and it is not re-created there)."""
 
     __tablename__ = "links"
-    __table_args__ = (UniqueConstraint("customer_id", "app", name="uq_links_customer_app"),)
+    # One active (or unlinked, gone) record per customer and app; `duplicate` records of the
+    # same app are read, never written to (see engine.match).
+    __table_args__ = (Index("uq_links_customer_app", "customer_id", "app", unique=True,
+                            sqlite_where=text("state <> 'duplicate'"),
+                            postgresql_where=text("state <> 'duplicate'")),)
     app: str = Field(sa_column=Column(String(64), primary_key=True))
     app_record_id: str = Field(sa_column=Column(String(255), primary_key=True))
     customer_id: str = Field(sa_column=Column(String(36), nullable=False))
@@ -98,7 +102,7 @@ class SnapshotRow(SQLModel, table=True):
 
     __tablename__ = "snapshots"
     customer_id: str = Field(sa_column=Column(String(36), primary_key=True))
-    app: str = Field(sa_column=Column(String(64), primary_key=True))
+    app: str = Field(sa_column=Column(String(128), primary_key=True))  # app, or app#digest of a duplicate
     values: dict[str, Any] = _json(nullable=False)
     app_fingerprint: str | None = Field(sa_column=Column(String(32), nullable=True))
     source_modified_at: datetime | None = _ts(nullable=True)

@@ -8,6 +8,7 @@ effects of earlier ones, and flushes every change with executemany in the caller
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -27,7 +28,7 @@ from customer_sync.store.tables import (
     SnapshotRow,
 )
 
-__all__ = ["UnitOfWork"]
+__all__ = ["UnitOfWork", "duplicate_base"]
 
 customers_t = CustomerRow.__table__
 identities_t = IdentityRow.__table__
@@ -93,6 +94,12 @@ def _pair_params(pairs: Iterable[tuple[Any, Any]], *, group_first: bool) -> Iter
             yield {"key": key, "values": chunk}
 
 
+def duplicate_base(app: str, app_record_id: str) -> str:
+    """Where the base of a `duplicate` record of `app` is kept (snapshots are keyed by customer
+    and app, and the customer's active record of that app holds the app's own key)."""
+    return f"{app}#{hashlib.sha256(app_record_id.encode()).hexdigest()[:16]}"
+
+
 class UnitOfWork:
     """The batch's in-memory view of the store; `flush()` writes it back."""
 
@@ -104,6 +111,8 @@ class UnitOfWork:
         self.links: dict[tuple[str, str], dict[str, Any]] = {}  # (app, rid) -> row
         self._links_asked: set[tuple[str, str]] = set()  # (app, rid) looked up, found or not
         self.links_by_customer: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> app -> row
+        # cid -> (app, rid) -> row, of the customer's records in state `duplicate`
+        self.duplicates_by_customer: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         self.customers: dict[str, dict[str, Any] | None] = {}
         self.snapshots: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.identities: dict[tuple[str, bytes], set[str]] = {}  # (kind, hash) -> cids
@@ -128,6 +137,7 @@ class UnitOfWork:
         self._outbox_update: dict[int, dict[str, Any]] = {}
         self._outbox_drop: set[int] = set()
         self._delete_requests: list[dict[str, Any]] = []
+        self._resolved_matches: set[tuple[str, str]] = set()
 
     def _hash(self, kind: str, value: str) -> bytes:
         """The keyed hash of an identity, computed once per batch (it is asked for 3+ times)."""
@@ -184,7 +194,11 @@ class UnitOfWork:
             for row in self.conn.execute(_LINKS_OF_CUSTOMERS, ids).mappings():
                 self._remember_stored_link(dict(row))
             for row in self.conn.execute(_SNAPSHOTS_OF_CUSTOMERS, ids).mappings():
-                self.snapshots[(row["customer_id"], row["app"])] = dict(row)
+                key = (row["customer_id"], row["app"])
+                if key in self._dirty_snapshots or key in self._dropped_snapshots:
+                    continue  # what this batch did wins over what the store still says
+                self.snapshots[key] = dict(row)
+                self._snap_in_db.add(key)
             for row in self.conn.execute(_HELD_FIELDS, ids).mappings():
                 self.held.setdefault(row["customer_id"], set()).add(row["field"])
             for row in self.conn.execute(_IDENTITIES_OF_CUSTOMERS, ids).mappings():
@@ -219,8 +233,12 @@ class UnitOfWork:
         self._remember_link(row)
 
     def _remember_link(self, row: dict[str, Any]) -> None:
-        self.links[(row["app"], row["app_record_id"])] = row
-        self.links_by_customer.setdefault(row["customer_id"], {})[row["app"]] = row
+        key = (row["app"], row["app_record_id"])
+        self.links[key] = row
+        if row["state"] == "duplicate":
+            self.duplicates_by_customer.setdefault(row["customer_id"], {})[key] = row
+        else:
+            self.links_by_customer.setdefault(row["customer_id"], {})[row["app"]] = row
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -279,6 +297,36 @@ class UnitOfWork:
             holders.discard(customer_id)
         self._dropped_identities.add(customer_id)
 
+    def add_duplicate_link(self, app: str, app_record_id: str, customer_id: str) -> None:
+        """Link a further record of an app to a customer that already holds one there (a
+        double import): it is read and merged, never written to."""
+        row = {"app": app, "app_record_id": app_record_id, "customer_id": customer_id,
+               "state": "duplicate", "linked_at": self.now}
+        self._remember_link(row)
+        # a link dropped by this batch stays dropped: the flush deletes it before inserting this
+        self._new_links[(app, app_record_id)] = row
+
+    def promote_duplicate(self, customer_id: str, app: str) -> dict[str, Any] | None:
+        """The customer's record in `app` went: its first duplicate there (if any) becomes the
+        record it is written to, its base moving with it."""
+        if self.link_for(customer_id, app) is not None:
+            return None
+        dups = sorted(k for k in self.duplicates_by_customer.get(customer_id, {}) if k[0] == app)
+        if not dups:
+            return None
+        key = dups[0]
+        row = self.duplicates_by_customer[customer_id].pop(key)
+        row["state"] = "active"
+        self.links_by_customer.setdefault(customer_id, {})[app] = row
+        if key not in self._new_links:
+            self._dirty_links.add(key)
+        snap = self.snapshots.get((customer_id, duplicate_base(*key)))
+        if snap is not None:
+            self.set_snapshot(customer_id, app, snap["values"], app_fingerprint=snap["app_fingerprint"],
+                              source_modified_at=snap["source_modified_at"])
+            self.drop_snapshot(customer_id, duplicate_base(*key))
+        return row
+
     def add_link(self, app: str, app_record_id: str, customer_id: str) -> None:
         old = self.link_for(customer_id, app)
         if old is not None and old["app_record_id"] == app_record_id:
@@ -291,7 +339,7 @@ class UnitOfWork:
         row = {"app": app, "app_record_id": app_record_id, "customer_id": customer_id,
                "state": "active", "linked_at": self.now}
         self._remember_link(row)
-        self._dropped_links.discard((app, app_record_id))
+        # a link dropped by this batch stays dropped: the flush deletes it before inserting this
         self._new_links[(app, app_record_id)] = row
 
     def set_link_state(self, app: str, app_record_id: str, state: str) -> None:
@@ -302,7 +350,9 @@ class UnitOfWork:
 
     def drop_link(self, app: str, app_record_id: str) -> None:
         row = self.links.pop((app, app_record_id), None)
-        if row is not None:
+        if row is not None and row["state"] == "duplicate":
+            self.duplicates_by_customer.get(row["customer_id"], {}).pop((app, app_record_id), None)
+        elif row is not None:
             self.links_by_customer.get(row["customer_id"], {}).pop(app, None)
         if self._new_links.pop((app, app_record_id), None) is None:
             self._dropped_links.add((app, app_record_id))
@@ -365,6 +415,13 @@ class UnitOfWork:
         return self.conn.execute(select(conflicts_t.c.id).where(
             conflicts_t.c.kind == "match", conflicts_t.c.status == "parked",
             conflicts_t.c.app == app, conflicts_t.c.app_record_id == app_record_id).limit(1)).first() is not None
+
+    def resolve_parked_match(self, app: str, app_record_id: str) -> None:
+        """The record is linked now: its review item as an ambiguous match is resolved."""
+        self._conflicts = [c for c in self._conflicts if not (
+            c["kind"] == "match" and c["status"] == "parked" and c["app"] == app
+            and c["app_record_id"] == app_record_id)]
+        self._resolved_matches.add((app, app_record_id))
 
     def add_conflict(self, **row: Any) -> None:
         if row.get("kind") == "field" and row.get("status") == "parked" and row.get("customer_id"):
@@ -436,6 +493,16 @@ class UnitOfWork:
         self._flush_snapshots()
         if self._log:
             insert_rows(c, changelog_t, self._log)
+        by_app: dict[str, list[str]] = {}
+        for app, rid in self._resolved_matches:
+            by_app.setdefault(app, []).append(rid)
+        for app, rids in sorted(by_app.items()):
+            # a search of the few parked rows (ix_conflicts_status), once per app and batch
+            for chunk in _chunks(sorted(rids)):
+                c.execute(update(conflicts_t).where(
+                    conflicts_t.c.status == "parked", conflicts_t.c.kind == "match",
+                    conflicts_t.c.app == app, conflicts_t.c.app_record_id.in_(chunk),
+                ).values(status="resolved", resolved_at=self.now, rule="matched"))
         if self._conflicts:
             insert_rows(c, conflicts_t, self._conflicts)
         if self._delete_requests:
