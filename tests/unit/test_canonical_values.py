@@ -176,6 +176,55 @@ def test_one_invalid_number_rejects_a_phone_set() -> None:
     assert "other_phones" == rejected("other_phones", "+98 912 123 4567, +44 1632 960123").field
 
 
+def _slow_e164(text: str) -> Any:
+    """What the phone of an E.164-shaped text is by phonenumbers.parse alone."""
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return MappingError
+    if not phonenumbers.is_valid_number(number):
+        return MappingError
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _fast_e164(text: str) -> Any:
+    try:
+        return norm("phone", text)
+    except MappingError:
+        return MappingError
+
+
+_EXAMPLES = sorted({
+    phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    for region in phonenumbers.SUPPORTED_REGIONS
+    for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE)
+    if (number := phonenumbers.example_number_for_type(region, kind)) is not None
+})
+
+
+@pytest.mark.parametrize("text", _EXAMPLES)
+def test_e164_fast_path_agrees_with_phonenumbers_on_every_regions_examples(text: str) -> None:
+    """E.164 text is read without phonenumbers.parse when that is safe; for the example numbers
+    of every region the answer is parse's."""
+    assert _slow_e164(text) == _fast_e164(text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(_EXAMPLES).flatmap(
+           lambda e: st.tuples(st.integers(0, len(e) - 1), st.text("0123456789", max_size=3)).map(
+               lambda cut: "+" + (e[1:cut[0] + 1] + cut[1])[:15]))
+       | st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True)
+       | st.builds(lambda cc, trunk, rest: f"+{cc}{trunk}{rest}",
+                   st.sampled_from(["1", "7", "20", "36", "39", "44", "49", "52", "54", "55",
+                                    "61", "98", "225", "374", "971", "974"]),
+                   st.sampled_from(["", "0", "1", "8", "06", "15", "9"]),
+                   st.text("0123456789", min_size=4, max_size=11)))
+def test_e164_fast_path_agrees_with_phonenumbers(text: str) -> None:
+    """On E.164-shaped text (examples cut short or grown, random digits, numbers behind trunk
+    prefixes), valid or not, the fast path answers as phonenumbers.parse does."""
+    assert _slow_e164(text) == _fast_e164(text), text
+
+
 def test_whatsapp_is_a_phone() -> None:
     """social.whatsapp is normalized as a phone: E.164, read in the region, only valid numbers."""
     assert "+201001234567" == norm("social.whatsapp", arabic_indic("٠١٠٠ ١٢٣ ٤٥٦٧"), region="EG")
