@@ -289,17 +289,18 @@ def _email(value: Any, ctx: NormalizeContext) -> str:
 
 # --- phones ---------------------------------------------------------------------------------
 # What phones are typed with, made into what phonenumbers reads: Persian (U+06F0-06F9) and
-# Arabic-Indic (U+0660-0669) digits, any Unicode space, and no invisible marks.
+# Arabic-Indic (U+0660-0669) digits, any Unicode space or dash, and no invisible marks.
 _PHONE_CHARS: dict[int, str | None] = {
     **{0x06F0 + d: str(d) for d in range(10)},
     **{0x0660 + d: str(d) for d in range(10)},
     **{c: " " for c in (0x00A0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)},
+    **{c: "-" for c in (*range(0x2010, 0x2016), 0x2212, 0xFE63, 0xFF0D)},
     **_INVISIBLE,
 }
 _TRUNK = re.compile(r"\(\s*0\s*\)")  # "+44 (0)20 ...": the trunk 0, dialled only nationally
 # Digits that may be an international number without its "+" ("989121234567"): 8 to 15 digits,
 # no leading 0 (a trunk prefix), no parentheses (an area code written nationally).
-_MISSING_PLUS = re.compile(r"[1-9](?:[ .\-]?\d){7,14}\Z")
+_MISSING_PLUS = re.compile(r"[1-9](?:[ .\-]?[0-9]){7,14}\Z")
 
 
 def _phone_text(value: str) -> str:
@@ -327,7 +328,7 @@ def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | No
 # or with what the country's `national_prefix_for_parsing` matches (a trunk prefix it may
 # strip). Outside those two cases the number is built directly: half the cost of a phone, which
 # paying for `is_valid_number` on top of parsing needs. A test checks it agrees with parse.
-_E164 = re.compile(r"\+([1-9]\d{6,14})\Z")
+_E164 = re.compile(r"\+([1-9][0-9]{6,14})\Z")  # ASCII digits: `\d` would take any script's
 _TRUNK_PREFIXES: dict[int, re.Pattern[str] | None] = {}
 
 
@@ -404,7 +405,8 @@ def needs_region(spec: FieldSpec, value: Any) -> bool:
 
 
 # --- handles --------------------------------------------------------------------------------
-# A profile URL of a site whose URLs name the handle: (site, path, query).
+# A profile URL of a site whose URLs name the handle: (site, path, query). The first part of
+# the path is the handle, except on the pages that are not anyone's profile (a post, a search).
 _PROFILE_URL = re.compile(
     r"(?:https?://)?(?:(?:www|m|mobile|web)\.)?"
     r"(instagram\.com|twitter\.com|x\.com|t\.me|telegram\.me|facebook\.com|fb\.com|tiktok\.com"
@@ -412,6 +414,10 @@ _PROFILE_URL = re.compile(
     re.IGNORECASE,
 )
 _NOT_IN_HANDLE = re.compile(r"[\s/]")
+_NOT_PROFILES = frozenset({
+    "p", "reel", "reels", "tv", "explore", "stories", "i", "intent", "home", "search", "hashtag",
+    "share", "sharer.php", "groups", "pages", "events", "watch", "login", "s", "c", "joinchat",
+})
 
 
 def _handle_of_url(site: str, path: str, query: str | None) -> str:
@@ -421,7 +427,7 @@ def _handle_of_url(site: str, path: str, query: str | None) -> str:
         return parts[1] if len(parts) > 1 and parts[0].lower() == "in" else ""
     if site in ("facebook.com", "fb.com") and parts[:1] == ["profile.php"]:
         return (parse_qs(query or "").get("id") or [""])[0]  # facebook.com/profile.php?id=NUMBER
-    return parts[0] if parts else ""
+    return parts[0] if parts and parts[0].lower() not in _NOT_PROFILES else ""
 
 
 def _handle(value: Any, ctx: NormalizeContext) -> str:

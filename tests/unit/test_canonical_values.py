@@ -56,6 +56,7 @@ def arabic_indic(digits: str) -> str:
         ("+98\u00a0912\u2009123\u20034567", "+989121234567"),
         ("+98-912-123-4567", "+989121234567"),
         ("+98.912.123.4567", "+989121234567"),
+        ("98\u2013912\u2212123\u20104567", "+989121234567"),
         (f"{RLM}+98 912 123 4567{LRM}", "+989121234567"),
         ("\u2066+98 912 123 4567\u2069", "+989121234567"),
         ("\u202b+98 912 123 4567\u202c", "+989121234567"),
@@ -71,6 +72,7 @@ def arabic_indic(digits: str) -> str:
         ("+989121234567", "+989121234567"),
     ],
     ids=["persian-digits", "arabic-indic-digits", "unicode-spaces", "dashes", "dots",
+         "unicode-dashes-missing-plus",
          "lrm-rlm", "isolates", "embedding", "arabic-letter-mark", "trunk-0", "trunk-0-spaced",
          "00-prefix", "00-prefix-persian", "trailing-plus", "trailing-plus-persian",
          "trailing-plus-spaced", "missing-plus", "e164"],
@@ -225,6 +227,14 @@ def test_e164_fast_path_agrees_with_phonenumbers(text: str) -> None:
     assert _slow_e164(text) == _fast_e164(text), text
 
 
+def test_digits_of_other_scripts_are_never_passed_on_as_they_are() -> None:
+    """Digits of scripts other than Latin, Persian and Arabic-Indic are read by phonenumbers,
+    and the stored number is in ASCII digits all the same."""
+    devanagari = "+९८९१२१२३४५६७"  # +989121234567
+
+    assert "+989121234567" == norm("phone", devanagari)
+
+
 def test_whatsapp_is_a_phone() -> None:
     """social.whatsapp is normalized as a phone: E.164, read in the region, only valid numbers."""
     assert "+201001234567" == norm("social.whatsapp", arabic_indic("٠١٠٠ ١٢٣ ٤٥٦٧"), region="EG")
@@ -270,9 +280,10 @@ def test_handle_is_lower_cased_without_at_or_url(name: str, given: Any, expected
 @pytest.mark.parametrize(
     "given",
     ["sara ahmadi", "@", f"{RLM}@{LRM}", "https://instagram.com/", "linkedin.com/company/acme",
+     "https://www.instagram.com/p/C1a2B3c4D5e/", "https://x.com/search?q=sara",
      "https://example.com/sara", True, ["sara"]],
     ids=["space-inside", "at-only", "marks-only", "url-without-handle", "linkedin-not-a-person",
-         "url-of-another-site", "bool", "list"],
+         "instagram-post", "x-search", "url-of-another-site", "bool", "list"],
 )
 def test_value_that_is_no_handle_is_rejected(given: Any) -> None:
     """Text with spaces inside, nothing left once stripped, or a URL that names no handle is a
