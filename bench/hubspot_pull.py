@@ -55,7 +55,7 @@ def _simulator(n: int, rate_limit: tuple[int, float] | None, conn: Any) -> None:
     for i in range(n):
         sim.add_contact(
             {"email": f"Customer.{i}@Example.com", "firstname": f"First{i}", "lastname": f"Last{i}",
-             "phone": f"+1415{i % 10_000_000:07d}", "company": f"Company {i % 500}",
+             "phone": f"+1415{2_000_000 + i % 8_000_000:07d}", "company": f"Company {i % 500}",
              "jobtitle": "Buyer", "city": "Berlin", "lifecyclestage": stages[i % 3]},
             updated_at=start + timedelta(seconds=i),
         )

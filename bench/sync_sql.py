@@ -36,7 +36,7 @@ def seed(path: Path, n: int) -> None:
     )
     start = datetime(2025, 1, 1, tzinfo=UTC)
     rows = (
-        (f"s{i}", f"Customer.{i}@Example.com", f"First{i}", f"Last{i}", f"+1415{i % 10_000_000:07d}",
+        (f"s{i}", f"Customer.{i}@Example.com", f"First{i}", f"Last{i}", f"+1415{2_000_000 + i % 8_000_000:07d}",
          ("DE", "FR", "US")[i % 3], "vip,b2b" if i % 5 == 0 else "b2c",
          (start + timedelta(seconds=i)).isoformat())
         for i in range(n)

@@ -2,11 +2,13 @@
 and how app fields become a `{"user": ...}` write body.
 
 Zendesk keeps one `name`; the sync's canonical customer has a first and a last name. On read
-the name is split at its first ordinary space (`"Juan Carlos García"` is first name `Juan`,
-last name `Carlos García`; a one-word name is a first name only). On write the parts are joined
-with one space, and any space *inside* the first name is written as a no-break space (U+00A0),
-which Zendesk displays the same, so `Juan Carlos` / `García` comes back as exactly what was
-written instead of turning into `Juan` / `Carlos García` and spreading that to every other app.
+the name is split as every one-field full name is (`customer_sync.canonical.split_full_name`):
+at its last ordinary space (`"Juan Carlos García"` is first name `Juan Carlos`, last name
+`García`; a one-word name is a first name only). On write the parts are joined with one space,
+and any space *inside* the last name is written as a no-break space (U+00A0), which Zendesk
+displays the same, so `Ludwig` / `van Beethoven` comes back as exactly what was written instead
+of turning into `Ludwig van` / `Beethoven` and spreading that to every other app. (Names written
+by earlier versions hold the no-break space inside the first name, and read back the same.)
 Zendesk requires a name, so a customer without one is written with its email (or phone) as the
 name, and a name equal to the user's email or phone reads back as no name at all.
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from customer_sync.canonical import split_full_name
 
 if TYPE_CHECKING:
     from customer_sync_connectors.zendesk.models import Identity, User
@@ -62,14 +66,18 @@ def split_name(name: str | None, *, email: str | None = None,
     text = (name or "").strip()
     if not text or _is_placeholder(text, email=email, phone=phone):
         return None, None
-    first, _, last = text.partition(" ")
-    return first.replace(NBSP, " ").strip() or None, last.replace(NBSP, " ").strip() or None
+    first, last = split_full_name(text)  # a no-break space is no place to split
+    return _unbreak(first), _unbreak(last)
+
+
+def _unbreak(part: str | None) -> str | None:
+    return (part or "").replace(NBSP, " ").strip() or None
 
 
 def join_name(first: str | None, last: str | None) -> str | None:
     """The Zendesk name for two parts, None when both are empty."""
-    first_text = " ".join((first or "").split()).replace(" ", NBSP)
-    last_text = " ".join((last or "").split())
+    first_text = " ".join((first or "").split())
+    last_text = " ".join((last or "").split()).replace(" ", NBSP)
     return " ".join(part for part in (first_text, last_text) if part) or None
 
 

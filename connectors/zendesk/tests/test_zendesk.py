@@ -415,36 +415,53 @@ async def test_a_create_without_an_email_is_idempotent_by_its_key(
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("Juan Carlos García", ("Juan", "Carlos García")), ("Madonna", ("Madonna", None)),
+    [("Juan Carlos García", ("Juan Carlos", "García")), ("Madonna", ("Madonna", None)),
+     (f"Ludwig van{NBSP}Beethoven", ("Ludwig", "van Beethoven")),
      (f"Mary{NBSP}Ann Smith", ("Mary Ann", "Smith")), ("  Ann   Lee ", ("Ann", "Lee")),
      ("ann@example.com", (None, None)), ("", (None, None))],
-    ids=["first-space", "one-word", "no-break-space", "extra-spaces", "email-placeholder", "empty"],
+    ids=["last-space", "one-word", "no-break-space", "no-break-space-of-old-writes",
+         "extra-spaces", "email-placeholder", "empty"],
 )
-def test_names_split_at_the_first_ordinary_space(name: str, expected: tuple[Any, Any]) -> None:
-    """The read rule: split at the first space; a placeholder name is no name."""
+def test_names_split_at_the_last_ordinary_space(name: str, expected: tuple[Any, Any]) -> None:
+    """The read rule: split at the last space that is not a no-break space, as every one-field
+    full name is; a placeholder name is no name."""
     assert expected == split_name(name, email="Ann@Example.com")
 
 
 @pytest.mark.parametrize(
     ("first", "last"),
-    [("Mary Ann", "Smith"), ("Ludwig", "van Beethoven"), ("Madonna", None), ("Ann", "Lee")],
-    ids=["spaced-first", "spaced-last", "first-only", "plain"],
+    [("Mary Ann", "Smith"), ("Ludwig", "van Beethoven"), ("Juan Carlos", "García Márquez"),
+     ("Madonna", None), ("Ann", "Lee")],
+    ids=["spaced-first", "spaced-last", "spaced-both", "first-only", "plain"],
 )
 def test_joined_names_split_back_to_the_same_parts(first: str, last: str | None) -> None:
     """Whatever is written reads back unchanged, so our own write is recognised as an echo."""
     assert (first, last) == split_name(join_name(first, last))
 
 
+async def test_a_last_name_with_a_space_survives_the_round_trip(
+    sim: ZendeskSimulator, connector: ZendeskConnector,
+) -> None:
+    """"Ludwig" / "van Beethoven" is written with a no-break space and reads back as written."""
+    receipt = await connector.create({"email": "lvb@example.com", "first_name": "Ludwig",
+                                      "last_name": "van Beethoven"}, idempotency_key="k")
+
+    (record,) = await connector.read([receipt.app_record_id])
+
+    assert f"Ludwig van{NBSP}Beethoven" == user_of(sim, int(receipt.app_record_id))["name"]
+    assert ("Ludwig", "van Beethoven") == (record.fields["first_name"], record.fields["last_name"])
+
+
 async def test_a_first_name_with_a_space_survives_the_round_trip(
     sim: ZendeskSimulator, connector: ZendeskConnector,
 ) -> None:
-    """"Mary Ann" / "Smith" is written with a no-break space and reads back as written."""
+    """"Mary Ann" / "Smith" is written with plain spaces and reads back as written."""
     receipt = await connector.create({"email": "ma@example.com", "first_name": "Mary Ann",
                                       "last_name": "Smith"}, idempotency_key="k")
 
     (record,) = await connector.read([receipt.app_record_id])
 
-    assert f"Mary{NBSP}Ann Smith" == user_of(sim, int(receipt.app_record_id))["name"]
+    assert "Mary Ann Smith" == user_of(sim, int(receipt.app_record_id))["name"]
     assert ("Mary Ann", "Smith") == (record.fields["first_name"], record.fields["last_name"])
 
 

@@ -5,21 +5,42 @@ A field map is keyed by canonical field name; each entry names the app field, th
 (app value -> canonical value); an app field is named by one entry only. Inbound, a value goes
 app value -> enum map -> transform -> canonical normalization. Outbound, canonical value ->
 transform -> reversed enum map.
+
+Two things span fields. A phone written without an international prefix is read in the record's
+own country (its `address.country`, worked out first), else in the app's default region; the
+engine can read it again in the matched customer's country (`needs_customer_region`,
+`phones_for_region`). And `full_name`, a pseudo field, maps one app field to both `first_name`
+and `last_name`: read, it splits at the last space (`split_full_name`); written, it is first +
+" " + last.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
-from customer_sync.canonical import FieldSpec, NormalizeContext, field_spec, is_set_field, normalize_value
+from customer_sync.canonical import (
+    FIELDS,
+    FieldSpec,
+    NormalizeContext,
+    field_spec,
+    is_set_field,
+    join_full_name,
+    needs_region,
+    normalize_value,
+    split_full_name,
+)
 from customer_sync.errors import MappingError
 from customer_sync.mapping.transforms import TRANSFORMS, Transform
 
-__all__ = ["AppMapping", "Direction", "FieldMapping", "compile_mapping"]
+__all__ = ["FULL_NAME", "AppMapping", "Direction", "FieldMapping", "compile_mapping"]
 
 Direction = Literal["both", "to_app", "from_app"]
+#: The pseudo canonical field of a one-field full name: first_name and last_name in one app field.
+FULL_NAME = "full_name"
+_COUNTRY = "address.country"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +54,9 @@ class FieldMapping:
     transform: Transform | None = None
     values_in: Mapping[str, str] | None = None  # app value -> canonical value
     values_out: Mapping[Any, str] | None = None  # canonical value -> app value
+    # Set for the two halves of a `full_name` entry: this field is that part of the app field's
+    # full name. `AppMapping` reads and writes the two together.
+    part: Literal["first", "last"] | None = None
 
     @property
     def inbound(self) -> bool:
@@ -43,21 +67,46 @@ class FieldMapping:
         return self.direction != "from_app"
 
     def to_canonical(self, value: Any, ctx: NormalizeContext) -> Any:
+        if self.part is not None:
+            first, last = self.split_name(value)
+            return first if self.part == "first" else last
         # A value-map hit is already a normalized canonical value: it skips the transform, so
         # that the reverse lookup in to_app gives the app back exactly its own value.
         if self.values_in is not None and isinstance(value, str | int | bool) and str(value) in self.values_in:
             return self.values_in[str(value)]
-        if self.transform is not None:
-            try:
-                value = self.transform.to_canonical(value)
-            except (ValueError, TypeError, OverflowError, OSError) as exc:
-                raise MappingError(
-                    f"{self.canonical}: transform {self.transform.name!r} failed ({type(exc).__name__})",
-                    field=self.canonical,
-                ) from None
-        return normalize_value(self.spec, value, ctx)
+        return normalize_value(self.spec, self._transformed(value), ctx)
+
+    def split_name(
+        self, value: Any, *, existing: tuple[str | None, str | None] | None = None,
+    ) -> tuple[str | None, str | None]:
+        """(first_name, last_name) of a `full_name` app value (see `split_full_name`)."""
+        value = self._transformed(value)
+        if value is not None and not isinstance(value, str):
+            raise MappingError(f"{FULL_NAME}: expected text, got {type(value).__name__}", field=FULL_NAME)
+        return split_full_name(value, existing=existing)
+
+    def needs_region(self, value: Any) -> bool:
+        """Whether this app value is a phone written without an international prefix."""
+        if self.values_in is not None and isinstance(value, str | int | bool) and str(value) in self.values_in:
+            return False
+        try:
+            return needs_region(self.spec, self._transformed(value))
+        except MappingError:
+            return False
+
+    def _transformed(self, value: Any) -> Any:
+        if self.transform is None:
+            return value
+        try:
+            return self.transform.to_canonical(value)
+        except (ValueError, TypeError, OverflowError, OSError) as exc:
+            name = FULL_NAME if self.part is not None else self.canonical
+            raise MappingError(
+                f"{name}: transform {self.transform.name!r} failed ({type(exc).__name__})", field=name,
+            ) from None
 
     def to_app(self, value: Any) -> Any:
+        """The app value of one canonical value (a `full_name` part: see `AppMapping.to_app`)."""
         if self.values_out is not None and isinstance(value, str | int | float | bool) and value in self.values_out:
             return self.values_out[value]
         if self.transform is not None and value is not None:
@@ -67,7 +116,7 @@ class FieldMapping:
 
 @dataclass(frozen=True)
 class AppMapping:
-    """The compiled field map of one app."""
+    """The compiled field map of one app (picklable: it is sent to a normalizing worker)."""
 
     app: str
     fields: tuple[FieldMapping, ...]
@@ -77,13 +126,30 @@ class AppMapping:
     by_canonical: Mapping[str, FieldMapping] = field(init=False)
     set_fields: frozenset[str] = field(init=False)  # inbound fields merged element by element
     app_field_order: tuple[str, ...] = field(init=False)  # every mapped app field, in map order
+    full_name_field: str | None = field(init=False)  # the app field mapped as `full_name`
+    # Inbound, in the order they are read: the record's country first (phones are read in it),
+    # and a full name once, by its first half.
+    _reading: tuple[FieldMapping, ...] = field(init=False, repr=False)
+    _country: FieldMapping | None = field(init=False, repr=False)
+    _phones: tuple[FieldMapping, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inbound", tuple(f for f in self.fields if f.inbound))
-        object.__setattr__(self, "outbound", tuple(f for f in self.fields if f.outbound))
-        object.__setattr__(self, "by_canonical", {f.canonical: f for f in self.fields})
-        object.__setattr__(self, "set_fields", frozenset(f.canonical for f in self.inbound if is_set_field(f.spec)))
-        object.__setattr__(self, "app_field_order", tuple(f.app_field for f in self.fields))
+        inbound = tuple(f for f in self.fields if f.inbound)
+        country = next((f for f in inbound if f.canonical == _COUNTRY), None)
+        first_name = next((f for f in self.fields if f.part == "first"), None)
+        reading = ([country] if country else []) + [
+            f for f in inbound if f is not country and f.part != "last"
+        ]
+        setattr_ = object.__setattr__
+        setattr_(self, "inbound", inbound)
+        setattr_(self, "outbound", tuple(f for f in self.fields if f.outbound))
+        setattr_(self, "by_canonical", {f.canonical: f for f in self.fields})
+        setattr_(self, "set_fields", frozenset(f.canonical for f in inbound if is_set_field(f.spec)))
+        setattr_(self, "app_field_order", tuple(dict.fromkeys(f.app_field for f in self.fields)))
+        setattr_(self, "full_name_field", first_name.app_field if first_name else None)
+        setattr_(self, "_reading", tuple(reading))
+        setattr_(self, "_country", country)
+        setattr_(self, "_phones", tuple(f for f in inbound if f.spec.kind in ("phone", "phone_set")))
 
     @property
     def app_fields(self) -> frozenset[str]:
@@ -92,26 +158,105 @@ class AppMapping:
     def to_canonical(self, app_fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[MappingError]]:
         """Canonical values for the inbound fields present in `app_fields`, and the per-field
         errors. A field the record does not carry is absent (not a change); a bad value is an
-        error for that field only."""
+        error for that field only.
+
+        A phone without an international prefix is read in the record's own country (its
+        `address.country`, once normalized), else in the app's default region. A `full_name`
+        gives `first_name` and `last_name`, split at its last space."""
         values: dict[str, Any] = {}
         errors: list[MappingError] = []
-        for fm in self.inbound:
+        ctx = self.ctx
+        for fm in self._reading:
             if fm.app_field not in app_fields:
                 continue
             try:
-                values[fm.canonical] = fm.to_canonical(app_fields[fm.app_field], self.ctx)
+                if fm.part is not None:
+                    values["first_name"], values["last_name"] = fm.split_name(app_fields[fm.app_field])
+                    continue
+                value = values[fm.canonical] = fm.to_canonical(app_fields[fm.app_field], ctx)
+            except MappingError as exc:
+                exc.app = self.app
+                errors.append(exc)
+                continue
+            if fm is self._country and value is not None and self._phones:
+                ctx = _in_region(self.ctx.default_region, value)
+        return values, errors
+
+    def needs_customer_region(self, app_fields: Mapping[str, Any]) -> bool:
+        """Whether the record's phones should be read again in the matched customer's country:
+        the record has no country of its own, and an inbound phone field holds a number written
+        without an international prefix (`phones_for_region` reads them)."""
+        if not self._phones:
+            return False
+        if self._country is not None and self._country.app_field in app_fields:
+            try:
+                if self._country.to_canonical(app_fields[self._country.app_field], self.ctx) is not None:
+                    return False
+            except MappingError:
+                pass  # a country that is no country is no country of the record's own
+        return any(fm.needs_region(app_fields[fm.app_field])
+                   for fm in self._phones if fm.app_field in app_fields)
+
+    def phones_for_region(
+        self, app_fields: Mapping[str, Any], region: str | None,
+    ) -> tuple[dict[str, Any], list[MappingError]]:
+        """The canonical values of the inbound phone fields only (`phone`, `other_phones`,
+        `social.whatsapp`, ...), numbers without an international prefix read in `region` (an
+        ISO 3166-1 alpha-2 code; None: the app's default region), and their errors."""
+        ctx = _in_region(self.ctx.default_region, region) if region else self.ctx
+        values: dict[str, Any] = {}
+        errors: list[MappingError] = []
+        for fm in self._phones:
+            if fm.app_field not in app_fields:
+                continue
+            try:
+                values[fm.canonical] = fm.to_canonical(app_fields[fm.app_field], ctx)
             except MappingError as exc:
                 exc.app = self.app
                 errors.append(exc)
         return values, errors
 
-    def to_app(self, canonical: Mapping[str, Any]) -> dict[str, Any]:
-        """App fields for the outbound canonical fields present in `canonical`."""
-        return {
-            fm.app_field: fm.to_app(canonical[fm.canonical])
-            for fm in self.outbound
-            if fm.canonical in canonical
-        }
+    def to_app(
+        self, canonical: Mapping[str, Any], *, customer: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """App fields for the outbound canonical fields present in `canonical`.
+
+        A `full_name` app field is first + " " + last. Written, it needs both parts: one given
+        alone is joined with the other from `customer` (the customer's canonical values); with
+        no `customer`, the full name is left out rather than written half.
+        """
+        out: dict[str, Any] = {}
+        for fm in self.outbound:
+            if fm.part is None:
+                if fm.canonical in canonical:
+                    out[fm.app_field] = fm.to_app(canonical[fm.canonical])
+            elif fm.part == "first" and ("first_name" in canonical or "last_name" in canonical):
+                if "first_name" in canonical and "last_name" in canonical:
+                    parts = (canonical["first_name"], canonical["last_name"])
+                elif customer is None:
+                    continue
+                else:
+                    parts = (canonical.get("first_name", customer.get("first_name")),
+                             canonical.get("last_name", customer.get("last_name")))
+                out[fm.app_field] = fm.to_app(join_full_name(*parts))
+        return out
+
+    def expected_app_fields(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The app fields a record holds when it holds the canonical `values`: every mapped app
+        field, whatever its direction (what the echo fingerprint of a write is made of)."""
+        out: dict[str, Any] = {}
+        for fm in self.fields:
+            if fm.part is None:
+                out[fm.app_field] = fm.to_app(values.get(fm.canonical))
+            elif fm.part == "first":
+                out[fm.app_field] = fm.to_app(
+                    join_full_name(values.get("first_name"), values.get("last_name")))
+        return out
+
+
+@lru_cache(maxsize=512)
+def _in_region(default_region: str | None, region: str) -> NormalizeContext:
+    return NormalizeContext(default_region=default_region, region=region)
 
 
 def compile_mapping(
@@ -127,9 +272,16 @@ def compile_mapping(
     problems: list[str] = []
     compiled: list[FieldMapping] = []
     seen_app_fields: dict[str, str] = {}
+    if FULL_NAME in entries and ("first_name" in entries or "last_name" in entries):
+        # Two writers of a name in one app: the parts and the whole would each overwrite the other.
+        both = " and ".join(n for n in ("first_name", "last_name") if n in entries)
+        problems.append(
+            f"apps.{app}.fields.{FULL_NAME}: maps first_name and last_name from one app field, "
+            f"and {both} {'is' if ' and ' not in both else 'are'} mapped too; map one or the other"
+        )
     for canonical, raw in entries.items():
         where = f"apps.{app}.fields.{_key(canonical)}"
-        spec = field_spec(canonical, custom_fields)
+        spec = FIELDS["first_name"] if canonical == FULL_NAME else field_spec(canonical, custom_fields)
         if spec is None:
             hint = (
                 " (declare it under [custom_fields])" if canonical.startswith("custom.")
@@ -163,6 +315,9 @@ def compile_mapping(
                 )
                 continue
         values_in = values_out = None
+        if "values" in raw and canonical == FULL_NAME:
+            problems.append(f"{where}.values: a value map needs a single field; {FULL_NAME} is two")
+            continue
         if "values" in raw and is_set_field(spec):
             problems.append(f"{where}.values: a value map needs a single-valued field; {canonical} is a set")
             continue
@@ -191,6 +346,12 @@ def compile_mapping(
             )
             continue
         seen_app_fields[app_field] = canonical
+        if canonical == FULL_NAME:
+            compiled += [
+                FieldMapping("first_name", app_field, direction, spec, transform, part="first"),
+                FieldMapping("last_name", app_field, direction, FIELDS["last_name"], transform, part="last"),
+            ]
+            continue
         compiled.append(
             FieldMapping(canonical, app_field, direction, spec, transform, values_in, values_out)
         )

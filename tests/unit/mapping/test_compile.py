@@ -294,7 +294,7 @@ def test_normalize_context_reaches_normalization() -> None:
             {"address.country": {"field": "country", "values": {"Deutschland": "XX"}}},
             [
                 'apps.crm.fields."address.country".values.Deutschland: address.country: '
-                "not an ISO 3166-1 alpha-2 country code"
+                "not a country (an ISO 3166-1 code, or a country's name)"
             ],
         ),
     ],

@@ -259,8 +259,8 @@ def test_empty_filter_matches_everything() -> None:
             "apps.crm.filters[1].value: contains needs a text value",
         ),
         (
-            {"field": "address.country", "op": "eq", "value": "Germany"},
-            "apps.crm.filters[1].value: address.country: not an ISO 3166-1 alpha-2 country code",
+            {"field": "address.country", "op": "eq", "value": "Atlantis"},
+            "apps.crm.filters[1].value: address.country: not a country (an ISO 3166-1 code, or a country's name)",
         ),
     ],
     ids=[
