@@ -200,26 +200,26 @@ def test_both_changed_is_decided_by_priority(
 
 def test_manual_rule_parks_and_keeps_current() -> None:
     """On conflict a `manual` field is parked and keeps its current value, even an older one."""
-    rules = ConflictsConfig(fields={"email_consent": FieldRule(rule="manual")})
+    rules = ConflictsConfig(fields={"company": FieldRule(rule="manual")})
 
     result = _merge(
-        {"email_consent": "unsubscribed"},
-        base={"email_consent": "pending"},
-        current={"email_consent": "subscribed"},
-        provenance={"email_consent": _held_by("shop", EARLY)},
+        {"company": "B"},
+        base={"company": "A"},
+        current={"company": "C"},
+        provenance={"company": _held_by("shop", EARLY)},
         modified_at=LATE,
         rules=rules,
     )
 
     decision = Decision(
-        winner=Contender("shop", "subscribed", EARLY),
-        loser=Contender("crm", "unsubscribed", LATE),
+        winner=Contender("shop", "C", EARLY),
+        loser=Contender("crm", "B", LATE),
         rule="manual",
         parked=True,
     )
     assert MergeResult(
-        conflicts=[FieldConflict("email_consent", decision)],
-        observed={"email_consent": ["pending", "unsubscribed"]},
+        conflicts=[FieldConflict("company", decision)],
+        observed={"company": ["A", "B"]},
     ) == result
 
 
