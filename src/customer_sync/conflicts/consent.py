@@ -3,7 +3,8 @@ value that stands.
 
 Every change of the consent field an app makes (and every value an app holds when it first
 meets the customer) is a *statement*: a value, the app, and when it was made (the record's
-`email_consent_at` when the app maps it, else the field's or the record's modified time).
+`email_consent_at` when the app maps it and it changed with the value, else the field's or the
+record's modified time).
 Statements are never forgotten; the value that stands is the most restrictive one stated
 (`rules.CONSENT_ORDER`), except that the latest explicit statement of an app named in
 `consent_source` (the app that collects consent) supersedes every statement *older* than it:
@@ -110,6 +111,8 @@ def merge_consent(
     if new is None or new == "":
         return out  # an app that clears the field states nothing; the value stands
     cur = consent_value(current.get(CONSENT_FIELD))
+    if has_base and stated_at is not None and stated_at == (base or {}).get(CONSENT_AT_FIELD):
+        stated_at = None  # the app changed the value, not its time: that time was the old value's
     when = _parse(stated_at) or at
     said = Statement(new, app, when, stated_at if isinstance(stated_at, str) else None)
     state = _load(holder, cur)
@@ -124,12 +127,13 @@ def merge_consent(
         out.changes[CONSENT_FIELD] = stands.value
     if CONSENT_FIELD in out.changes or after != state or holder.get("consent") is None:
         out.provenance[CONSENT_FIELD] = entry
-    if CONSENT_AT_FIELD in incoming or CONSENT_AT_FIELD in current:
-        # The time goes with the value that stands, never with a statement that lost.
-        consent_at = stands.consent_at or current.get(CONSENT_AT_FIELD)
-        if consent_at != current.get(CONSENT_AT_FIELD):
-            out.changes[CONSENT_AT_FIELD] = consent_at
-            out.provenance[CONSENT_AT_FIELD] = {k: v for k, v in entry.items() if k != "consent"}
+    # The time goes with the value that stands, never with a statement that lost; it is kept
+    # whether or not an app maps it, as the one that does may be the email list, whose records
+    # of our own writes are echoes never merged.
+    consent_at = stands.consent_at or current.get(CONSENT_AT_FIELD)
+    if consent_at != current.get(CONSENT_AT_FIELD):
+        out.changes[CONSENT_AT_FIELD] = consent_at
+        out.provenance[CONSENT_AT_FIELD] = {k: v for k, v in entry.items() if k != "consent"}
     out.decision = _conflict(said, stands, cur, holder, has_base=has_base, base_value=base_value, rule=rule)
     return out
 

@@ -271,3 +271,15 @@ def test_a_value_decided_by_an_operator_counts_as_the_consent_source() -> None:
     assert "subscribed" == c.consent
     c.receive("shop", LATE, email_consent="unsubscribed")
     assert "unsubscribed" == c.consent
+
+
+def test_a_time_of_consent_left_unchanged_does_not_date_a_new_value() -> None:
+    """An app that changes the value but not its email_consent_at (still the old value's
+    time) states the new value at its modified time."""
+    c = Customer(LAST_WRITER)
+    c.receive("crm", MID, email_consent="unsubscribed")
+    c.bases["list"] = {"email_consent": "unsubscribed", "email_consent_at": EARLY.isoformat()}
+
+    c.receive("list", LATE, email_consent="subscribed", email_consent_at=EARLY.isoformat())
+
+    assert ("subscribed", LATE.isoformat()) == (c.consent, c.values["email_consent_at"])
