@@ -224,13 +224,25 @@ class ConflictsConfig(_Block):
         rule = self.fields.get(field)
         if rule is not None:
             if rule.rule == "consent" and rule.consent_source is None:
-                return FieldRule.model_construct(rule="consent", apps=rule.apps,
-                                                 consent_source=list(self.consent_source))
+                return _shared_rule("consent", rule.apps, self.consent_source)
             return rule
         if field == CONSENT_FIELD:
-            return FieldRule.model_construct(rule="consent", apps=[],
-                                             consent_source=list(self.consent_source))
-        return FieldRule.model_construct(rule=self.default, apps=self.priority, consent_source=None)
+            return _shared_rule("consent", (), self.consent_source)
+        return _shared_rule(self.default, self.priority, None)
+
+
+# Rules made up by `rule_for`, shared by content: it is asked for on every field of every
+# record merged, and building a model each time cost more than the decision it serves.
+_SHARED_RULES: dict[tuple[Any, ...], FieldRule] = {}
+
+
+def _shared_rule(rule: str, apps: Any, consent_source: Any) -> FieldRule:
+    key = (rule, tuple(apps), None if consent_source is None else tuple(consent_source))
+    found = _SHARED_RULES.get(key)
+    if found is None:
+        found = _SHARED_RULES[key] = FieldRule.model_construct(
+            rule=rule, apps=list(apps), consent_source=None if consent_source is None else list(consent_source))
+    return found
 
 
 class _TomlData(PydanticBaseSettingsSource):

@@ -103,14 +103,20 @@ def merge_record(
 def _special_fields(incoming: Mapping[str, Any], current: Mapping[str, Any],
                     rules: ConflictsConfig) -> frozenset[str]:
     """The fields of `incoming` merged by their own module rather than value by value."""
-    found: set[str] = set()
-    if PRIMARY_FIELD in incoming or OTHERS_FIELD in incoming:
-        found.update(f for f in (PRIMARY_FIELD, OTHERS_FIELD) if f in incoming)
-    if (CONSENT_FIELD in incoming or CONSENT_AT_FIELD in incoming) and _is_consent_rule(rules):
-        if CONSENT_FIELD in incoming or not is_empty(current.get(CONSENT_FIELD)):
-            # The time of consent goes with the consent value; alone it states nothing.
-            found.update(f for f in (CONSENT_FIELD, CONSENT_AT_FIELD) if f in incoming)
+    found = [f for f in _SPECIAL if f in incoming]
+    if not found:
+        return _NONE
+    if (CONSENT_FIELD in found or CONSENT_AT_FIELD in found) and not (
+        _is_consent_rule(rules) and (CONSENT_FIELD in found or not is_empty(current.get(CONSENT_FIELD)))
+    ):
+        # Decided like any field (an operator's rule), or a time of consent with no consent:
+        # alone it states nothing, but there is nothing to keep it consistent with either.
+        found = [f for f in found if f not in (CONSENT_FIELD, CONSENT_AT_FIELD)]
     return frozenset(found)
+
+
+_SPECIAL = (PRIMARY_FIELD, OTHERS_FIELD, CONSENT_FIELD, CONSENT_AT_FIELD)
+_NONE: frozenset[str] = frozenset()
 
 
 def _is_consent_rule(rules: ConflictsConfig) -> bool:
@@ -129,7 +135,7 @@ def _merge_special(
             holder=provenance.get(PRIMARY_FIELD) or {},
             at=field_modified_at.get(PRIMARY_FIELD) or modified_at,
             at_others=field_modified_at.get(OTHERS_FIELD) or modified_at,
-            rule=rules.rule_for(PRIMARY_FIELD), is_address=app in address_apps,
+            rules=rules, is_address=app in address_apps,
         )
         out.changes.update(emails.changes)
         out.provenance.update(emails.provenance)

@@ -181,3 +181,32 @@ def test_first_meeting_with_an_address_the_customer_has_is_no_conflict() -> None
     result = c.receive("crm", LATE, email="ann@home.io")
 
     assert ([], {}) == (result.conflicts, result.changes)
+
+
+def test_a_customer_without_an_address_merges_emails_as_the_general_rules_say() -> None:
+    """The shortcut for a customer holding no address yet gives what the general email merge
+    gives (the general path is taken when the customer holds some other address)."""
+    import random
+
+    from customer_sync.conflicts.emails import merge_emails
+
+    rng = random.Random(5)
+    pool = ["a@x.io", "b@x.io", "c@x.io"]
+    for _ in range(400):
+        incoming: dict[str, Any] = {"email": rng.choice([None, "", *pool])}
+        if rng.random() < 0.5:
+            incoming["other_emails"] = sorted(rng.sample(pool, rng.randint(0, 3)))
+        kwargs: dict[str, Any] = {"app": "crm", "incoming": incoming, "base": None, "holder": {},
+                                  "at": rng.choice([EARLY, None]), "at_others": EARLY,
+                                  "rules": ConflictsConfig(), "is_address": rng.random() < 0.3}
+        fast = merge_emails(current={}, **kwargs)
+        if not incoming["email"] and not incoming.get("other_emails"):
+            assert ({}, {}) == (fast.changes, fast.provenance), incoming
+            continue
+        # A customer already holding only "zz@x.io" (which sorts last, so is never the first
+        # of the set) takes the general path; leaving that address out, the outcome is the same.
+        general = merge_emails(current={"other_emails": ["zz@x.io"]}, **kwargs)
+        others = [a for a in general.changes.get("other_emails", []) if a != "zz@x.io"]
+        assert (fast.changes.get("email"), fast.changes.get("other_emails", [])) == (
+            general.changes.get("email"), others), incoming
+        assert fast.provenance.get("email") == general.provenance.get("email"), incoming
