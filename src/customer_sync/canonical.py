@@ -59,7 +59,7 @@ LIFECYCLE_STAGES = (
     "subscriber", "lead", "marketing_qualified_lead", "sales_qualified_lead",
     "opportunity", "customer", "evangelist", "other",
 )
-CONSENT_VALUES = ("subscribed", "unsubscribed", "pending", "bounced", "unknown")
+CONSENT_VALUES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "unknown", "bounced")
 CUSTOM_TYPES: dict[str, Kind] = {
     "str": "str", "int": "int", "float": "float", "bool": "bool", "date": "date",
     "datetime": "datetime", "tags": "tag_set",

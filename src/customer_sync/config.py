@@ -37,7 +37,7 @@ from customer_sync.canonical import CUSTOM_TYPES, NormalizeContext, field_spec
 from customer_sync.errors import ConfigError, StoreError
 from customer_sync.mapping.compile import AppMapping, Direction, compile_mapping
 from customer_sync.mapping.filters import OPS, Filter, compile_filter
-from customer_sync.sdk.connector import Connector, ConnectorSettings
+from customer_sync.sdk.connector import Capability, Connector, ConnectorSettings
 from customer_sync.sdk.registry import load_connector
 from customer_sync.sdk.retry import DEFAULT_MAX_RETRY_AFTER_S
 from customer_sync.sdk.settings import ALLOW_PRIVATE_URLS
@@ -55,6 +55,7 @@ __all__ = [
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 Rule = Literal["last_writer", "priority", "manual"]
+FieldRuleName = Literal["last_writer", "priority", "manual", "consent"]
 DeletePolicy = Literal["ignore", "propagate", "unlink", "approve"]
 
 
@@ -187,26 +188,61 @@ class AppConfig(_Block):
         description="compare the whole app with the store this often (hard deletes, edits saved "
                     "with old modified times); 0 turns it off; default: the connector's",
     )
+    requires_email: bool | None = Field(
+        None,
+        description="a record of this app is an email address (an email list): a customer "
+                    "without one is never created here, and a record's own address is never "
+                    "rewritten; default: the connector's REQUIRES_EMAIL capability",
+    )
 
 
 class FieldRule(_Block):
-    """A conflict rule: `priority` takes the first app of `apps` that holds a value."""
+    """A conflict rule: `priority` takes the first app of `apps` that holds a value;
+    `consent` (consent fields only) keeps the most restrictive value, which only a newer value
+    from an app of `consent_source` lifts."""
 
-    rule: Rule
+    rule: FieldRuleName
     apps: list[str] = Field(default_factory=list)
+    consent_source: list[str] | None = None  # None: [conflicts]'s
+
+
+# The consent field, decided by the `consent` rule unless [conflicts.fields] names it.
+CONSENT_FIELD = "email_consent"
 
 
 class ConflictsConfig(_Block):
-    """`[conflicts]`: the default rule and per-field rules."""
+    """`[conflicts]`: the default rule, per-field rules, and the apps that collect consent."""
 
     default: Rule = "last_writer"
     priority: list[str] = Field(default_factory=list)
+    consent_source: list[str] = Field(default_factory=list)
     fields: dict[str, FieldRule] = Field(default_factory=dict)
 
     def rule_for(self, field: str) -> FieldRule:
-        if field in self.fields:
-            return self.fields[field]
-        return FieldRule(rule=self.default, apps=self.priority)
+        """The rule deciding `field`: its own, else `consent` for the consent field, else the
+        default (with the `priority` list)."""
+        rule = self.fields.get(field)
+        if rule is not None:
+            if rule.rule == "consent" and rule.consent_source is None:
+                return _shared_rule("consent", rule.apps, self.consent_source)
+            return rule
+        if field == CONSENT_FIELD:
+            return _shared_rule("consent", (), self.consent_source)
+        return _shared_rule(self.default, self.priority, None)
+
+
+# Rules made up by `rule_for`, shared by content: it is asked for on every field of every
+# record merged, and building a model each time cost more than the decision it serves.
+_SHARED_RULES: dict[tuple[Any, ...], FieldRule] = {}
+
+
+def _shared_rule(rule: str, apps: Any, consent_source: Any) -> FieldRule:
+    key = (rule, tuple(apps), None if consent_source is None else tuple(consent_source))
+    found = _SHARED_RULES.get(key)
+    if found is None:
+        found = _SHARED_RULES[key] = FieldRule.model_construct(
+            rule=rule, apps=list(apps), consent_source=None if consent_source is None else list(consent_source))
+    return found
 
 
 class _TomlData(PydanticBaseSettingsSource):
@@ -269,6 +305,14 @@ class AppRuntime:
     @property
     def poll_interval_s(self) -> float | None:
         return self.config.poll_interval_s
+
+    @property
+    def requires_email(self) -> bool:
+        """Whether a record of this app is an email address (an email list): the app's own
+        `requires_email`, else its connector's `Capability.REQUIRES_EMAIL`."""
+        if self.config.requires_email is not None:
+            return self.config.requires_email
+        return Capability.REQUIRES_EMAIL in self.connector_cls.capabilities
 
     def make_connector(self) -> Connector:  # type: ignore[type-arg]
         """A new connector for this app, with its settings and its `max_retry_after_s`."""
@@ -554,6 +598,9 @@ def _check_conflicts(settings: Settings) -> list[str]:
     for i, app in enumerate(settings.conflicts.priority):
         if app not in apps:
             problems.append(f"conflicts.priority[{i}]: {app!r} is not a configured app")
+    for i, app in enumerate(settings.conflicts.consent_source):
+        if app not in apps:
+            problems.append(f"conflicts.consent_source[{i}]: {app!r} is not a configured app")
     if settings.conflicts.default == "priority" and not settings.conflicts.priority:
         problems.append('conflicts.priority: required when default = "priority" (list of apps)')
     for fname, rule in settings.conflicts.fields.items():
@@ -565,4 +612,13 @@ def _check_conflicts(settings: Settings) -> list[str]:
                 problems.append(f"{where}.apps[{i}]: {app!r} is not a configured app")
         if rule.rule == "priority" and not rule.apps:
             problems.append(f"{where}.apps: required for rule = \"priority\"")
+        spec = field_spec(fname, settings.custom_fields)
+        if rule.rule == "consent" and spec is not None and spec.kind != "consent":
+            problems.append(f"{where}.rule: \"consent\" decides consent fields only "
+                            f"(such as {CONSENT_FIELD})")
+        if rule.consent_source is not None and rule.rule != "consent":
+            problems.append(f"{where}.consent_source: applies to rule = \"consent\" only")
+        for i, app in enumerate(rule.consent_source or ()):
+            if app not in apps:
+                problems.append(f"{where}.consent_source[{i}]: {app!r} is not a configured app")
     return problems

@@ -6,8 +6,13 @@ to different values, that is a conflict for the rules (`rules.decide`). When the
 value the customer already has, the value's provenance moves to the app if the rules would
 rank its claim higher (a later time, a higher priority): so the outcome does not depend on the
 order in which the apps' records arrive. Set-valued fields
-(tags, other emails) merge element-wise: additions and removals since the base both apply, so
+(tags, other phones) merge element-wise: additions and removals since the base both apply, so
 two apps adding different tags both win.
+
+Two fields are more than values. The customer's emails are a set with one primary
+(`conflicts.emails`), and email consent is a legal fact, decided by the `consent` rule unless
+an operator names another rule for it (`conflicts.consent`): every statement of consent is
+weighed, not only conflicts, and a parked consent conflict keeps the more restrictive value.
 
 Pure functions over plain dicts: no store, no clock.
 """
@@ -20,7 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from customer_sync.config import ConflictsConfig
-from customer_sync.conflicts.rules import Contender, Decision, decide
+from customer_sync.conflicts.consent import CONSENT_AT_FIELD, CONSENT_FIELD, merge_consent
+from customer_sync.conflicts.emails import OTHERS_FIELD, PRIMARY_FIELD, merge_emails
+from customer_sync.conflicts.rules import Contender, Decision, consent_value, decide, more_restrictive
 
 __all__ = ["FieldConflict", "MergeResult", "is_empty", "merge_record", "same_value"]
 
@@ -69,6 +76,7 @@ def merge_record(
     field_modified_at: Mapping[str, datetime],
     set_fields: frozenset[str],
     rules: ConflictsConfig,
+    address_apps: frozenset[str] = frozenset(),
 ) -> MergeResult:
     """Merge `incoming` (normalized values from `app`) into `current`.
 
@@ -76,9 +84,84 @@ def merge_record(
         base: the values last agreed with `app` (None: the record is new to this customer).
         provenance: field -> {"app", "at", "rule"} of the current values.
         modified_at / field_modified_at: the app's record and per-field modified times.
+        address_apps: the apps whose record is an email address (`requires_email`): their
+            address joins the customer's emails and never claims the primary.
     """
+    special = _special_fields(incoming, current, rules)
     if base is None and not current:
-        return _first_values(app, incoming, modified_at, field_modified_at, set_fields)
+        out = _first_values(app, incoming, modified_at, field_modified_at, set_fields, special)
+    else:
+        out = _merge_values(app, incoming, base, current, provenance, modified_at,
+                            field_modified_at, set_fields, rules, special)
+    if special:
+        _merge_special(out, special, app=app, incoming=incoming, base=base, current=current,
+                       provenance=provenance, modified_at=modified_at,
+                       field_modified_at=field_modified_at, rules=rules, address_apps=address_apps)
+    return out
+
+
+def _special_fields(incoming: Mapping[str, Any], current: Mapping[str, Any],
+                    rules: ConflictsConfig) -> frozenset[str]:
+    """The fields of `incoming` merged by their own module rather than value by value."""
+    found = [f for f in _SPECIAL if f in incoming]
+    if not found:
+        return _NONE
+    if (CONSENT_FIELD in found or CONSENT_AT_FIELD in found) and not (
+        _is_consent_rule(rules) and (CONSENT_FIELD in found or not is_empty(current.get(CONSENT_FIELD)))
+    ):
+        # Decided like any field (an operator's rule), or a time of consent with no consent:
+        # alone it states nothing, but there is nothing to keep it consistent with either.
+        found = [f for f in found if f not in (CONSENT_FIELD, CONSENT_AT_FIELD)]
+    return frozenset(found)
+
+
+_SPECIAL = (PRIMARY_FIELD, OTHERS_FIELD, CONSENT_FIELD, CONSENT_AT_FIELD)
+_NONE: frozenset[str] = frozenset()
+
+
+def _is_consent_rule(rules: ConflictsConfig) -> bool:
+    return rules.rule_for(CONSENT_FIELD).rule in ("consent", "manual")
+
+
+def _merge_special(
+    out: MergeResult, special: frozenset[str], *, app: str, incoming: Mapping[str, Any],
+    base: Mapping[str, Any] | None, current: Mapping[str, Any],
+    provenance: Mapping[str, Mapping[str, Any]], modified_at: datetime | None,
+    field_modified_at: Mapping[str, datetime], rules: ConflictsConfig, address_apps: frozenset[str],
+) -> None:
+    if PRIMARY_FIELD in special or OTHERS_FIELD in special:
+        emails = merge_emails(
+            app=app, incoming=incoming, base=base, current=current,
+            holder=provenance.get(PRIMARY_FIELD) or {},
+            at=field_modified_at.get(PRIMARY_FIELD) or modified_at,
+            at_others=field_modified_at.get(OTHERS_FIELD) or modified_at,
+            rules=rules, is_address=app in address_apps,
+        )
+        out.changes.update(emails.changes)
+        out.provenance.update(emails.provenance)
+        if emails.decision is not None:
+            out.conflicts.append(FieldConflict(PRIMARY_FIELD, emails.decision))
+    if CONSENT_FIELD in special:
+        rule = rules.rule_for(CONSENT_FIELD)
+        consent = merge_consent(
+            app=app, incoming=incoming, base=base, current=current,
+            holder=provenance.get(CONSENT_FIELD) or {},
+            at=field_modified_at.get(CONSENT_FIELD) or modified_at,
+            rule=rule.rule, sources=rule.consent_source or (),
+        )
+        out.changes.update(consent.changes)
+        out.provenance.update(consent.provenance)
+        if consent.decision is not None:
+            out.conflicts.append(FieldConflict(CONSENT_FIELD, consent.decision))
+
+
+def _merge_values(
+    app: str, incoming: Mapping[str, Any], base: Mapping[str, Any] | None,
+    current: Mapping[str, Any], provenance: Mapping[str, Mapping[str, Any]],
+    modified_at: datetime | None, field_modified_at: Mapping[str, datetime],
+    set_fields: frozenset[str], rules: ConflictsConfig, special: frozenset[str],
+) -> MergeResult:
+    """The field-by-field merge of every field but the `special` ones (observed only)."""
     out = MergeResult()
     _prov = _provenance_maker(app)
 
@@ -91,6 +174,12 @@ def merge_record(
             continue  # the app did not change this field
         if has_base or not is_empty(new):  # "nothing, still nothing" is not an observation
             out.observed[name] = [old_base, new]
+        if name in special:
+            continue
+        if name == CONSENT_FIELD:  # under a rule an operator chose: one spelling of each value
+            new, old_base = consent_value(new), consent_value(old_base)
+            if has_base and same_value(new, old_base):
+                continue
         if name in set_fields:
             merged = _merge_set(new, old_base if has_base else None, cur)
             if not same_value(merged, cur):
@@ -133,12 +222,18 @@ def merge_record(
         if decision.winner is incoming and not decision.parked:
             out.changes[name] = new
             out.provenance[name] = _prov(at, decision.rule)
+        elif (name == CONSENT_FIELD and decision.parked
+              and more_restrictive(cur, new) == new and not same_value(cur, new)):
+            # Parked or not, consent never stands on the less restrictive of two values.
+            out.changes[name] = new
+            out.provenance[name] = _prov(at, f"{decision.rule} (parked; more restrictive kept)")
     return out
 
 
 def _first_values(
     app: str, incoming: Mapping[str, Any], modified_at: datetime | None,
     field_modified_at: Mapping[str, datetime], set_fields: frozenset[str],
+    special: frozenset[str] = frozenset(),
 ) -> MergeResult:
     """`merge_record` for a customer that holds nothing yet and no base (a new customer, on
     the hot path of an initial pull): every non-empty value is its field's first value. The
@@ -149,6 +244,10 @@ def _first_values(
         if new is None or new == "" or new == []:
             continue  # nothing, still nothing: neither observed nor a change
         out.observed[name] = [None, new]
+        if name in special:
+            continue
+        if name == CONSENT_FIELD:
+            new = consent_value(new)
         at = field_modified_at.get(name) or modified_at
         if name in set_fields:
             merged = _merge_set(new, None, None)

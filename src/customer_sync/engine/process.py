@@ -256,6 +256,7 @@ def _apply_record(
         field_modified_at=rec.field_modified_at,
         set_fields=rt.mapping.set_fields,
         rules=rules,
+        address_apps=frozenset(name for name, other in apps.items() if other.requires_email),
     )
     if not result.observed and how == "linked":
         stats.unchanged += 1

@@ -55,6 +55,9 @@ class Capability(enum.Flag):
     SEARCH_BY_EMAIL = enum.auto()  # search_by_email is implemented
     UPSERT = enum.auto()  # create() is idempotent by a natural key (e.g. email)
     ID_SCAN = enum.auto()  # list_ids() yields every live id (hard deletes found by comparison)
+    # A record is an email address (an email list's member): the engine never creates a
+    # customer without an email here, and never rewrites a record's own address.
+    REQUIRES_EMAIL = enum.auto()
 
 
 class ConnectorSettings(BaseModel):

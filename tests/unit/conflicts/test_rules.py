@@ -1,5 +1,5 @@
-"""Conflict rules: `decide` picks the winner of two differing values by priority, last writer
-or not at all (manual), and parks what it cannot decide."""
+"""Conflict rules: `decide` picks the winner of two differing values by priority, last writer,
+restriction (consent) or not at all (manual), and parks what it cannot decide."""
 
 from __future__ import annotations
 
@@ -112,3 +112,36 @@ def test_last_writer_prefers_the_later_known_time(
     expected = _won_by(winner, incoming, current, "last_writer", parked=parked)
 
     assert expected == _decide(FieldRule(rule="last_writer"), incoming, current)
+
+
+@pytest.mark.parametrize(
+    ("incoming", "current", "winner"),
+    [
+        (Contender("crm", "subscribed", LATE), Contender("list", "unsubscribed", EARLY), "current"),
+        (Contender("crm", "unsubscribed", EARLY), Contender("desk", "subscribed", LATE), "incoming"),
+        (Contender("crm", "subscribed", LATE), Contender("desk", "bounced", EARLY), "current"),
+        (Contender("list", "subscribed", LATE), Contender("desk", "cleaned", EARLY), "incoming"),
+        (Contender("list", "subscribed", EARLY), Contender("desk", "cleaned", LATE), "current"),
+        (Contender("list", "subscribed", LATE), Contender("desk", "unsubscribed", None), "current"),
+        (Contender("list", "unknown", LATE), Contender("desk", "pending", EARLY), "current"),
+        (Contender("crm", "transactional", EARLY), Contender("desk", "pending", LATE), "incoming"),
+    ],
+    ids=[
+        "newer subscribed from another app loses to unsubscribed",
+        "older unsubscribed wins over newer subscribed",
+        "subscribed never beats bounced",
+        "newer opt-in of the consent source lifts cleaned",
+        "older opt-in of the consent source does not",
+        "a restriction of unknown time is never lifted",
+        "unknown is no opt-in",
+        "transactional is more restrictive than pending",
+    ],
+)
+def test_consent_keeps_the_more_restrictive_value(
+    incoming: Contender, current: Contender, winner: str
+) -> None:
+    """`consent`: the more restrictive value wins unless the other is a newer word of the
+    consent source ("list" here), whatever the priority list says."""
+    rule = FieldRule(rule="consent", apps=["crm"], consent_source=["list"])
+
+    assert _won_by(winner, incoming, current, "consent") == _decide(rule, incoming, current)

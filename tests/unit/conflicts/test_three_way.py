@@ -200,26 +200,26 @@ def test_both_changed_is_decided_by_priority(
 
 def test_manual_rule_parks_and_keeps_current() -> None:
     """On conflict a `manual` field is parked and keeps its current value, even an older one."""
-    rules = ConflictsConfig(fields={"email_consent": FieldRule(rule="manual")})
+    rules = ConflictsConfig(fields={"company": FieldRule(rule="manual")})
 
     result = _merge(
-        {"email_consent": "unsubscribed"},
-        base={"email_consent": "pending"},
-        current={"email_consent": "subscribed"},
-        provenance={"email_consent": _held_by("shop", EARLY)},
+        {"company": "B"},
+        base={"company": "A"},
+        current={"company": "C"},
+        provenance={"company": _held_by("shop", EARLY)},
         modified_at=LATE,
         rules=rules,
     )
 
     decision = Decision(
-        winner=Contender("shop", "subscribed", EARLY),
-        loser=Contender("crm", "unsubscribed", LATE),
+        winner=Contender("shop", "C", EARLY),
+        loser=Contender("crm", "B", LATE),
         rule="manual",
         parked=True,
     )
     assert MergeResult(
-        conflicts=[FieldConflict("email_consent", decision)],
-        observed={"email_consent": ["pending", "unsubscribed"]},
+        conflicts=[FieldConflict("company", decision)],
+        observed={"company": ["A", "B"]},
     ) == result
 
 
@@ -445,3 +445,85 @@ def test_first_meeting_ends_the_same_whatever_order_the_apps_come_in(apps, data,
         return values["first_name"]
 
     assert fold(sorted(apps)) == fold(list(order))
+
+
+# Each app's part in the customer's emails: an email list (its record is an address), apps
+# holding the set of addresses, apps with one email field.
+_ROLES = {"list": "address", "desk": "set", "erp": "set", "crm": "single", "shop": "single"}
+_ADDRESSES = ["ann@x.io", "ann@y.io", "bea@x.io", "cy@x.io"]
+_CONSENT = ["subscribed", "unsubscribed", "cleaned", "bounced", "pending", "transactional", "unknown", None]
+
+
+@st.composite
+def _email_and_consent_record(draw: st.DrawFn, app: str) -> dict[str, Any]:
+    """A record of `app` with its emails (as its role allows) and its consent."""
+    record: dict[str, Any] = {"email": draw(st.sampled_from(_ADDRESSES))}
+    if _ROLES[app] == "set":
+        record["email"] = draw(st.sampled_from([*_ADDRESSES, None]))
+        record["other_emails"] = sorted(set(draw(st.lists(st.sampled_from(_ADDRESSES), max_size=3))))
+    record["email_consent"] = draw(st.sampled_from(_CONSENT))
+    if draw(st.booleans()):
+        record["email_consent_at"] = draw(st.sampled_from(
+            [None, *(f"2026-01-0{d}T00:00:00+00:00" for d in range(1, 4))]))
+    return record
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(),
+       rules=st.sampled_from([
+           ConflictsConfig(default="last_writer"),
+           ConflictsConfig(default="priority", priority=["desk", "crm"], consent_source=["list"]),
+           ConflictsConfig(default="last_writer", consent_source=["list", "crm"]),
+           ConflictsConfig(default="priority", priority=["shop"],
+                           fields={"email_consent": FieldRule(rule="manual")}),
+       ]))
+def test_emails_and_consent_end_the_same_whatever_order_the_apps_come_in(data, rules) -> None:
+    """Each app (an email list, apps holding the set of addresses, apps with one email field)
+    holds addresses and a consent value with its own time: merged into a new customer in any
+    order, the primary, the set of addresses and the consent (with its time) end the same."""
+    apps = data.draw(st.lists(st.sampled_from(sorted(_ROLES)), min_size=2, max_size=5, unique=True))
+    minutes = data.draw(st.lists(st.integers(0, 10_000), min_size=len(apps), max_size=len(apps), unique=True))
+    held = {app: (data.draw(_email_and_consent_record(app)), T0 + timedelta(minutes=m))
+            for app, m in zip(apps, minutes, strict=True)}
+    order = data.draw(st.permutations(apps))
+
+    def fold(sequence: list[str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        provenance: dict[str, Any] = {}
+        for app in sequence:
+            record, at = held[app]
+            result = merge_record(app=app, incoming=record, base=None, current=values,
+                                  provenance=provenance, modified_at=at, field_modified_at={},
+                                  set_fields=frozenset({"other_emails"} & set(record)), rules=rules,
+                                  address_apps=frozenset({"list"}))
+            values = {**values, **result.changes}
+            provenance = {**provenance, **result.provenance}
+        return {k: v for k, v in values.items() if v not in (None, [])}
+
+    first, then = fold(sorted(apps)), fold(list(order))
+    assert first == then
+    every = {a for record, _ in held.values() for a in [record["email"], *record.get("other_emails", [])] if a}
+    assert every == {first.get("email"), *first.get("other_emails", [])} - {None}, "an address was lost"
+
+
+def test_a_new_customer_merges_emails_and_consent_as_the_general_rules_say() -> None:
+    """The shortcut for a new customer gives what the general merge gives for the fields with
+    merges of their own (emails, consent)."""
+    import random
+
+    rng = random.Random(11)
+    for _ in range(300):
+        incoming: dict[str, Any] = {"email": rng.choice([None, "", "a@x.io", "b@x.io"]),
+                                    "email_consent": rng.choice(_CONSENT),
+                                    "first_name": rng.choice([None, "Ann"])}
+        if rng.random() < 0.5:
+            incoming["other_emails"] = rng.sample(["a@x.io", "c@x.io"], rng.randint(0, 2))
+        if rng.random() < 0.5:
+            incoming["email_consent_at"] = rng.choice([None, "2026-01-02T00:00:00+00:00"])
+        kwargs: dict[str, Any] = {"app": rng.choice(["crm", "list"]), "incoming": incoming, "base": None,
+                                  "provenance": {}, "modified_at": rng.choice([EARLY, None]),
+                                  "field_modified_at": {}, "set_fields": frozenset({"other_emails"}),
+                                  "rules": ConflictsConfig(), "address_apps": frozenset({"list"})}
+        fast = merge_record(current={}, **kwargs)
+        general = merge_record(current={"unrelated": "held"}, **kwargs)
+        assert general == fast, incoming
