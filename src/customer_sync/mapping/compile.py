@@ -102,6 +102,7 @@ class AppMapping:
                 values[fm.canonical] = fm.to_canonical(app_fields[fm.app_field], self.ctx)
             except MappingError as exc:
                 exc.app = self.app
+                exc.raw_value = app_fields[fm.app_field]  # what the app sent, for the operator
                 errors.append(exc)
         return values, errors
 
