@@ -156,11 +156,9 @@ def process_records(
             uow.remember_hashes(done.hashes)
         else:
             values, errors = rt.mapping.to_canonical(rec.fields)
-        for err in errors:
-            stats.errors += 1
-            uow.log("error", app=rt.name, app_record_id=rec.app_record_id,
-                    customer_id=link["customer_id"] if link else None,
-                    diff={"fields": [err.field]}, reason=str(err))
+        stats.errors += len(errors)
+        uow.note_rejections(rt.name, rec.app_record_id, errors,
+                            customer_id=link["customer_id"] if link else None)
         if link is None:
             wanted += identity_values(values)
         prepared.append((rec, rt, values, fp))
