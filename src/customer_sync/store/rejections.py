@@ -64,7 +64,7 @@ class RejectionBook:
     def __init__(self, now: datetime) -> None:
         self.now = now
         # (app, record) -> field -> (reason, raw value): what the record's last read refused
-        self._seen: dict[tuple[str, str], dict[str, tuple[str, Any]]] = {}
+        self._seen: dict[tuple[str, str], Mapping[str, tuple[str, Any]]] = {}
         self._customers: dict[tuple[str, str], str] = {}  # (app, record) -> its customer
         self._written: dict[tuple[str, str], set[str]] = {}  # (app, record) -> fields we wrote
 
@@ -75,7 +75,7 @@ class RejectionBook:
                 *, customer_id: str | None) -> None:
         """The record was normalized and these fields refused (field -> reason, raw value);
         any other field it was refused before is resolved. The last read in a batch wins."""
-        self._seen[(app, app_record_id)] = dict(refused)
+        self._seen[(app, app_record_id)] = refused
         if customer_id is not None:
             self._customers[(app, app_record_id)] = customer_id
 
@@ -100,8 +100,10 @@ class RejectionBook:
         changed: list[dict[str, Any]] = []
         for key in keys:
             held = stored.get(key, {})
-            cid = self._customers.get(key)
             refused = self._seen.get(key)  # None: the record was not read in this batch
+            if not held and not refused:  # nearly every record: nothing refused, then or now
+                continue
+            cid = self._customers.get(key)
             overwritten = self._written.get(key, set())
             for field, row in held.items():
                 cid_now = cid or row["customer_id"]
