@@ -355,7 +355,7 @@ class UnitOfWork:
         """
         refused: dict[str, tuple[str, Any]] = {}
         for err in errors:
-            field, reason = err.field or "?", str(err)
+            field, reason = err.field or "?", str(err)[:1000]
             refused[field] = (reason, storable_raw_value(err.raw_value))
             self.log("error", app=app, app_record_id=app_record_id, customer_id=customer_id,
                      diff={"fields": [err.field]}, reason=reason)

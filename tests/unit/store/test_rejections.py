@@ -137,3 +137,14 @@ def test_raw_values_are_stored_as_json_the_column_can_hold(raw: Any, expected: A
     """A raw value is kept as the app sent it when it is JSON, as text otherwise, and cut when
     very long."""
     assert expected == storable_raw_value(raw)
+
+
+def test_a_very_long_reason_is_cut_to_fit_its_column(store: Store) -> None:
+    """A reason longer than its column (a transform's long message) is stored cut, on
+    PostgreSQL too, where an over-long value would fail the whole batch."""
+    long_error = MappingError("phone: " + "why " * 400, field="phone", raw_value="x")
+
+    _batch(store, T0, lambda uow: uow.note_rejections("crm", "r1", [long_error], customer_id=None))
+
+    [row] = _rows(store)
+    assert str(long_error)[:1000] == row["reason"]
