@@ -36,6 +36,7 @@ _OF_RECORDS = select(rejections_t).where(
     rejections_t.c.app == bindparam("app"),
     rejections_t.c.app_record_id.in_(bindparam("ids", expanding=True)),
 )
+_ANY_OF_APP = select(rejections_t.c.field).where(rejections_t.c.app == bindparam("app")).limit(1)
 # Bind names differ from the column names: the SET columns are given under their own names.
 _UPDATE = update(rejections_t).where(
     rejections_t.c.app == bindparam("k_app"),
@@ -93,7 +94,14 @@ class RejectionBook:
     def flush(self, conn: Connection) -> None:
         if not self:
             return
-        keys = set(self._seen) | set(self._customers) | set(self._written)
+        keys = set(self._seen) | set(self._written)
+        linked_only = [key for key in self._customers if key not in keys]
+        if linked_only:
+            # Records linked without being read in this batch are mostly ones we just created
+            # in an app, which hold nothing refused: looked up only in apps with rejections.
+            apps = {app for app in {app for app, _ in linked_only}
+                    if conn.execute(_ANY_OF_APP, {"app": app}).first() is not None}
+            keys.update(key for key in linked_only if key[0] in apps)
         stored = self._stored(conn, keys)
         now = self.now
         new: list[dict[str, Any]] = []

@@ -148,3 +148,23 @@ def test_a_very_long_reason_is_cut_to_fit_its_column(store: Store) -> None:
 
     [row] = _rows(store)
     assert str(long_error)[:1000] == row["reason"]
+
+
+def test_records_linked_in_an_app_without_rejections_are_not_looked_up(store: Store) -> None:
+    """Linking 1,000 records of an app that has no rejection (the records we create on an
+    initial pull) costs one small query, not a lookup of every record."""
+    _batch(store, T0, lambda uow: uow.note_rejections("crm", "r1", [_phone_error("x")], customer_id=None))
+    statements: list[str] = []
+
+    def work(uow: UnitOfWork) -> None:
+        event.listen(uow.conn, "before_cursor_execute",
+                     lambda _c, _cur, statement, *_a: statements.append(statement))
+        for i in range(1000):
+            uow.add_link("shop", f"s{i}", f"c{i}")
+        uow.add_link("crm", "r1", "c1")
+
+    _batch(store, T0 + timedelta(minutes=1), work)
+
+    touching = [s for s in statements if "rejections" in s]
+    assert 1 == sum("IN (" in s.upper() for s in touching), touching  # crm's one record
+    assert ["c1"] == [r["customer_id"] for r in _rows(store)]
