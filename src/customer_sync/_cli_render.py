@@ -18,6 +18,7 @@ __all__ = [
     "diff_lines",
     "format_change",
     "format_lag",
+    "format_raw",
     "format_time",
     "format_value",
     "table",
@@ -78,6 +79,21 @@ def format_value(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False, default=_json_default)
     return str(value)
+
+
+def format_raw(value: Any) -> str:
+    """A value exactly as an app sent it, on one line: JSON (text in quotes), with characters
+    that print as nothing or as a blank (bidi marks, no-break spaces, zero-width joiners, line
+    breaks) written as `\\uXXXX`, so the operator sees what was refused; `(none)` for None."""
+    if value is None:
+        return EMPTY
+    text = json.dumps(value, ensure_ascii=False, default=_json_default)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def format_change(old: Any, new: Any) -> str:

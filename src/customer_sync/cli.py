@@ -1,5 +1,5 @@
 """The `customer-sync` command: run the daemon, one pass or a dry run; check health; and the
-operator's actions (status, conflicts, deletes, log, explain, resync, connectors).
+operator's actions (status, conflicts, errors, deletes, log, explain, resync, connectors).
 
 Thin on purpose: every decision lives in `engine/` (the runner and `engine.admin`); a command
 loads the config, opens the store, calls one function and renders what it returns. Expected
@@ -30,6 +30,7 @@ from customer_sync._cli_render import (
     diff_lines,
     format_change,
     format_lag,
+    format_raw,
     format_time,
     format_value,
     table,
@@ -381,7 +382,8 @@ async def _check_connections(config: Config) -> list[tuple[str, str | None]]:
 @app.command()
 @_expected_errors
 def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
-    """Per app: last poll, lag, linked records, inbox, pending writes, dead letters, errors."""
+    """Per app: last poll, lag, linked records, inbox, pending writes, dead letters, values
+    rejected (see `errors`), state and last error."""
     config = _setup(config_path)
     with _opened_store(config) as store:
         rows = admin.app_status(store, config)
@@ -389,8 +391,8 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
         _print_json(rows)
         return
     typer.echo(table(
-        ["app", "connector", "last poll", "lag", "linked", "inbox", "pending", "dead", "state",
-         "last error"],
+        ["app", "connector", "last poll", "lag", "linked", "inbox", "pending", "dead", "rejected",
+         "state", "last error"],
         [[
             row["app"] + ("" if row["enabled"] else " (disabled)"),
             row["connector"],
@@ -400,6 +402,7 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
             row["inbox"],
             row["pending_writes"],
             row["dead_letters"],
+            row["rejections"],
             _app_state(row),
             row["last_error"] or EMPTY,
         ] for row in rows],
@@ -520,6 +523,43 @@ def conflicts_resolve(
     )
 
 
+# -- errors (rejections) -------------------------------------------------------------------------
+
+
+@app.command("errors")
+@_expected_errors
+def errors_(
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    app_name: Annotated[
+        str | None, typer.Option("--app", metavar="APP", help="Only this app's rejections.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="At most N, the most recently seen first.")
+    ] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """Values the apps sent that were refused (an invalid phone, an unmapped country), with the
+    value as the app holds it: fix it there, and the next read of the record resolves it."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        rows = admin.list_rejections(store, config, app=app_name, limit=limit)
+        who = {cid: _customer_label(store, cid) for cid in {r["customer_id"] for r in rows} if cid}
+    if as_json:
+        _print_json([{**row, "customer": who.get(row["customer_id"])} for row in rows])
+        return
+    if not rows:
+        typer.echo("no rejected values" + (f" in {app_name}" if app_name else ""))
+        return
+    typer.echo(table(
+        ["app", "record", "field", "value", "reason", "customer", "first seen", "last seen"],
+        [[row["app"], row["app_record_id"], row["field"], format_raw(row["raw_value"]), row["reason"],
+          who.get(row["customer_id"]) or row["customer_id"] or "(not linked)",
+          format_time(row["first_seen_at"]), format_time(row["last_seen_at"])] for row in rows],
+    ))
+    more = f" (the {limit} most recently seen; --limit shows more)" if len(rows) == limit else ""
+    typer.echo(f"{len(rows)} rejected value(s){more}; fix them in the app: the next read resolves them")
+
+
 # -- deletes -------------------------------------------------------------------------------------
 
 
@@ -597,23 +637,34 @@ def log_(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="The last N entries.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """The change log of one customer: what was observed, decided and written, and why."""
+    """The change log of one customer: what was observed, decided and written, and why; and
+    the values of its records that were refused."""
     config = _setup(config_path)
     with _opened_store(config) as store:
         customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
         entries = admin.customer_log(store, customer_id, limit=limit)
+        rejections = admin.customer_rejections(store, customer_id)
     if as_json:
-        _print_json({"customer_id": customer_id, "entries": entries})
+        _print_json({"customer_id": customer_id, "entries": entries, "rejections": rejections})
         return
     typer.echo(f"customer {customer_id}")
     if not entries:
         typer.echo("no change log entries")
-        return
-    typer.echo(table(
-        ["time", "kind", "app", "record", "fields", "reason"],
-        [[format_time(e["at"]), e["kind"], e["app"] or EMPTY, e["app_record_id"] or EMPTY,
-          diff_lines(e["diff"]) or [""], e["reason"] or ""] for e in entries],
-    ))
+    else:
+        typer.echo(table(
+            ["time", "kind", "app", "record", "fields", "reason"],
+            [[format_time(e["at"]), e["kind"], e["app"] or EMPTY, e["app_record_id"] or EMPTY,
+              diff_lines(e["diff"]) or [""], e["reason"] or ""] for e in entries],
+        ))
+    if rejections:
+        typer.echo("")
+        typer.echo("rejected values:")
+        typer.echo(table(
+            ["app", "record", "field", "value", "reason", "status", "last seen"],
+            [[r["app"], r["app_record_id"], r["field"], format_raw(r["raw_value"]), r["reason"],
+              r["status"] if r["status"] == "open" else f"resolved {format_time(r['resolved_at'])}",
+              format_time(r["last_seen_at"])] for r in rejections],
+        ))
 
 
 @app.command()

@@ -21,6 +21,8 @@ Messages never carry record values, secrets or full URLs with query strings.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthError",
     "ConfigError",
@@ -138,11 +140,20 @@ class RecordGone(ConnectorError):
 
 
 class MappingError(SyncError):
-    """A field could not be mapped, transformed or validated; names the field, never the value."""
+    """A field could not be mapped, transformed or validated; names the field, never the value.
 
-    def __init__(self, message: str, *, field: str | None = None, app: str | None = None) -> None:
+    `raw_value` is the value the app sent (set where the app's field is read, in the field
+    map), so the rejection can be recorded for the operator. It is personal data: it is kept
+    out of the message, and only the store's `rejections.raw_value` column holds it. It survives
+    pickling, and the normalizing worker sends it back with the field and the message.
+    """
+
+    def __init__(
+        self, message: str, *, field: str | None = None, app: str | None = None, raw_value: Any = None
+    ) -> None:
         self.field = field
         self.app = app
+        self.raw_value = raw_value
         super().__init__(message)
 
 

@@ -329,7 +329,7 @@ def test_value_map_on_set_field_is_reported_not_crashing() -> None:
         ),
         (
             {"field": "email", "op": "newer_than", "value": "30d"},
-            f"{FILE}: apps.crm.filters[0].value: newer_than needs a date-time field; "
+            f"{FILE}: apps.crm.filters[0].value: newer_than needs a date or date-time field; "
             "email is email",
         ),
     ],
@@ -338,6 +338,27 @@ def test_value_map_on_set_field_is_reported_not_crashing() -> None:
 def test_bad_filter_is_reported(condition: dict[str, Any], expected: str) -> None:
     """A filter condition with a bad op, field or value is an error naming filters[i].KEY."""
     assert [expected] == _problems(_with_crm(filters=[condition]))
+
+
+def test_an_age_in_hours_on_a_date_field_is_refused_by_the_config_check() -> None:
+    """`newer_than 12h` on a custom date field is a config problem saying to use days."""
+    data = _with_crm(filters=[{"field": "custom.signup", "op": "newer_than", "value": "12h"}])
+    data["custom_fields"] = {"signup": "date"}
+
+    assert [
+        f"{FILE}: apps.crm.filters[0].value: newer_than on the date field custom.signup needs an "
+        "age in whole days or weeks (like '7d' or '2w'), not '12h'"
+    ] == _problems(data)
+
+
+def test_a_date_field_with_an_age_in_days_loads() -> None:
+    """`newer_than 30d` on a custom date field is a valid filter."""
+    data = _with_crm(filters=[{"field": "custom.signup", "op": "newer_than", "value": "30d"}])
+    data["custom_fields"] = {"signup": "date"}
+
+    config = load_config(FILE, data=data, env={}, connectors=CONNECTORS)
+
+    assert frozenset({"custom.signup"}) == config.apps["crm"].filter.fields
 
 
 def test_conflict_priority_naming_unknown_app_is_reported() -> None:
@@ -402,7 +423,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert [
         f"{FILE}: apps.crm.fields.nickname: unknown canonical field 'nickname' "
         "(see the canonical fields in docs/configuration.md)",
-        f"{FILE}: apps.shop.filters[0].value: older_than needs a date-time field; email is email",
+        f"{FILE}: apps.shop.filters[0].value: older_than needs a date or date-time field; email is email",
         f"{FILE}: conflicts.priority[0]: 'erp' is not a configured app",
     ] == _problems(data)
 

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["Wire", "fields_fingerprint", "normalize_fields", "warm_up"]
 
 # What crosses the process boundary, per record: the canonical values; the field errors as
-# (field, message) pairs, since exceptions pickle poorly; the fingerprint of the app fields;
-# and (kind, value, keyed hash) of each identity, when a key was given.
-Wire = list[tuple[dict[str, Any], list[tuple[str | None, str]], str, list[tuple[str, str, bytes]]]]
+# (field, message, raw value) triples, since exceptions pickle poorly; the fingerprint of the
+# app fields; and (kind, value, keyed hash) of each identity, when a key was given.
+Wire = list[tuple[dict[str, Any], list[tuple[str | None, str, Any]], str, list[tuple[str, str, bytes]]]]
 
 
 def normalize_fields(
@@ -35,7 +35,7 @@ def normalize_fields(
         values, errors = mapping.to_canonical(fields)
         hashes = ([(kind, value, identity_hash(identity_key, kind, value)) for kind, value in identity_values(values)]
                   if identity_key is not None else [])
-        out.append((values, [(e.field, str(e)) for e in errors], fields_fingerprint(order, fields), hashes))
+        out.append((values, [(e.field, str(e), e.raw_value) for e in errors], fields_fingerprint(order, fields), hashes))
     return out
 
 

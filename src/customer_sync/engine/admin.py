@@ -1,4 +1,5 @@
-"""Operator actions and read models: status, explain, change log, conflicts, deletes, resync.
+"""Operator actions and read models: status, explain, change log, conflicts, rejections,
+deletes, resync.
 
 These are what the CLI (and later the admin API) call. Reads return plain dicts; actions run in
 one transaction each and plan the writes their decision implies, which the next dispatch sends.
@@ -16,6 +17,7 @@ from customer_sync.canonical import field_spec, identity_hash, normalize_value
 from customer_sync.engine.plan import plan_customer
 from customer_sync.engine.process import propagate_delete
 from customer_sync.errors import ConfigError, SyncError
+from customer_sync.store.rejections import OPEN
 from customer_sync.store.tables import (
     AppState,
     ChangeLogEntry,
@@ -28,6 +30,7 @@ from customer_sync.store.tables import (
     LinkRow,
     OutboxItem,
     PendingDelete,
+    RejectionRow,
     stored_utc,
 )
 from customer_sync.store.uow import UnitOfWork
@@ -41,10 +44,12 @@ __all__ = [
     "app_status",
     "approve_delete",
     "customer_log",
+    "customer_rejections",
     "explain",
     "find_customer",
     "list_conflicts",
     "list_pending_deletes",
+    "list_rejections",
     "reject_delete",
     "resolve_conflict",
     "resync",
@@ -62,6 +67,7 @@ inbox_t = InboxItem.__table__
 state_t = AppState.__table__
 dead_t = DeadLetter.__table__
 identities_t = IdentityRow.__table__
+rejections_t = RejectionRow.__table__
 
 
 class NotFound(SyncError):
@@ -128,6 +134,39 @@ def customer_log(store: Store, customer_id: str, *, limit: int = 200) -> list[di
             .order_by(changelog_t.c.seq.desc()).limit(limit)
         ).mappings().all()
     return [dict(r) for r in reversed(rows)]
+
+
+def customer_rejections(store: Store, customer_id: str) -> list[dict[str, Any]]:
+    """The values refused in this customer's records: open ones first, then resolved ones
+    (without their value), each most recently seen first."""
+    with store.transaction() as conn:
+        rows = conn.execute(
+            select(rejections_t).where(rejections_t.c.customer_id == customer_id)
+            .order_by(rejections_t.c.status, rejections_t.c.last_seen_at.desc(),
+                      rejections_t.c.app, rejections_t.c.app_record_id, rejections_t.c.field)
+        ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def list_rejections(
+    store: Store, config: Config, *, app: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Open rejections (values an app sent that normalization refused, still held there), most
+    recently seen first; `app` keeps one app's.
+
+    Raises:
+        ConfigError: `app` is not a configured app.
+    """
+    if app is not None and app not in config.apps:
+        raise ConfigError(f"unknown app {app!r} (configured: {', '.join(config.apps)})")
+    q = (select(rejections_t).where(rejections_t.c.status == OPEN)
+         .order_by(rejections_t.c.last_seen_at.desc(), rejections_t.c.app,
+                   rejections_t.c.app_record_id, rejections_t.c.field)
+         .limit(limit))
+    if app is not None:
+        q = q.where(rejections_t.c.app == app)
+    with store.transaction() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def list_conflicts(store: Store, *, status: str | None = "parked", limit: int = 200) -> list[dict[str, Any]]:
@@ -245,9 +284,10 @@ def resync(store: Store, config: Config, app: str) -> None:
 
 
 def app_status(store: Store, config: Config, *, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Per app: last poll, lag since the last successful poll, pending writes, errors, conflicts,
-    whether its first complete listing is done, and until when it is paused (a vendor's
-    `Retry-After` longer than the daemon will sleep on one request)."""
+    """Per app: last poll, lag since the last successful poll, pending writes, errors, open
+    rejections (values refused that the app still holds), conflicts, whether its first complete
+    listing is done, and until when it is paused (a vendor's `Retry-After` longer than the
+    daemon will sleep on one request)."""
     now = now or _now()
     out = []
     with store.transaction() as conn:
@@ -260,6 +300,8 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
                               .where(conflicts_t.c.status == "parked")).scalar_one()
         linked = dict(conn.execute(select(links_t.c.app, func.count()).where(links_t.c.state == "active")
                                    .group_by(links_t.c.app)).all())
+        rejected = dict(conn.execute(select(rejections_t.c.app, func.count()).where(
+            rejections_t.c.status == OPEN).group_by(rejections_t.c.app)).all())
     for app in config.apps:
         st = states.get(app, {})
         last_ok = st.get("last_success_at")
@@ -280,6 +322,7 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
             "inbox": inbox.get(app, 0),
             "pending_writes": pending.get(app, 0),
             "dead_letters": dead.get(app, 0),
+            "rejections": rejected.get(app, 0),
             "parked": bool(st.get("parked")),
             "last_error": st.get("last_error"),
         })

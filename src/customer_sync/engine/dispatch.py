@@ -560,6 +560,8 @@ def _confirm(uow: UnitOfWork, rt: AppRuntime, row: dict[str, Any], app_record_id
                      app_fingerprint=app_fingerprint(rt, expected_app_fields(rt, new_base)))
     uow.log("written", app=app, app_record_id=app_record_id, customer_id=cid,
             diff={f: [old.get(f), v] for f, v in row["fields"].items()}, reason=f"{row['op']}: {row['reason']}")
+    if row["op"] == "update":  # a record we created holds only what we sent: nothing refused
+        uow.note_written(app, app_record_id, row["fields"])
     stats.written += 1
 
 

@@ -128,8 +128,8 @@ class PageNormalizer:
             self._fail(exc)
             return {}
         return {
-            id(rec): Normalized(values, [MappingError(message, field=field, app=app) for field, message in errors],
-                                fp, hashes)
+            id(rec): Normalized(values, [MappingError(message, field=field, app=app, raw_value=raw)
+                                         for field, message, raw in errors], fp, hashes)
             for rec, (values, errors, fp, hashes) in zip(records, wire, strict=True)
         }
 

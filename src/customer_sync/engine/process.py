@@ -166,11 +166,9 @@ def process_records(
             uow.remember_hashes(done.hashes)
         else:
             values, errors = rt.mapping.to_canonical(rec.fields)
-        for err in errors:
-            stats.errors += 1
-            uow.log("error", app=rt.name, app_record_id=rec.app_record_id,
-                    customer_id=link["customer_id"] if link else None,
-                    diff={"fields": [err.field]}, reason=str(err))
+        stats.errors += len(errors)
+        uow.note_rejections(rt.name, rec.app_record_id, errors,
+                            customer_id=link["customer_id"] if link else None)
         # every record's identities: a new one is matched by them, and a linked one that
         # brings a phone or handle new to its customer re-decides the records holding it
         wanted += identity_values(values)

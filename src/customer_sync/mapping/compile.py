@@ -176,6 +176,7 @@ class AppMapping:
                 value = values[fm.canonical] = fm.to_canonical(app_fields[fm.app_field], ctx)
             except MappingError as exc:
                 exc.app = self.app
+                exc.raw_value = app_fields[fm.app_field]  # what the app sent, for the operator
                 errors.append(exc)
                 continue
             if fm is self._country and value is not None and self._phones:
@@ -213,6 +214,7 @@ class AppMapping:
                 values[fm.canonical] = fm.to_canonical(app_fields[fm.app_field], ctx)
             except MappingError as exc:
                 exc.app = self.app
+                exc.raw_value = app_fields[fm.app_field]  # what the app sent, for the operator
                 errors.append(exc)
         return values, errors
 

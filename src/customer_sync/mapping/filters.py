@@ -2,16 +2,21 @@
 
 Conditions are structured data (`field`, `op`, `value`) over canonical values, all of which must
 hold: `eq`, `ne`, `in`, `not_in`, `exists`, `not_exists`, `contains` (text or set),
-`newer_than` / `older_than` (a date-time field against a duration such as "180d", "12h").
+`newer_than` / `older_than` (a date or date-time field against a duration such as "180d", "12h").
 A record failing its app's filter is not read from that app; a customer failing an app's filter
 is not written to that app.
+
+Ages in days or weeks compare whole UTC days: "newer_than 7d" holds for a value whose UTC date
+is today's UTC date or up to 7 days before it, whatever the time of day on either side (a
+signup exactly 7 days ago is in "the last 7 days"). Ages in seconds, minutes or hours compare
+instants, and are refused on a date field (a date has no time of day to compare).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from customer_sync.canonical import NormalizeContext, field_spec, is_set_field, normalize_value, parse_datetime
@@ -36,6 +41,34 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise ValueError(f"not a duration like '180d' or '12h': {text!r}")
     return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+
+
+def _whole_days(text: str) -> int | None:
+    """The number of days in a duration written in days or weeks ("7d", "2w"), or None when
+    it is written in a smaller unit or is not a whole number of days ("12h", "1.5d")."""
+    m = _DURATION.match(text)
+    if m is None or m.group(2) not in ("d", "w"):
+        return None
+    age = parse_duration(text)
+    return age.days if age == timedelta(days=age.days) else None
+
+
+def _utc_date(value: Any) -> date | None:
+    """The UTC calendar date of a canonical date ("2026-01-03") or date-time value; None when
+    the value is not one."""
+    try:
+        if isinstance(value, str) and len(value.strip()) == 10:
+            return date.fromisoformat(value.strip())
+        return parse_datetime(value).date()
+    except (ValueError, TypeError, OverflowError, OSError):
+        return None
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return parse_datetime(value)
+    except (ValueError, TypeError, OverflowError, OSError):
+        return None
 
 
 class Filter:
@@ -85,12 +118,7 @@ def _predicate(spec: Any, op: str, value: Any) -> Predicate:
         want = op == "exists"
         return lambda v, now: (v.get(name) not in (None, [], "")) is want
     if op in ("newer_than", "older_than"):
-        if spec.kind != "datetime":
-            raise ValueError(f"{op} needs a date-time field; {name} is {spec.kind}")
-        age = parse_duration(value)
-        if op == "newer_than":
-            return lambda v, now: v.get(name) is not None and parse_datetime(v[name]) >= now - age
-        return lambda v, now: v.get(name) is not None and parse_datetime(v[name]) < now - age
+        return _age_predicate(spec, op, value)
     if is_set_field(spec) and op in ("in", "not_in", "eq", "ne"):
         # Sets: `in` holds when any element is listed, `eq` when the sets are equal.
         items = value if isinstance(value, list) else [value]
@@ -118,6 +146,35 @@ def _predicate(spec: Any, op: str, value: Any) -> Predicate:
     if op == "eq":
         return lambda v, now: v.get(name) == target
     return lambda v, now: v.get(name) != target
+
+
+def _age_predicate(spec: Any, op: str, value: Any) -> Predicate:
+    """`newer_than` / `older_than`: whole UTC days for an age in days or weeks, instants for a
+    smaller unit (date-time fields only)."""
+    name = spec.name
+    if spec.kind not in ("date", "datetime"):
+        raise ValueError(f"{op} needs a date or date-time field; {name} is {spec.kind}")
+    age = parse_duration(value)
+    days = _whole_days(value)
+    if days is None:
+        if spec.kind == "date":
+            raise ValueError(f"{op} on the date field {name} needs an age in whole days or weeks "
+                             f"(like '7d' or '2w'), not {value!r}")
+
+        def instant_holds(v: Mapping[str, Any], now: datetime) -> bool:
+            at = _instant(v.get(name)) if v.get(name) is not None else None
+            return at is not None and (at >= now - age if op == "newer_than" else at < now - age)
+
+        return instant_holds
+
+    def day_holds(v: Mapping[str, Any], now: datetime) -> bool:
+        day = _utc_date(v.get(name)) if v.get(name) is not None else None
+        if day is None:
+            return False
+        oldest_inside = now.astimezone(UTC).date() - timedelta(days=days)
+        return day >= oldest_inside if op == "newer_than" else day < oldest_inside
+
+    return day_holds
 
 
 def _norm_scalar(spec: Any, value: Any, ctx: NormalizeContext) -> Any:

@@ -2,7 +2,7 @@
 
 Personal values live in few, well-known columns so that retention, erasure and encryption at
 rest can find them: `customers.values`, `snapshots.values`, `inbox.payload`, `outbox.fields`,
-`changelog.diff`, `conflicts.*_value` and `dead_letters.payload`. Everything else is ids,
+`changelog.diff`, `conflicts.*_value`, `dead_letters.payload` and `rejections.raw_value`. Everything else is ids,
 times, field names and fingerprints. Identities are keyed hashes, never raw emails or phones.
 
 The SQL is portable: SQLite (embedded default, WAL) and PostgreSQL (several replicas).
@@ -28,6 +28,7 @@ __all__ = [
     "LinkRow",
     "OutboxItem",
     "PendingDelete",
+    "RejectionRow",
     "SnapshotRow",
     "metadata",
     "stored_utc",
@@ -230,6 +231,33 @@ class DeadLetter(SQLModel, table=True):
     payload: dict[str, Any] | None = _json(nullable=True)
     error: str = Field(sa_column=Column(String(1000), nullable=False))
     at: datetime = _ts(nullable=False)
+
+
+class RejectionRow(SQLModel, table=True):
+    """A value an app sent for one field of one record that normalization refused (an invalid
+    phone, an unmapped country): one row per (app, record, field).
+
+    status: open (the record still holds the refused value) | resolved (it later brought a
+    valid value for the field, or no longer carries it). Resolving forgets the raw value; the
+    row stays as history. `customer_id` is set once the record is linked.
+    """
+
+    __tablename__ = "rejections"
+    __table_args__ = (
+        Index("ix_rejections_status_app", "status", "app"),
+        Index("ix_rejections_customer", "customer_id"),
+    )
+    app: str = Field(sa_column=Column(String(64), primary_key=True))
+    app_record_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    field: str = Field(sa_column=Column(String(128), primary_key=True))
+    # The value as the app sent it: personal data, shown to the operator, never logged.
+    raw_value: Any = _json(nullable=True)
+    reason: str = Field(sa_column=Column(String(1000), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    customer_id: str | None = Field(sa_column=Column(String(36), nullable=True))
+    first_seen_at: datetime = _ts(nullable=False)
+    last_seen_at: datetime = _ts(nullable=False)
+    resolved_at: datetime | None = _ts(nullable=True)
 
 
 class PendingDelete(SQLModel, table=True):

@@ -13,10 +13,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from customer_sync.canonical import identity_hash
+from customer_sync.logs import REDACTED
 from customer_sync.store.bulk import insert_rows
+from customer_sync.store.rejections import RejectionBook, storable_raw_value
 from customer_sync.store.tables import (
     ChangeLogEntry,
     ConflictRow,
@@ -29,6 +32,8 @@ from customer_sync.store.tables import (
 )
 
 __all__ = ["UnitOfWork", "duplicate_base"]
+
+log = structlog.get_logger("customer_sync.engine")
 
 customers_t = CustomerRow.__table__
 identities_t = IdentityRow.__table__
@@ -138,6 +143,9 @@ class UnitOfWork:
         self._outbox_drop: set[int] = set()
         self._delete_requests: list[dict[str, Any]] = []
         self._resolved_matches: set[tuple[str, str]] = set()
+        self.rejections = RejectionBook(now)
+        # change-log `error` entries of records not linked yet: given the customer on link
+        self._errors_unlinked: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def _hash(self, kind: str, value: str) -> bytes:
         """The keyed hash of an identity, computed once per batch (it is asked for 3+ times)."""
@@ -302,6 +310,7 @@ class UnitOfWork:
         double import): it is read and merged, never written to."""
         row = {"app": app, "app_record_id": app_record_id, "customer_id": customer_id,
                "state": "duplicate", "linked_at": self.now}
+        self._attach_rejections(app, app_record_id, customer_id)
         self._remember_link(row)
         # a link dropped by this batch stays dropped: the flush deletes it before inserting this
         self._new_links[(app, app_record_id)] = row
@@ -328,6 +337,7 @@ class UnitOfWork:
         return row
 
     def add_link(self, app: str, app_record_id: str, customer_id: str) -> None:
+        self._attach_rejections(app, app_record_id, customer_id)
         old = self.link_for(customer_id, app)
         if old is not None and old["app_record_id"] == app_record_id:
             # Already linked (e.g. the echo of an unconfirmed create was matched first).
@@ -384,6 +394,39 @@ class UnitOfWork:
             "customer_id": customer_id, "diff": diff, "source_modified_at": source_modified_at,
             "reason": reason[:1000] if reason else None, "run_id": self.run_id,
         })
+
+    def note_rejections(self, app: str, app_record_id: str, errors: Iterable[Any], *,
+                        customer_id: str | None) -> None:
+        """Record what normalizing this record refused (`MappingError`s, often none): an
+        `error` entry in the change log and a warning line per refused field, and the
+        rejections, written with the batch. Call it for every record normalized: a field
+        refused before and valid (or absent) now is resolved.
+
+        The raw value goes to the rejection only; the warning names the field and the reason.
+        """
+        refused: dict[str, tuple[str, Any]] = {}
+        for err in errors:
+            field, reason = err.field or "?", str(err)[:1000]
+            refused[field] = (reason, storable_raw_value(err.raw_value))
+            self.log("error", app=app, app_record_id=app_record_id, customer_id=customer_id,
+                     diff={"fields": [err.field]}, reason=reason)
+            if customer_id is None:
+                self._errors_unlinked.setdefault((app, app_record_id), []).append(self._log[-1])
+            log.warning("record.value_rejected", app=app, app_record_id=app_record_id,
+                        customer_id=customer_id, field=field, reason=reason, value=REDACTED)
+        self.rejections.observe(app, app_record_id, refused, customer_id=customer_id)
+
+    def note_written(self, app: str, app_record_id: str, fields: Iterable[str]) -> None:
+        """The app confirmed our write of these canonical fields to this record: values it
+        held there that were refused are gone, so their rejections are resolved."""
+        self.rejections.written(app, app_record_id, fields)
+
+    def _attach_rejections(self, app: str, app_record_id: str, customer_id: str) -> None:
+        """The record is linked: its rejections and this batch's error entries are this
+        customer's."""
+        self.rejections.linked(app, app_record_id, customer_id)
+        for entry in self._errors_unlinked.pop((app, app_record_id), ()):
+            entry["customer_id"] = customer_id
 
     def held_fields(self, customer_id: str) -> set[str]:
         """Fields of this customer with a parked conflict: written nowhere until resolved."""
@@ -514,6 +557,7 @@ class UnitOfWork:
                 op=row["op"], fields=row["fields"], app_record_id=row["app_record_id"], reason=row["reason"]))
         if self._outbox_new:
             insert_rows(c, outbox_t, self._outbox_new)
+        self.rejections.flush(c)
         return len(self._outbox_new) + len(self._outbox_update)
 
     def _flush_snapshots(self) -> None:

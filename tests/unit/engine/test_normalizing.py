@@ -55,7 +55,7 @@ def in_place(mapping, recs):
 
 
 def as_comparable(results):
-    return [(values, [(e.field, e.app, str(e)) for e in errors], fp, hashes)
+    return [(values, [(e.field, e.app, str(e), e.raw_value) for e in errors], fp, hashes)
             for values, errors, fp, hashes in results]
 
 
@@ -63,7 +63,8 @@ def test_normalize_fields_matches_the_mapping(mapping):
     recs = records(20)
     wire = normalize_fields(mapping, [r.fields for r in recs], KEY)
     expected = in_place(mapping, recs)
-    assert [(v, [(e.field, str(e)) for e in errs], fp, hashes) for v, errs, fp, hashes in expected] == wire
+    assert [(v, [(e.field, str(e), e.raw_value) for e in errs], fp, hashes)
+            for v, errs, fp, hashes in expected] == wire
     assert any(errs for _, errs, _, _ in wire), "the sample must hold a bad value"
     assert all(hashes for _, _, _, hashes in wire), "every record has an identity"
     assert all(hashes == [] for *_, hashes in normalize_fields(mapping, [r.fields for r in recs])), \
@@ -97,6 +98,8 @@ async def test_a_worker_normalizes_big_pages_exactly_as_in_place(mapping):
         assert set(got) == {id(r) for r in recs}
         assert as_comparable(in_place(mapping, recs)) == as_comparable(got[id(r)] for r in recs)
         assert all(isinstance(e, MappingError) for got_one in got.values() for e in got_one.errors)
+        refused = [e.raw_value for r in recs for e in got[id(r)].errors]
+        assert refused and {"not an address"} == set(refused), "the raw value comes back from the worker"
     finally:
         normalizer.close()
 
@@ -125,6 +128,18 @@ async def test_a_page_the_worker_cannot_take_falls_back_to_in_place(mapping):
         assert normalizer.submit(mapping, records(5)) is None
     finally:
         normalizer.close()
+
+
+def test_a_field_error_carries_the_raw_value_and_survives_pickling(mapping):
+    """A value the map refuses comes back with the value the app sent (for the operator's
+    rejection record), not in the message, and keeps it through pickling."""
+    _, errors = mapping.to_canonical({"email": "nobody home", "phone": "call me maybe"})
+
+    assert {"email": "nobody home", "phone": "call me maybe"} == {e.field: e.raw_value for e in errors}
+    assert all(e.raw_value not in str(e) for e in errors)
+    back = pickle.loads(pickle.dumps(errors))
+    assert [(e.field, e.app, str(e), e.raw_value) for e in errors] == [
+        (e.field, e.app, str(e), e.raw_value) for e in back]
 
 
 def test_no_workers_means_in_place(mapping):

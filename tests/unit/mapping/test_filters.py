@@ -145,20 +145,107 @@ def test_contains_searches_text_and_sets(
     [
         (_ago(days=1), True, False),
         (_ago(days=7), True, False),
-        (_ago(days=7, seconds=1), False, True),
+        ("2026-01-03T00:00:00+00:00", True, False),
+        ("2026-01-03T23:59:59+00:00", True, False),
+        ("2026-01-02T23:59:59+00:00", False, True),
+        ("2026-01-10T23:00:00+00:00", True, False),
+        ("2026-01-03T01:00:00+05:00", False, True),
         (_ago(days=400), False, True),
         (None, False, False),
     ],
-    ids=["a day ago", "exactly the age", "a second past the age", "long ago", "missing"],
+    ids=["a day ago", "exactly the age", "first second of the 7th day before",
+         "last second of the 7th day before", "last second of the 8th day before",
+         "later today", "the 7th day before in UTC+5 is the 8th in UTC", "long ago", "missing"],
 )
-def test_newer_than_and_older_than_compare_with_now(
+def test_newer_than_and_older_than_in_days_compare_whole_utc_days(
     created_at: str | None, newer: bool, older: bool
 ) -> None:
-    """`newer_than 7d` holds from now-7d on, `older_than 7d` before; neither without a date."""
+    """`newer_than 7d` holds for a UTC date from 7 days before today's UTC date on, whatever
+    the time of day; `older_than 7d` before that; neither without a date."""
     values = {"created_at": created_at}
 
     assert newer is _filter("created_at", "newer_than", "7d").matches(values, NOW)
     assert older is _filter("created_at", "older_than", "7d").matches(values, NOW)
+
+
+def test_a_signup_exactly_n_days_ago_is_in_the_last_n_days_at_any_time_of_day() -> None:
+    """A signup on the UTC day N days before today is inside `newer_than Nd` and outside
+    `older_than Nd` for every time of day of the signup and of now (defect 8a)."""
+    signup_day = datetime(2026, 1, 3, tzinfo=UTC)
+    newer, older = _filter("created_at", "newer_than", "7d"), _filter("created_at", "older_than", "7d")
+    seen = set()
+    for signup_hour in (0, 11, 23):
+        for now_hour in (0, 12, 23):
+            values = {"created_at": (signup_day + timedelta(hours=signup_hour, minutes=59)).isoformat()}
+            now = datetime(2026, 1, 10, now_hour, 30, tzinfo=UTC)
+            seen.add((newer.matches(values, now), older.matches(values, now)))
+
+    assert {(True, False)} == seen
+
+
+def test_newer_than_in_weeks_counts_whole_days() -> None:
+    """`2w` is 14 whole UTC days: a value on the 14th day before today is inside."""
+    flt = _filter("created_at", "newer_than", "2w")
+
+    assert (True, False) == (
+        flt.matches({"created_at": "2025-12-27T00:00:00+00:00"}, NOW),
+        flt.matches({"created_at": "2025-12-26T23:59:59+00:00"}, NOW),
+    )
+
+
+@pytest.mark.parametrize(
+    ("signup", "newer", "older"),
+    [
+        ("2026-01-10", True, False),
+        ("2026-01-03", True, False),
+        ("2026-01-02", False, True),
+        (None, False, False),
+    ],
+    ids=["today", "exactly 7 days ago", "8 days ago", "missing"],
+)
+def test_date_fields_take_newer_than_and_older_than_in_days(
+    signup: str | None, newer: bool, older: bool
+) -> None:
+    """A custom date field is accepted by `newer_than` / `older_than`, and compares whole days."""
+    values = {"custom.signup": signup}
+
+    for op, expected in (("newer_than", newer), ("older_than", older)):
+        flt, problems = compile_filter(
+            "crm", [{"field": "custom.signup", "op": op, "value": "7d"}], custom_fields={"signup": "date"})
+        assert [] == problems
+        assert expected is flt.matches(values, NOW), op
+
+
+def test_a_custom_datetime_field_compares_whole_days_too() -> None:
+    """A custom date-time field takes an age in days like `created_at` does."""
+    flt, problems = compile_filter(
+        "crm", [{"field": "custom.seen", "op": "newer_than", "value": "7d"}], custom_fields={"seen": "datetime"})
+
+    assert [] == problems
+    assert flt.matches({"custom.seen": "2026-01-03T00:00:01+00:00"}, NOW)
+
+
+@pytest.mark.parametrize("age", ["12h", "30m", "1.5d"], ids=["hours", "minutes", "part of a day"])
+def test_an_age_below_a_day_on_a_date_field_is_refused(age: str) -> None:
+    """A date has no time of day: an age in hours or minutes, or not a whole number of days,
+    is a config problem naming the key and saying what to write instead."""
+    _, problems = compile_filter(
+        "crm", [{"field": "custom.signup", "op": "newer_than", "value": age}], custom_fields={"signup": "date"})
+
+    assert [
+        f"apps.crm.filters[0].value: newer_than on the date field custom.signup needs an age in "
+        f"whole days or weeks (like '7d' or '2w'), not {age!r}"
+    ] == problems
+
+
+def test_newer_than_in_hours_compares_instants() -> None:
+    """An age in hours keeps comparing instants: `newer_than 12h` fails a second past it."""
+    flt = _filter("created_at", "newer_than", "12h")
+
+    assert (True, False) == (
+        flt.matches({"created_at": _ago(hours=12)}, NOW),
+        flt.matches({"created_at": _ago(hours=12, seconds=1)}, NOW),
+    )
 
 
 def test_newer_than_moves_with_now() -> None:
@@ -248,7 +335,7 @@ def test_empty_filter_matches_everything() -> None:
         ),
         (
             {"field": "company", "op": "newer_than", "value": "1d"},
-            "apps.crm.filters[1].value: newer_than needs a date-time field; company is str",
+            "apps.crm.filters[1].value: newer_than needs a date or date-time field; company is str",
         ),
         (
             {"field": "address.country", "op": "in", "value": "de"},

@@ -152,3 +152,21 @@ def test_identity_hashes_become_raw_bytes_and_back_losslessly(store: Store) -> N
     assert ["c1"] == found
     assert {"ix_identities_customer"} <= indexes
     assert hexes == back
+
+
+def test_rejections_table_comes_and_goes_with_0005(store: Store) -> None:
+    """0005 adds the rejections table with its indexes; its downgrade drops exactly that, and
+    upgrading again gives the schema tables.py declares."""
+    with store.transaction() as conn:
+        _migrate(conn, "downgrade", "0004")
+        before = set(inspect(conn).get_table_names())
+        _migrate(conn, "upgrade", "head")
+        after = set(inspect(conn).get_table_names())
+        indexes = {i["name"] for i in inspect(conn).get_indexes("rejections")}
+        primary = inspect(conn).get_pk_constraint("rejections")["constrained_columns"]
+        diffs = _schema_diffs(conn)
+
+    assert {"rejections"} == after - before
+    assert {"ix_rejections_status_app", "ix_rejections_customer"} <= indexes
+    assert ["app", "app_record_id", "field"] == primary
+    assert [] == diffs
