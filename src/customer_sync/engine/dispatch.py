@@ -28,6 +28,7 @@ Transient failures back off and retry; a record the app refuses becomes a dead l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,7 +40,7 @@ from customer_sync.canonical import identity_values
 from customer_sync.conflicts.three_way import is_empty
 from customer_sync.engine.plan import desired_fields, plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
-from customer_sync.errors import AuthError, RateLimited, RecordGone, TransientError
+from customer_sync.errors import AuthError, MappingError, RateLimited, RecordGone, TransientError
 from customer_sync.sdk.connector import AppRecord, Capability, Connector, WriteOp, WriteOutcome
 from customer_sync.store import app_state
 from customer_sync.store.inbox import inbox_row
@@ -79,7 +80,7 @@ def idempotency_key(customer_id: str, app: str) -> str:
 
 def expected_app_fields(rt: AppRuntime, values: Mapping[str, Any]) -> dict[str, Any]:
     """The app fields a record holds when it holds `values` (for the echo fingerprint)."""
-    return {fm.app_field: fm.to_app(values.get(fm.canonical)) for fm in rt.mapping.fields}
+    return rt.mapping.expected_app_fields(values)
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -275,6 +276,15 @@ def _fold_landed(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], held:
             if rec is None:
                 continue  # gone from the app: the dispatch handles it as a delete seen there
             values, _ = rt.mapping.to_canonical(rec.fields)
+            name_field = rt.mapping.full_name_field
+            if name_field is not None and name_field in rec.fields:
+                # a full name holding what we sent keeps our split (a surname with a space)
+                base = (uow.snapshot(row["customer_id"], rt.name) or {}).get("values") or {}
+                sent = (row["fields"].get("first_name", base.get("first_name")),
+                        row["fields"].get("last_name", base.get("last_name")))
+                with contextlib.suppress(MappingError):
+                    values["first_name"], values["last_name"] = rt.mapping.by_canonical["first_name"].split_name(
+                        rec.fields[name_field], existing=sent)
             landed = {f: v for f, v in row["fields"].items() if f in values and same_value(values[f], v)}
             rest = {f: v for f, v in row["fields"].items() if f not in landed}
             if landed:
@@ -381,8 +391,11 @@ async def _build_ops(
                 for f in changed:
                     fields_to_write.pop(f)
         if fields_to_write:
+            # a one-field full name is written whole: the other part comes from the customer
+            customer = uow.customer(row["customer_id"]) if rt.mapping.full_name_field else None
             ops.append(WriteOp(key=key, op="update", app_record_id=row["app_record_id"],
-                               fields=rt.mapping.to_app(fields_to_write)))
+                               fields=rt.mapping.to_app(fields_to_write,
+                                                        customer=customer["values"] if customer else None)))
             row["fields"] = fields_to_write
     return ops, rechecks, gone
 

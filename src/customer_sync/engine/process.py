@@ -22,10 +22,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from customer_sync.canonical import identity_values
+from customer_sync.conflicts.consent import CONSENT_FIELD
+from customer_sync.conflicts.rules import more_restrictive, same_consent
 from customer_sync.conflicts.three_way import merge_record, same_value
 from customer_sync.engine._normalize_worker import fields_fingerprint
-from customer_sync.engine.match import Keys, email_keys, is_email_less, match_record, record_keys
+from customer_sync.engine.match import (
+    Keys,
+    Match,
+    email_keys,
+    is_email_less,
+    match_record,
+    record_keys,
+)
 from customer_sync.engine.plan import plan_customer
+from customer_sync.errors import MappingError
 from customer_sync.sdk.connector import AppRecord, Capability
 from customer_sync.store.uow import duplicate_base
 
@@ -147,14 +157,14 @@ def process_records(
     # for the records that really changed.
     uow.load_bases([(lk["customer_id"], lk["app"]) for k in keys if (lk := uow.link(*k)) is not None])
 
-    prepared: list[tuple[AppRecord, AppRuntime, dict[str, Any] | None, str]] = []
+    prepared: list[tuple[AppRecord, AppRuntime, dict[str, Any] | None, str, list[Any]]] = []
     wanted: list[tuple[str, str]] = []
     for _, rec, rt in records:
         done = normalized.get(id(rec)) if normalized else None
         fp = record_fingerprint(rt, rec, done)
         link = uow.link(rt.name, rec.app_record_id)
         if rec.deleted or (rec.merged_into is not None and not rec.fields):
-            prepared.append((rec, rt, None, fp))
+            prepared.append((rec, rt, None, fp, []))
             continue
         if link is not None and link["state"] in ("active", "duplicate"):
             snap = uow.snapshot(link["customer_id"], _base_key(link))
@@ -166,26 +176,30 @@ def process_records(
             uow.remember_hashes(done.hashes)
         else:
             values, errors = rt.mapping.to_canonical(rec.fields)
-        stats.errors += len(errors)
-        uow.note_rejections(rt.name, rec.app_record_id, errors,
-                            customer_id=link["customer_id"] if link else None)
         # every record's identities: a new one is matched by them, and a linked one that
         # brings a phone or handle new to its customer re-decides the records holding it
         wanted += identity_values(values)
-        prepared.append((rec, rt, values, fp))
-    uow.prefetch(app_records=[(rt.name, rec.app_record_id) for rec, rt, _, _ in prepared], identities=wanted)
-    uow.load_bases([(lk["customer_id"], _base_key(lk)) for rec, rt, _, _ in prepared
+        prepared.append((rec, rt, values, fp, list(errors)))
+    uow.prefetch(app_records=[(rt.name, rec.app_record_id) for rec, rt, *_ in prepared], identities=wanted)
+    uow.load_bases([(lk["customer_id"], _base_key(lk)) for rec, rt, *_ in prepared
                     if (lk := uow.link(rt.name, rec.app_record_id)) is not None and lk["state"] == "duplicate"])
 
-    for rec, rt, values, fp in prepared:
+    for rec, rt, values, fp, errors in prepared:
         if rec.merged_into is not None:
             _apply_vendor_merge(uow, rec, rt, apps, now=now, stats=stats)
             if values is None:
                 continue
         if values is None:
             _apply_delete(uow, rec, rt, apps, now=now, stats=stats)
-        else:
-            _apply_record(uow, rec, rt, values, fp, apps, rules, now=now, stats=stats)
+            # a record gone from its app holds no refused value any more
+            uow.note_rejections(rt.name, rec.app_record_id, [], customer_id=None)
+            continue
+        _apply_record(uow, rec, rt, values, fp, apps, rules, now=now, stats=stats, errors=errors)
+        # after matching: the errors may have changed (phones read in the customer's country),
+        # and a record linked now has its rejections attached to its customer
+        stats.errors += len(errors)
+        link = uow.link(rt.name, rec.app_record_id)
+        uow.note_rejections(rt.name, rec.app_record_id, errors, customer_id=link["customer_id"] if link else None)
     return stats
 
 
@@ -199,6 +213,7 @@ def _base_key(link: Mapping[str, Any]) -> str:
 def _apply_record(
     uow: UnitOfWork, rec: AppRecord, rt: AppRuntime, values: dict[str, Any], fp: str,
     apps: Mapping[str, AppRuntime], rules: ConflictsConfig, *, now: datetime, stats: ProcessStats,
+    errors: list[Any] | None = None,
 ) -> None:
     app, rid = rt.name, rec.app_record_id
     link = uow.link(app, rid)
@@ -215,8 +230,7 @@ def _apply_record(
         if found.parked:
             stats.parked += 1
             if not uow.is_match_parked(app, rid):  # read again (a reconciliation): parked once
-                uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
-                                 detail={"candidates": sorted(found.parked), "reason": found.how})
+                _park(uow, app, rid, found, values, rec.modified_at)
                 uow.log("conflict", app=app, app_record_id=rid,
                         reason=f"{found.how}: {len(found.parked)} candidates; parked for review")
             return
@@ -234,11 +248,14 @@ def _apply_record(
             merge_customers(uow, loser=other, winner=cid, now=now,
                             reason=f"{app} record {rid} holds what both hold ({how})")
         link = _link_record(uow, app, rid, cid, how=how)
+        if found.join:
+            _place_parked(uow, {cid, *found.join}, apps, rules, now=now, stats=stats)
     else:
         cid = link["customer_id"]
     base_key = _base_key(link)
     customer = uow.customer(cid)
     assert customer is not None
+    _read_in_customer_terms(rt, rec, values, customer["values"], errors)
     snapshot = uow.snapshot(cid, base_key)
     base = snapshot["values"] if snapshot else None
     if base is None and how != "new":
@@ -299,6 +316,35 @@ def _apply_record(
             _settle_email_less(uow, cid, new_keys, apps, rules, now=now, stats=stats)
 
 
+def _read_in_customer_terms(
+    rt: AppRuntime, rec: AppRecord, values: dict[str, Any], known: Mapping[str, Any], errors: list[Any] | None,
+) -> None:
+    """What the record says, read knowing whose it is (in place):
+
+    - a phone written without an international prefix, in a record with no country of its own,
+      is read in the customer's known country (before the app's default region);
+    - a one-field full name that equals the customer's first + " " + last keeps that split
+      (a surname with a space stays whole).
+    """
+    mapping = rt.mapping
+    country = known.get("address.country")
+    if country and mapping.needs_customer_region(rec.fields):
+        phones, phone_errors = mapping.phones_for_region(rec.fields, country)
+        values.update(phones)
+        reread = set(phones) | {e.field for e in phone_errors}
+        for e in phone_errors:
+            values.pop(e.field, None)
+        if errors is not None:
+            errors[:] = [e for e in errors if e.field not in reread] + phone_errors
+    name_field = mapping.full_name_field
+    if name_field is not None and name_field in rec.fields and (known.get("first_name") or known.get("last_name")):
+        try:
+            values["first_name"], values["last_name"] = mapping.by_canonical["first_name"].split_name(
+                rec.fields[name_field], existing=(known.get("first_name"), known.get("last_name")))
+        except MappingError:
+            pass  # already refused by the first reading, which stands
+
+
 def _link_record(uow: UnitOfWork, app: str, rid: str, cid: str, *, how: str) -> dict[str, Any]:
     """Link a record to its customer: as the customer's record in that app, or, when the
     customer already holds another live record there (a double import), as a duplicate,
@@ -352,22 +398,59 @@ def _settle_email_less(
                 uow.promote_duplicate(holder, app)
             if found.parked:
                 stats.parked += 1
-                uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
-                                 detail={"candidates": sorted(found.parked), "reason": found.how})
+                _park(uow, app, rid, found, snap["values"], _aware(snap["source_modified_at"]))
                 uow.log("conflict", app=app, app_record_id=rid, customer_id=holder,
                         reason=f"{found.how}: {len(found.parked)} candidates; unlinked and parked for review")
                 continue
             target = found.customer_id
             assert target is not None
             moved = _link_record(uow, app, rid, target, how=found.how)
-            at = snap["source_modified_at"]
-            if at is not None and at.tzinfo is None:  # as SQLite gives it back
-                at = at.replace(tzinfo=UTC)
-            record = AppRecord(app_record_id=rid, fields={}, modified_at=at)
+            record = AppRecord(app_record_id=rid, fields={}, modified_at=_aware(snap["source_modified_at"]))
             uow.log("observed", app=app, app_record_id=rid, customer_id=target,
                     reason=f"{found.how}: moved from customer {holder}")
             _merge_moved(uow, record, moved, snap, apps, rules, now=now, stats=stats)
         _retire_if_empty(uow, holder, now=now)
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite gives them back naive)."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
+def _park(uow: UnitOfWork, app: str, rid: str, found: Match, values: Mapping[str, Any],
+          modified_at: datetime | None) -> None:
+    """Park a record that could be several customers' for review. What it holds is kept with
+    the review item (`loser_value`), so that it can be placed without being read again when
+    the customers it could be turn out to be one."""
+    uow.add_conflict(kind="match", status="parked", app=app, app_record_id=rid,
+                     detail={"candidates": sorted(found.parked), "reason": found.how},
+                     loser_app=app, loser_value={
+                         "values": dict(values),
+                         "modified_at": modified_at.isoformat() if modified_at else None})
+
+
+def _place_parked(uow: UnitOfWork, customers: set[str], apps: Mapping[str, AppRuntime],
+                  rules: ConflictsConfig, *, now: datetime, stats: ProcessStats) -> None:
+    """Customers became one (one email shared): records parked because they could be either
+    are decided again, and placed where they now belong."""
+    for row in uow.parked_matches(customers):
+        held = row.get("loser_value") or {}
+        values = held.get("values")
+        if not values or row["app"] not in apps:
+            continue
+        keys = record_keys(values)
+        uow.prefetch(app_records=[(row["app"], row["app_record_id"])], identities=keys.pairs())
+        found = match_record(uow, keys)
+        if found.parked or found.customer_id is None or not found.how.startswith("matched"):
+            continue
+        at = held.get("modified_at")
+        link = _link_record(uow, row["app"], row["app_record_id"], found.customer_id, how=found.how)
+        uow.log("observed", app=row["app"], app_record_id=row["app_record_id"], customer_id=found.customer_id,
+                reason=f"{found.how}: placed once the customers it could be were found to be one")
+        record = AppRecord(app_record_id=row["app_record_id"], fields={},
+                           modified_at=datetime.fromisoformat(at) if at else None)
+        _merge_moved(uow, record, link, {"values": values, "app_fingerprint": None,
+                                         "source_modified_at": record.modified_at}, apps, rules, now=now, stats=stats)
 
 
 def _records_of(uow: UnitOfWork, cid: str) -> Iterator[tuple[dict[str, Any], str]]:
@@ -567,6 +650,14 @@ def merge_customers(uow: UnitOfWork, *, loser: str, winner: str, now: datetime, 
         elif values.get(name) in (None, "") and value not in (None, ""):
             values[name] = value
             win["provenance"] = {**win["provenance"], name: lose["provenance"].get(name, {})}
+        elif name == CONSENT_FIELD and value not in (None, "") and not same_consent(value, values[name]) \
+                and more_restrictive(value, values[name]) == value:
+            # consent is a legal fact: the more restrictive of the two stands
+            values[name] = value
+            win["provenance"] = {**win["provenance"], name: lose["provenance"].get(name, {})}
+    # no address is lost: the loser's primary joins the winner's other emails
+    if lose["values"].get("email") and lose["values"]["email"] != values.get("email"):
+        values["other_emails"] = sorted(set(values.get("other_emails") or []) | {lose["values"]["email"]})
     win["values"] = values
     uow.touch_customer(winner)
     uow.set_identities(winner, identity_values(lose["values"]) + identity_values(values))

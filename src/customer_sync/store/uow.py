@@ -459,6 +459,20 @@ class UnitOfWork:
             conflicts_t.c.kind == "match", conflicts_t.c.status == "parked",
             conflicts_t.c.app == app, conflicts_t.c.app_record_id == app_record_id).limit(1)).first() is not None
 
+    def parked_matches(self, candidates: set[str]) -> list[dict[str, Any]]:
+        """Records parked for review as an ambiguous match that could be one of `candidates`
+        (in the store or added by this batch, not resolved since)."""
+        stored = [dict(r) for r in self.conn.execute(select(conflicts_t).where(
+            conflicts_t.c.status == "parked", conflicts_t.c.kind == "match")).mappings()]
+        # a stored row this batch resolved is done with; one this batch added is not
+        rows = [r for r in stored if (r["app"], r["app_record_id"]) not in self._resolved_matches]
+        rows += [c for c in self._conflicts if c["kind"] == "match" and c["status"] == "parked"]
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            if set((row.get("detail") or {}).get("candidates") or ()) & candidates:
+                out[(row["app"], row["app_record_id"])] = row
+        return [out[k] for k in sorted(out)]
+
     def resolve_parked_match(self, app: str, app_record_id: str) -> None:
         """The record is linked now: its review item as an ambiguous match is resolved."""
         self._conflicts = [c for c in self._conflicts if not (
