@@ -188,6 +188,11 @@ class AppConfig(_Block):
         description="compare the whole app with the store this often (hard deletes, edits saved "
                     "with old modified times); 0 turns it off; default: the connector's",
     )
+    normalize_in_apps: bool = Field(
+        False,
+        description="write the normalized form (E.164 phones, handles, lower-cased emails) back "
+                    "to a record of this app that holds a valid value written differently",
+    )
     requires_email: bool | None = Field(
         None,
         description="a record of this app is an email address (an email list): a customer "

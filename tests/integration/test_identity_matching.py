@@ -69,3 +69,15 @@ def _active_links(w: Any) -> dict[str, int]:
         if lk["state"] == "active":
             out[lk["app"]] = out.get(lk["app"], 0) + 1
     return out
+
+
+async def test_normalize_in_apps_writes_the_normalized_form_back_and_is_off_by_default(world):
+    w = world(apps=("crm", "inbox"), fields=FIELDS, app_options={"crm": {"normalize_in_apps": True}})
+    crm = w.apps["crm"].put({"email": "Nima@X.io", "phone": "+98 912 123 4567", "ig": "@Nima.R"})
+    inbox = w.apps["inbox"].put({"email": "nima@x.io", "wa": "0098 912 765 4321", "ig": "@nima.r"})
+    await w.run()
+    assert {"email": "nima@x.io", "phone": "+989121234567", "ig": "nima.r"}.items() <= w.apps["crm"].live()[crm].items()
+    assert "0098 912 765 4321" == w.apps["inbox"].live()[inbox]["wa"], "off by default: left as typed"
+    assert "@nima.r" == w.apps["inbox"].live()[inbox]["ig"]
+    again = await w.run()
+    assert 0 == again.dispatch.written
