@@ -128,7 +128,7 @@ DOUBLE_IMPORT = [  # an email-less double import in one app, and the customer it
 ]
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(drawn=FAMILY, perm=[2, 0, 1], pages=[1, 1, 1])
 @example(drawn=DOUBLE_IMPORT, perm=[0, 1, 2], pages=[1, 1, 1])
 @example(drawn=DOUBLE_IMPORT, perm=[2, 1, 0], pages=[3])
