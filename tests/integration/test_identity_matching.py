@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 FIELDS: dict[str, Any] = {
     "email": "email",
     "first_name": "first",
@@ -71,8 +73,9 @@ def _active_links(w: Any) -> dict[str, int]:
     return out
 
 
-async def test_normalize_in_apps_writes_the_normalized_form_back_and_is_off_by_default(world):
-    w = world(apps=("crm", "inbox"), fields=FIELDS, app_options={"crm": {"normalize_in_apps": True}})
+@pytest.mark.parametrize("apps", [("crm", "inbox"), ("inbox", "crm")])
+async def test_normalize_in_apps_writes_the_normalized_form_back_and_is_off_by_default(world, apps):
+    w = world(apps=apps, fields=FIELDS, app_options={"crm": {"normalize_in_apps": True}})
     crm = w.apps["crm"].put({"email": "Nima@X.io", "phone": "+98 912 123 4567", "ig": "@Nima.R"})
     inbox = w.apps["inbox"].put({"email": "nima@x.io", "wa": "0098 912 765 4321", "ig": "@nima.r"})
     await w.run()

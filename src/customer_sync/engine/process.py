@@ -305,13 +305,15 @@ def _apply_record(
                 diff={conflict.field: [d.loser.value, d.winner.value]},
                 reason=f"{conflict.field}: {d.rule} {'parked' if d.parked else f'-> {d.winner.app}'}")
     new_base = {**(base or {}), **values}
+    if rt.config.normalize_in_apps and link["state"] == "active":
+        # the base holds what the app holds as typed: the plan sees it differ from the
+        # normalized value and writes that (with anything else the record needs)
+        new_base.update(_typed_otherwise(uow, rt, rec, values, cid))
     brings = (keys.phones or keys.handles) and not is_email_less(new_base)
     before = email_keys(uow, cid) if brings else None
     uow.set_snapshot(cid, base_key, new_base, app_fingerprint=fp, source_modified_at=rec.modified_at)
     uow.set_identities(cid, identity_values(customer["values"]) + keys.pairs())
     stats.planned += plan_customer(uow, cid, apps, now=now, reason=f"{how} via {app}")
-    if rt.config.normalize_in_apps and link["state"] == "active":
-        stats.planned += _plan_normalized_forms(uow, rt, rec, values, cid)
     if before is not None:
         new_keys = Keys(phones=keys.phones - before.phones, handles=keys.handles - before.handles)
         if new_keys.phones or new_keys.handles:
@@ -350,13 +352,13 @@ def _read_in_customer_terms(
 _NORMALIZED_KINDS = frozenset({"email", "phone", "handle"})
 
 
-def _plan_normalized_forms(uow: UnitOfWork, rt: AppRuntime, rec: AppRecord, values: Mapping[str, Any],
-                           cid: str) -> int:
-    """`normalize_in_apps`: a valid email, phone or handle the record holds written otherwise
-    than its normalized form (`+98 912 …` for `+98912…`, `@Ann` for `ann`) is written back in
-    that form, with whatever write is planned for the record already. An app whose records are
-    addresses keeps its own spelling of its address."""
-    fix: dict[str, Any] = {}
+def _typed_otherwise(uow: UnitOfWork, rt: AppRuntime, rec: AppRecord, values: Mapping[str, Any],
+                     cid: str) -> dict[str, Any]:
+    """`normalize_in_apps`: the valid emails, phones and handles this record holds written
+    otherwise than their normalized form (`+98 912 …` for `+98912…`, `@Ann` for `ann`), as
+    typed. An app whose records are addresses keeps its own spelling of its address, and a
+    field with a parked conflict is written nowhere."""
+    typed: dict[str, Any] = {}
     for fm in rt.mapping.outbound:
         if fm.spec.kind not in _NORMALIZED_KINDS or fm.part is not None or fm.app_field not in rec.fields:
             continue
@@ -364,19 +366,9 @@ def _plan_normalized_forms(uow: UnitOfWork, rt: AppRuntime, rec: AppRecord, valu
             continue
         value = values.get(fm.canonical)
         raw = rec.fields[fm.app_field]
-        if value is None or not isinstance(raw, str) or raw == fm.to_app(value):
-            continue
-        fix[fm.canonical] = value
-    if not fix:
-        return 0
-    pending = uow.pending(cid, rt.name)
-    if pending is not None and pending["op"] == "update":
-        fix = {**pending["fields"], **fix}
-    elif pending is not None:
-        return 0  # a create or a delete is already on its way
-    uow.plan_write(cid, rt.name, op="update", fields=fix, app_record_id=rec.app_record_id,
-                   reason="normalize_in_apps: written in its normalized form")
-    return 1
+        if value is not None and isinstance(raw, str) and raw != fm.to_app(value):
+            typed[fm.canonical] = raw
+    return typed
 
 
 def _link_record(uow: UnitOfWork, app: str, rid: str, cid: str, *, how: str) -> dict[str, Any]:
