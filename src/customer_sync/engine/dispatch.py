@@ -163,6 +163,10 @@ def _bases(store: Store, rt: AppRuntime, rows: list[dict[str, Any]], pairs: list
     with store.transaction() as conn:
         uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id=run_id)
         uow.load_bases(pairs)
+        if rt.mapping.full_name_field is not None:
+            # an update of one name part writes the app's one name field whole: the other part
+            # comes from the customer (read here: the unit of work is used after this closes)
+            uow.load_customers({cid for cid, _ in pairs})
         overtaken = _recheck_left_sending(uow, rt, rows)
     return uow, overtaken
 
@@ -367,7 +371,8 @@ async def _build_ops(
             ops.append(WriteOp(key=key, op="delete", app_record_id=row["app_record_id"]))
             continue
         if row["op"] == "create":
-            ops.append(WriteOp(key=key, op="create", fields=rt.mapping.to_app(row["fields"]),
+            # a create holds every value the record is to have: a name part it lacks is empty
+            ops.append(WriteOp(key=key, op="create", fields=rt.mapping.to_app(row["fields"], customer={}),
                                idempotency_key=idempotency_key(row["customer_id"], rt.name),
                                uncertain_since=_uncertain_since(row)))
             continue
@@ -392,7 +397,7 @@ async def _build_ops(
                     fields_to_write.pop(f)
         if fields_to_write:
             # a one-field full name is written whole: the other part comes from the customer
-            customer = uow.customer(row["customer_id"]) if rt.mapping.full_name_field else None
+            customer = uow.customers.get(row["customer_id"]) if rt.mapping.full_name_field else None
             ops.append(WriteOp(key=key, op="update", app_record_id=row["app_record_id"],
                                fields=rt.mapping.to_app(fields_to_write,
                                                         customer=customer["values"] if customer else None)))

@@ -436,6 +436,9 @@ def _settle_email_less(
                     reason=f"{found.how}: moved from customer {holder}")
             _merge_moved(uow, record, moved, snap, apps, rules, now=now, stats=stats)
         _retire_if_empty(uow, holder, now=now)
+        # a customer that lost its record in an app is created there (or its duplicate, now
+        # promoted, written to) like any customer the app does not hold
+        stats.planned += plan_customer(uow, holder, apps, now=now, reason="a record of it was parked or moved")
 
 
 def _aware(at: datetime | None) -> datetime | None:
