@@ -28,6 +28,7 @@ from customer_sync.sdk import (
 )
 from customer_sync_connectors.hubspot.models import (
     BatchResponse,
+    Contact,
     ContactPage,
     SearchPage,
     parse,
@@ -192,6 +193,12 @@ class HubSpotClient:
     async def batch(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse:
         """A batch call (`batch/read`, `batch/upsert`...); 200, 201 and 207 are answers."""
         return await self._post(BatchResponse, action, body, idempotent=idempotent)
+
+    async def merge(self, primary_id: str, merged_id: str) -> Contact:
+        """POST contacts/merge: fold `merged_id` into `primary_id`; the survivor comes back.
+        Not resent after an unclear failure here: the connector checks what happened first."""
+        body = {"primaryObjectId": primary_id, "objectIdToMerge": merged_id}
+        return await self._post(Contact, "merge", body, idempotent=False)
 
     async def archive(self, app_record_ids: Sequence[str]) -> None:
         """batch/archive; archiving twice leaves a contact archived, so it is safe to resend."""

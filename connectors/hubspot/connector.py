@@ -45,6 +45,8 @@ from customer_sync.sdk import (
     ConnectorError,
     Cursor,
     RecordGone,
+    RecordRejected,
+    TransientError,
     WebhookRefused,
     WriteOp,
     WriteOutcome,
@@ -97,6 +99,7 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         | Capability.FIELD_MODIFIED_AT
         | Capability.SEARCH_BY_EMAIL
         | Capability.UPSERT
+        | Capability.MERGE
     )
     object_types = ("contact",)
     batch_size = 100
@@ -480,6 +483,23 @@ class HubSpotConnector(Connector[HubSpotSettings]):
         return list(found.values())
 
     # -- writes ---------------------------------------------------------------------------------
+
+    async def merge(self, survivor_id: str, merged_id: str) -> str:
+        """contacts/merge, `merged_id` into `survivor_id`; the survivor's id comes back.
+
+        HubSpot refuses a merge whose secondary is already merged (it answers as the primary:
+        "cannot merge an object into itself") or gone (404). Either can be our own earlier merge
+        whose answer was lost, so a refusal is checked against the two ids before it stands.
+        """
+        try:
+            return (await self.client.merge(survivor_id, merged_id)).id
+        except (RecordGone, RecordRejected, TransientError):
+            found, merged = await self._batch_read([survivor_id, merged_id], history=False)
+            survivor = survivor_id if survivor_id in found else merged.get(survivor_id)
+            gone = merged_id not in found and merged_id not in merged
+            if survivor is not None and (gone or merged.get(merged_id) == survivor):
+                return survivor
+            raise
 
     async def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> WriteReceipt:
         """Create one contact; with an email, an upsert by email (see `create_many`)."""

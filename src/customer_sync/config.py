@@ -193,6 +193,11 @@ class AppConfig(_Block):
         description="write the normalized form (E.164 phones, handles, lower-cased emails) back "
                     "to a record of this app that holds a valid value written differently",
     )
+    merge_in_app: bool = Field(
+        False,
+        description="merge duplicates inside this app (records of one customer, such as a "
+                    "double import) with the app's own merge; needs a connector that can merge",
+    )
     requires_email: bool | None = Field(
         None,
         description="a record of this app is an email address (an email list): a customer "
@@ -588,7 +593,11 @@ def _compile_app(
         name, [c.model_dump() for c in app.filters], custom_fields=settings.custom_fields
     )
     problems += flt_problems
-    if map_problems or flt_problems or loose:
+    cannot_merge = app.merge_in_app and Capability.MERGE not in cls.capabilities
+    if cannot_merge:
+        problems.append(f"{where}.merge_in_app: connector {app.connector!r} cannot merge records "
+                        "in the app (no MERGE capability)")
+    if map_problems or flt_problems or loose or cannot_merge:
         return None
     max_retry_after_s = (
         app.max_retry_after_s if app.max_retry_after_s is not None

@@ -66,7 +66,8 @@ class Vendors:
     """A HubSpot portal and a Zendesk account on one manual clock, synced by one engine config."""
 
     def __init__(
-        self, store: Store, *, hubspot_limit: tuple[int, float] | None = (100, 10.0), **crm_settings: Any
+        self, store: Store, *, hubspot_limit: tuple[int, float] | None = (100, 10.0),
+        crm_options: dict[str, Any] | None = None, **crm_settings: Any,
     ) -> None:
         self.store = store
         self.clock = ManualClock(START)
@@ -84,7 +85,7 @@ class Vendors:
             "apps": {
                 "crm": {"connector": "hubspot", "settings": {
                     "access_token": "${HUBSPOT_TOKEN}", "app_secret": "${HUBSPOT_APP_SECRET}",
-                    **crm_settings}},
+                    **crm_settings}, **(crm_options or {})},
                 "desk": {"connector": "zendesk", "settings": {
                     "base_url": self.zendesk.base_url, "email": self.zendesk.agent_email,
                     "api_token": "${ZENDESK_API_TOKEN}", "webhook_secret": "${ZENDESK_WEBHOOK_SECRET}",

@@ -194,6 +194,9 @@ def resolve_conflict(
         row = conn.execute(select(conflicts_t).where(conflicts_t.c.id == conflict_id)).mappings().first()
         if row is None:
             raise NotFound(f"no conflict {conflict_id}")
+        if row["kind"] == "merge":
+            raise ConfigError(f"conflict {conflict_id}: {row['app']} refused to merge a duplicate; "
+                              "merge the two records in the app")
         if row["kind"] != "field":
             raise ConfigError(f"conflict {conflict_id} is an ambiguous match; link or merge the records in the app")
         if row["status"] == "resolved":

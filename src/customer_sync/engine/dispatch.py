@@ -23,6 +23,8 @@
 4. **confirm** in one transaction: links for new records, the app's base and the fingerprint of
    what it now holds (how the echo is recognised), the change log, and the outbox row removed.
 Transient failures back off and retry; a record the app refuses becomes a dead letter.
+5. **merge** duplicates inside the app, once its writes are out, where the operator asked for it
+   (`merge_in_app`, see `engine.merge_in_app`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 
 from customer_sync.canonical import identity_values
 from customer_sync.conflicts.three_way import is_empty
+from customer_sync.engine.merge_in_app import merge_duplicates
 from customer_sync.engine.plan import desired_fields, plan_customer, same_value
 from customer_sync.engine.process import Counts, app_fingerprint
 from customer_sync.errors import AuthError, MappingError, RateLimited, RecordGone, TransientError
@@ -71,6 +74,7 @@ class DispatchStats(Counts):
     rejected: int = 0
     retried: int = 0
     adopted: int = 0  # creates answered by linking a record the app already held
+    merged: int = 0  # duplicates merged in the app (`merge_in_app`)
 
 
 def idempotency_key(customer_id: str, app: str) -> str:
@@ -113,6 +117,12 @@ async def dispatch_app(
     while True:
         rows = await asyncio.to_thread(_claim, store, rt.name, now(), batch_size, creates=creates)
         if not rows:
+            # duplicates inside the app, merged there once its writes are out (`merge_in_app`)
+            merged = await merge_duplicates(store, rt, connector, now=now, identity_key=identity_key,
+                                            run_id=run_id, limit=batch_size)
+            stats.merged += merged.merged
+            stats.rejected += merged.refused
+            stats.retried += merged.retried
             return stats
         faults("mid_dispatch")
         updates = [(r["customer_id"], rt.name) for r in rows if r["op"] == "update"]

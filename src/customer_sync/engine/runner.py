@@ -130,7 +130,7 @@ class RoundResult:
         """The round changed something, or left work that is ready now."""
         p, d = self.process, self.dispatch
         return bool(self.more or self.waiting or p.planned or p.updated or p.created or p.deleted
-                    or d.written or d.created or d.deleted or d.deferred or d.adopted)
+                    or d.written or d.created or d.deleted or d.deferred or d.adopted or d.merged)
 
     @property
     def quiet(self) -> bool:

@@ -58,6 +58,9 @@ class Capability(enum.Flag):
     # A record is an email address (an email list's member): the engine never creates a
     # customer without an email here, and never rewrites a record's own address.
     REQUIRES_EMAIL = enum.auto()
+    # merge() folds one record into another of the same app, as the app's own merge does
+    # (duplicates inside one app are merged there when the operator sets `merge_in_app`).
+    MERGE = enum.auto()
 
 
 class ConnectorSettings(BaseModel):
@@ -270,6 +273,19 @@ class Connector(Generic[S]):
 
     async def delete(self, app_record_id: str) -> None:
         """Delete or archive a record (Capability.DELETE)."""
+        raise NotImplementedError
+
+    async def merge(self, survivor_id: str, merged_id: str) -> str:
+        """Merge record `merged_id` into `survivor_id` with the app's own merge
+        (Capability.MERGE); returns the surviving record's id (some apps give it a new one).
+
+        Must be safe to call again after a lost answer: when `merged_id` is already gone, or
+        already answers as the survivor, return the survivor's id instead of failing.
+
+        Raises:
+            RecordGone: the survivor no longer exists.
+            RecordRejected: the app refuses this merge (the engine lists it for review).
+        """
         raise NotImplementedError
 
     def list_ids(self) -> AsyncIterator[list[str]]:
