@@ -501,6 +501,22 @@ class ConnectorConformance:
             live = [i async for chunk in connector.list_ids() for i in chunk]
             assert rid not in live
 
+    # -- merges -----------------------------------------------------------------------------------
+
+    async def test_merge_leaves_the_survivor_and_is_safe_to_ask_again(self, connector, fake_api) -> None:
+        """`merge` (MERGE) folds one record into another: the survivor answers, the merged one
+        is gone or answers as the survivor, and asking again (a lost answer) answers the same."""
+        if Capability.MERGE not in connector.capabilities:
+            pytest.skip("connector does not merge records")
+        keep = fake_api.seed(fake_api.sample_fields(980))
+        fold = fake_api.seed(fake_api.sample_fields(981))
+        survivor = await connector.merge(keep, fold)
+        assert survivor == await connector.merge(keep, fold)
+        records = await connector.read([survivor, fold])
+        live = [r for r in records if not r.deleted and r.merged_into is None]
+        assert [survivor] == [r.app_record_id for r in live]
+        assert all(r.merged_into in (None, survivor) for r in records)
+
     # -- mapping and privacy ----------------------------------------------------------------------
 
     def test_default_mapping_covers_required_fields(self, connector) -> None:
