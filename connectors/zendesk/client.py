@@ -191,6 +191,14 @@ class ZendeskClient:
         )
         return User.model_validate(self._json(response, "user", operation="users.update"))
 
+    async def merge(self, user_id: int, into_id: int) -> User:
+        """MergeEndUsers: end user `user_id` merged into end user `into_id`, which comes back."""
+        response = await self.http.request(
+            "PUT", f"/api/v2/users/{user_id}/merge", operation="users.merge",
+            json={"user": {"id": into_id}}, app_record_id=str(user_id),
+        )
+        return User.model_validate(self._json(response, "user", operation="users.merge"))
+
     async def delete(self, user_id: int) -> None:
         """DeleteUser: Zendesk's soft delete (the user shows `active: false`)."""
         await self.http.request("DELETE", f"/api/v2/users/{user_id}", operation="users.delete",

@@ -104,7 +104,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
     capabilities = (
         Capability.INCREMENTAL | Capability.WEBHOOKS | Capability.BATCH_WRITE
         | Capability.DELETE | Capability.DELETES_VISIBLE | Capability.SEARCH_BY_EMAIL
-        | Capability.UPSERT
+        | Capability.UPSERT | Capability.MERGE
     )
     object_types = ("user",)
     batch_size = MAX_BULK
@@ -536,6 +536,27 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         if refusal is not None:
             raise refusal
         await self.api.delete(int(app_record_id))
+
+    async def merge(self, survivor_id: str, merged_id: str) -> str:
+        """MergeEndUsers: `merged_id` into `survivor_id` (end users only; the survivor keeps its id).
+
+        A merge asked again after a lost answer finds the merged user gone (404): when the
+        survivor is live and the merged user is not, that is the merge done.
+        """
+        for rid in (survivor_id, merged_id):
+            if not _is_user_id(rid):
+                raise self.error(RecordGone, "not a Zendesk user id", operation="users.merge", app_record_id=rid)
+            refusal = self._staff_refusal(app_record_id=rid, operation="users.merge")
+            if refusal is not None:
+                raise refusal
+        try:
+            await self.api.merge(int(merged_id), int(survivor_id))
+        except (RecordGone, RecordRejected, TransientError):
+            live = {r.app_record_id for r in await self.read([survivor_id, merged_id])}
+            if survivor_id in live and merged_id not in live:
+                return survivor_id
+            raise
+        return survivor_id
 
     # -- webhooks -------------------------------------------------------------------------------
 

@@ -282,6 +282,21 @@ async def test_delete_user_conforms(oas: OpenAPI, api: httpx.AsyncClient,
     assert_conforms(oas, response)
 
 
+async def test_merge_end_users_conforms(oas: OpenAPI, api: httpx.AsyncClient,
+                                        sim: ZendeskSimulator) -> None:
+    """MergeEndUsers -> 200 with the user merged into; the path user is deleted and its email
+    moves to the target."""
+    twin = sim.add_user(name="Ann Lee", email="ann.twin@example.com")
+    response = await api.put(f"/api/v2/users/{twin}/merge.json", json={"user": {"id": ann_id(sim)}})
+
+    assert 200 == response.status_code
+    assert_conforms(oas, response)
+    assert ann_id(sim) == response.json()["user"]["id"]
+    assert sim.find_user_id(email="ann.twin@example.com") == ann_id(sim)
+    assert (await api.put(f"/api/v2/users/{twin}/merge.json",
+                          json={"user": {"id": ann_id(sim)}})).status_code == 404
+
+
 async def test_create_identity_conforms(oas: OpenAPI, api: httpx.AsyncClient,
                                         sim: ZendeskSimulator) -> None:
     """CreateUserIdentity -> 201."""
@@ -385,7 +400,7 @@ IMPLEMENTED = {
     "ShowCurrentUser", "ShowUser", "ShowManyUsers", "SearchUsers", "ListUserIdentities",
     "IncrementalUserExportCursor", "IncrementalUserExportTime", "CreateUser",
     "CreateOrUpdateUser", "UpdateUser", "DeleteUser", "CreateUserIdentity",
-    "CreateOrUpdateManyUsers", "ShowJobStatus",
+    "CreateOrUpdateManyUsers", "ShowJobStatus", "MergeEndUsers",
 }
 
 

@@ -111,6 +111,26 @@ async def test_a_refused_merge_is_parked_for_review_and_not_asked_again(store):
         parked["status"], parked["app_record_id"], parked["detail"]["reason"])
 
 
+async def test_a_zendesk_double_import_is_merged_there(store):
+    """Zendesk's MergeEndUsers (CONTRACTS.md §2): the duplicate end user is merged into the
+    customer's user, which keeps its id; HubSpot gets Ida once."""
+    v = Vendors(store, desk_options={"merge_in_app": True})
+    earlier = START - timedelta(days=1)
+    kept = v.zendesk.add_user(name="Ida Moss", phone="+14155550120", updated_at=earlier)
+    twin = v.zendesk.add_user(name="Ida Moss", phone="+1 (415) 555-0120",
+                              updated_at=earlier + timedelta(seconds=3))
+    async with v.engine() as engine:
+        await engine.run_once()
+        v.later()
+        await engine.run_once()
+    assert (True, False) == ((v.zendesk.get_user(kept) or {})["active"], (v.zendesk.get_user(twin) or {})["active"])
+    assert 1 == len(v.hubspot.contact_ids())
+    assert [] == links(v, "duplicate")
+    (customer,) = v.customers()
+    desk = [lk for lk in v.active_links() if lk["app"] == "desk"]
+    assert [(customer["customer_id"], str(kept))] == [(lk["customer_id"], lk["app_record_id"]) for lk in desk]
+
+
 def test_merge_in_app_is_refused_for_a_connector_that_cannot_merge():
     data = {"daemon": {"store_url": "sqlite://"},
             "apps": {"db": {"connector": "sql", "merge_in_app": True,

@@ -67,7 +67,8 @@ class Vendors:
 
     def __init__(
         self, store: Store, *, hubspot_limit: tuple[int, float] | None = (100, 10.0),
-        crm_options: dict[str, Any] | None = None, **crm_settings: Any,
+        crm_options: dict[str, Any] | None = None, desk_options: dict[str, Any] | None = None,
+        **crm_settings: Any,
     ) -> None:
         self.store = store
         self.clock = ManualClock(START)
@@ -89,7 +90,7 @@ class Vendors:
                 "desk": {"connector": "zendesk", "settings": {
                     "base_url": self.zendesk.base_url, "email": self.zendesk.agent_email,
                     "api_token": "${ZENDESK_API_TOKEN}", "webhook_secret": "${ZENDESK_WEBHOOK_SECRET}",
-                    "job_poll_interval_s": 1.0}},
+                    "job_poll_interval_s": 1.0}, **(desk_options or {})},
             },
         }
         env = {"HUBSPOT_TOKEN": HUBSPOT_TOKEN, "HUBSPOT_APP_SECRET": HUBSPOT_SECRET,

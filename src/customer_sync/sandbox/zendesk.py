@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import contextlib
 import hashlib
 import hmac
 import json
@@ -192,6 +193,13 @@ _ROUTES: list[tuple[str, str, str, str, bool]] = [
     ("GET", r"/api/v2/users/(?P<user_id>\d+)", "/api/v2/users/{user_id}", "_show", False),
     ("PUT", r"/api/v2/users/(?P<user_id>\d+)", "/api/v2/users/{user_id}", "_update", False),
     ("DELETE", r"/api/v2/users/(?P<user_id>\d+)", "/api/v2/users/{user_id}", "_delete", False),
+    (
+        "PUT",
+        r"/api/v2/users/(?P<user_id>\d+)/merge",
+        "/api/v2/users/{user_id}/merge",
+        "_merge",
+        False,
+    ),
     (
         "GET",
         r"/api/v2/users/(?P<user_id>\d+)/identities",
@@ -829,6 +837,33 @@ class ZendeskSimulator:
             return _not_found()
         self._soft_delete(user)
         return JSONResponse({"user": self._render(user, base)})
+
+    async def _merge(self, request: Request, base: str, user_id: str) -> Response:
+        """MergeEndUsers: the path user is merged into the user the body names (support-api-oas
+        `PUT /api/v2/users/{user_id}/merge`). Both must be end users; the path user's identities
+        move to the target and the path user is deleted (Zendesk's help page on merging users;
+        which of its other values the target takes, and the refusal's status and body, are
+        UNVERIFIED: here the target keeps its own and takes none)."""
+        source = self._users.get(int(user_id))
+        if source is None or not source.active:
+            return _not_found()
+        try:
+            spec = await self._json_body(request, "user", dict)
+        except _BadRequest as exc:
+            return exc.response()
+        target_id = spec.get("id")
+        target = self._users.get(target_id) if isinstance(target_id, int) else None
+        if target is None or not target.active:
+            return _not_found()
+        if target.id == source.id or source.role != "end-user" or target.role != "end-user":
+            return _invalid("user", "InvalidValue", "User: only two different end users can be merged").response()
+        moved = list(source.identities)
+        self._soft_delete(source)
+        for identity in moved:
+            with contextlib.suppress(RecordInvalid):
+                self._add_identity(target, identity.type, identity.value, verified=identity.verified)
+        self._touch(target)
+        return JSONResponse({"user": self._render(target, base)})
 
     async def _create_identity(self, request: Request, base: str, user_id: str) -> Response:
         user = self._users.get(int(user_id))
