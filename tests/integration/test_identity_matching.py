@@ -65,6 +65,21 @@ async def test_an_email_less_double_import_in_one_app_joins_one_customer(world):
     assert 0 == again.dispatch.written
 
 
+async def test_a_duplicate_deleted_without_a_trace_is_found_by_the_id_scan(world):
+    """A hard delete of the duplicate (no tombstone) is seen by reconciliation's id scan: its
+    link goes, and the customer and its record in every app stay."""
+    w = world(apps=("inbox", "crm"), fields=FIELDS, app_options={"inbox": {"reconcile_interval_s": 60}})
+    first = w.apps["inbox"].put({"first": "Reza", "wa": "+989121112233"})
+    second = w.apps["inbox"].put({"first": "Reza", "wa": "+98 912 111 2233"})
+    await w.run()
+    (dup,) = [lk["app_record_id"] for lk in w.links() if lk["state"] == "duplicate"]
+    del w.apps["inbox"].records[dup]  # gone from the table, no trace left
+    await w.run(reconcile=True)
+    assert {first, second} - {dup} == {lk["app_record_id"] for lk in w.links() if lk["app"] == "inbox"}
+    assert 1 == len(w.customers()) and 1 == len(w.apps["crm"].live())
+    assert any("duplicate deleted in inbox" == e["reason"] for e in w.changelog("deleted"))
+
+
 def _active_links(w: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for lk in w.links():

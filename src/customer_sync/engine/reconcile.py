@@ -86,7 +86,7 @@ def _queue_gone(engine: Engine, app: str, live: set[str], started: datetime) -> 
     with engine.store.transaction() as conn:
         linked = conn.execute(
             select(links_t.c.app_record_id).where(
-                links_t.c.app == app, links_t.c.state == "active", links_t.c.linked_at < started)
+                links_t.c.app == app, links_t.c.state.in_(("active", "duplicate")), links_t.c.linked_at < started)
         ).scalars().all()
         gone = [rid for rid in linked if rid not in live]
         if gone:
