@@ -483,12 +483,21 @@ def _list_conflicts(config_path: Path, *, show_all: bool, as_json: bool) -> None
         ] if row["kind"] == "field" else [
             row["id"], row["kind"], row["status"],
             f"{row['app']} record {row['app_record_id']}", EMPTY, EMPTY,
-            f"{len((row['detail'] or {}).get('candidates', []))} candidates", EMPTY,
+            _review_reason(row["detail"] or {}), EMPTY,
             format_time(row["created_at"]),
         ] for row in rows],
     ))
     if any(row["status"] == "parked" and row["kind"] == "field" for row in rows):
         typer.echo("resolve with: customer-sync conflicts resolve ID --take APP")
+
+
+def _review_reason(detail: dict[str, Any]) -> str:
+    """What a match or merge review item is about, in a few words."""
+    if detail.get("candidates"):
+        return f"{len(detail['candidates'])} candidates ({detail.get('reason', 'ambiguous')})"
+    if detail.get("duplicate_of"):
+        return f"{detail.get('reason', 'duplicate')} of {detail['duplicate_of']}"
+    return str(detail.get("reason") or EMPTY)
 
 
 def _side(app_name: str | None, value: Any) -> str:
