@@ -189,9 +189,15 @@ class MailchimpConnector(Connector[MailchimpSettings]):
                 "count": 1, "offset": 0})
             for member in newest.members:
                 if member.last_changed is not None:
-                    state.archived.advance(member.id, _epoch(member.last_changed), "")
+                    state.archived.advance(member.id, _epoch(member.last_changed),
+                                           _digest(self._record(member)))
             async for records in self._stream(state.live, status=None):
                 yield ChangePage(records=records, cursor=state.encode())
+            if state.archived.at is None and state.live.at is not None:
+                # No archived member yet: archives from now on are newer than the newest
+                # member listed (minus the late-arrival window, as ever).
+                state.archived.at = state.live.at
+                yield ChangePage(records=[], cursor=state.encode())
             return
         async for records in self._stream(state.live, status=None):
             yield ChangePage(records=records, cursor=state.encode())
@@ -223,7 +229,7 @@ class MailchimpConnector(Connector[MailchimpSettings]):
                     continue
                 at = _epoch(member.last_changed)
                 record = self._record(member)
-                digest = fingerprint({"deleted": record.deleted, **record.fields})
+                digest = _digest(record)
                 if not mark.is_new(member.id, at, digest, late_s):
                     continue
                 mark.advance(member.id, at, digest)
@@ -620,6 +626,11 @@ def _problem_text(response: str | None) -> str:
         if names:
             parts.append(f"(fields: {', '.join(names)})")
     return redact_text(": ".join(parts))[:240]
+
+
+def _digest(record: AppRecord) -> str:
+    """What a listed member is told apart by within one `last_changed` second."""
+    return fingerprint({"deleted": record.deleted, **record.fields})
 
 
 def _epoch(at: datetime) -> int:

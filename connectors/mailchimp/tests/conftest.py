@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from customer_sync_connectors.mailchimp import MailchimpConnector, MailchimpSettings
 from pydantic import SecretStr
 
 from customer_sync.sandbox._common import ManualClock
 from customer_sync.sandbox.mailchimp import MailchimpSimulator
-from customer_sync_connectors.mailchimp import MailchimpConnector, MailchimpSettings
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 WEBHOOK_URL = "https://sync.example.org/webhooks/list"

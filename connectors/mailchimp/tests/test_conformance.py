@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from customer_sync_connectors.mailchimp import MailchimpConnector
 
 from customer_sync.sandbox.mailchimp import MailchimpSimulator, parse_form, subscriber_hash
 from customer_sync.testing.conformance import (
@@ -20,9 +21,8 @@ from customer_sync.testing.conformance import (
     LostAnswerTransport,
     WebhookDelivery,
 )
-from customer_sync_connectors.mailchimp import MailchimpConnector
 
-from .conftest import WEBHOOK_URL, RecordingTransport, settings_for  # noqa: TID252
+from .conftest import WEBHOOK_URL, RecordingTransport, settings_for
 
 _MERGE = ("FNAME", "LNAME", "PHONE")
 
