@@ -409,18 +409,20 @@ class MailchimpSimulator:
 
     def _render_batch(self, batch: _Batch) -> Json:
         finished = batch.status == "finished"
-        return {
+        out: Json = {
             "id": batch.id, "status": batch.status,
             "total_operations": len(batch.operations),
             "finished_operations": len(batch.operations) if finished else 0,
             "errored_operations": batch.errored if finished else 0,
             "submitted_at": _iso(batch.submitted_at),
-            "completed_at": _iso(batch.completed_at) if batch.completed_at else "",
-            "response_body_url": (f"{self.results_base}/batch-results/{batch.id}-response.tar.gz"
-                                  if finished else ""),
             "_links": [{"rel": "self", "href": f"{self.base_url}/batches/{batch.id}",
                         "method": "GET"}],
         }
+        if finished and batch.completed_at is not None:
+            out["completed_at"] = _iso(batch.completed_at)
+            out["response_body_url"] = (
+                f"{self.results_base}/batch-results/{batch.id}-response.tar.gz")
+        return out
 
     def _archive_bytes(self, batch: _Batch) -> bytes:
         """The gzipped tar of JSON files, each an array of results (CONTRACTS.md)."""
