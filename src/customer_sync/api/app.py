@@ -8,6 +8,10 @@ status, and bad input is never a 5xx (a 5xx makes the vendor retry forever): 401
 `MAX_BODY_BYTES`, refused while it streams in, so no more than that is ever held), and 503 with
 `Retry-After` when the store is busy (the vendor delivers again later; nothing was written).
 
+`GET /webhooks/{app}` answers 200 for a configured app and touches nothing: vendors check a
+callback URL that way before they save a webhook (Mailchimp does, per third-party accounts;
+CONTRACTS.md does not say).
+
 `/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
 way intake uses it, with the same short lock wait, and says why it is not ready.
 """
@@ -103,6 +107,11 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
         log.info("webhook.accepted", app=app, count=count)
         return JSONResponse({"accepted": count})
 
+    async def webhook_check(request: Request) -> JSONResponse:
+        if request.path_params["app"] not in engine.apps:
+            return JSONResponse({"error": "no such app"}, status_code=404)
+        return JSONResponse({"status": "ok"})
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -122,6 +131,7 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
 
     return Starlette(routes=[
         Route("/webhooks/{app}", webhook, methods=["POST"]),
+        Route("/webhooks/{app}", webhook_check, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ])

@@ -114,3 +114,13 @@ async def test_health_and_readiness(client):
     assert 200 == (await http.get("/healthz")).status_code
     ready = await http.get("/readyz")
     assert (200, "ready") == (ready.status_code, ready.json()["status"])
+
+
+async def test_a_vendors_url_check_is_answered_and_stores_nothing(client):
+    """A GET on a configured app's webhook URL (how Mailchimp checks a callback URL before it
+    saves a webhook) is 200 and writes nothing; an unknown app is 404."""
+    http, store = client
+    ok = await http.get("/webhooks/crm?secret=anything")
+    unknown = await http.get("/webhooks/nope")
+    assert (200, 404) == (ok.status_code, unknown.status_code)
+    assert [] == pending(store)

@@ -1,0 +1,113 @@
+"""Shared fixtures of the Mailchimp connector tests: the simulator behind a recording transport.
+
+Every request the connector sends goes through `RecordingTransport` into the in-process
+`MailchimpSimulator`, so tests can count requests by route and status. Nothing here reaches
+the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from customer_sync_connectors.mailchimp import MailchimpConnector, MailchimpSettings
+from pydantic import SecretStr
+
+from customer_sync.sandbox._common import ManualClock
+from customer_sync.sandbox.mailchimp import MailchimpSimulator
+
+T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+WEBHOOK_URL = "https://sync.example.org/webhooks/list"
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Forwards to the simulator's ASGI app and keeps every exchange."""
+
+    def __init__(self, sim: MailchimpSimulator) -> None:
+        self._inner = httpx.ASGITransport(app=sim.app)
+        self.exchanges: list[tuple[httpx.Request, httpx.Response]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        await response.aread()
+        self.exchanges.append((request, response))
+        return response
+
+    @property
+    def statuses(self) -> list[int]:
+        return [response.status_code for _, response in self.exchanges]
+
+    def routes(self) -> list[str]:
+        """`METHOD path` of every request, ids replaced by `{id}`, in order."""
+        out = []
+        for request, _ in self.exchanges:
+            parts = ["{id}" if len(p) in (10, 32) and p.isalnum() else p
+                     for p in request.url.path.split("/")]
+            out.append(f"{request.method} {'/'.join(parts)}")
+        return out
+
+
+class FakeSleep:
+    """An async sleep that moves the manual clock instead of waiting, and remembers each wait."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
+
+
+def settings_for(sim: MailchimpSimulator, **overrides: object) -> MailchimpSettings:
+    values: dict[str, object] = {
+        "list_id": sim.list_id,
+        "api_key": SecretStr(sim.api_key),
+        "webhook_signing_secret": (SecretStr(sim.webhook_signing_secret)
+                                   if sim.webhook_signing_secret else None),
+        **overrides,
+    }
+    return MailchimpSettings.model_validate(values)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def fake_sleep(clock: ManualClock) -> FakeSleep:
+    return FakeSleep(clock)
+
+
+@pytest.fixture
+def sim(clock: ManualClock) -> MailchimpSimulator:
+    return MailchimpSimulator(clock=clock)
+
+
+@pytest.fixture
+def transport(sim: MailchimpSimulator) -> RecordingTransport:
+    return RecordingTransport(sim)
+
+
+@pytest.fixture
+def make_connector(sim: MailchimpSimulator, transport: RecordingTransport, clock: ManualClock,
+                   fake_sleep: FakeSleep) -> Callable[..., MailchimpConnector]:
+    """Build (not open) a connector on the simulator, the manual clock and the fake sleep."""
+
+    def make(**overrides: object) -> MailchimpConnector:
+        return MailchimpConnector(settings_for(sim, **overrides), app="list",
+                                  transport=transport, clock=clock, sleep=fake_sleep)
+
+    return make
+
+
+@pytest.fixture
+async def connector(make_connector: Callable[..., MailchimpConnector]
+                    ) -> AsyncIterator[MailchimpConnector]:
+    async with make_connector(batch_poll_interval_s=1.0) as c:
+        yield c
