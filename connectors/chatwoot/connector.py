@@ -213,7 +213,9 @@ class ChatwootConnector(Connector[ChatwootSettings]):
         wanted = _digits(phone)
         if not wanted:
             return []
-        return [self._record(c) for c in await self._search(phone.strip())
+        # Chatwoot matches `q` as a substring; stored phones are E.164, so the digits alone
+        # find the number however it was typed here.
+        return [self._record(c) for c in await self._search(wanted)
                 if _digits(c.phone_number or "") == wanted]
 
     async def _search(self, q: str) -> list[Contact]:
