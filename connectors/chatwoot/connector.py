@@ -260,11 +260,22 @@ class ChatwootConnector(Connector[ChatwootSettings]):
             own = await self._own(identifier)
             if own is not None:
                 return self._receipt(own, fields)
-            taken = ", ".join(a for a in exc.attributes if a != "identifier") or "identifier"
-            raise self.error(RecordRejected, f"Chatwoot holds this {taken} on another contact "
-                             "(one per account); it is linked once a scan or webhook reads it",
-                             operation=operation) from None
+            taken = [a for a in exc.attributes if a != "identifier"] or ["identifier"]
+            holders = await self._holders(body, taken)
+            raise self.error(RecordRejected, f"Chatwoot holds this {', '.join(taken)} on another "
+                             f"contact ({holders or 'id unknown'}; one per account); it is linked "
+                             "once a scan or webhook reads it", operation=operation) from None
         return self._receipt(contact, fields)
+
+    async def _holders(self, body: Mapping[str, Any], taken: Sequence[str]) -> str:
+        """The ids of the contacts holding the email or phone a create was refused for (ids
+        only: the message reaches the change log)."""
+        found: list[AppRecord] = []
+        if "email" in taken and body.get("email"):
+            found += await self.search_by_email(str(body["email"]))
+        if "phone_number" in taken and body.get("phone_number"):
+            found += await self.search_by_phone(str(body["phone_number"]))
+        return ", ".join(dict.fromkeys(f"contact {r.app_record_id}" for r in found))
 
     async def _own(self, identifier: str) -> Contact | None:
         """The contact holding this identifier (the one an earlier send of a create made)."""

@@ -239,7 +239,7 @@ async def test_a_create_whose_phone_another_contact_holds_is_refused_not_linked(
         connector: ChatwootConnector, sim: ChatwootSimulator) -> None:
     """Chatwoot keeps one contact per phone: a contact holding it that the sync did not create
     is someone else's record, so the create is refused (the next scan links it by phone)."""
-    sim.add_contact(name="Walk-in", phone_number="+989351112233", identifier="shop-77")
+    holder = sim.add_contact(name="Walk-in", phone_number="+989351112233", identifier="shop-77")
 
     (outcome,) = await connector.write_many([WriteOp(
         key="k", op="create", fields={"phone_number": "+989351112233", "name": "Neda"},
@@ -247,6 +247,7 @@ async def test_a_create_whose_phone_another_contact_holds_is_refused_not_linked(
 
     assert isinstance(outcome.error, RecordRejected)
     assert "phone_number" in str(outcome.error)
+    assert f"contact {holder}" in str(outcome.error)
     assert "+989" not in str(outcome.error)
     assert 1 == sim.contact_count
 
