@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
 SECRETS = {"HUBSPOT_TOKEN": "pat-na1-secret-7f3c", "HUBSPOT_APP_SECRET": "hs-app-secret-9d1e",
            "ZENDESK_API_TOKEN": "zd-token-4b2a",
-           "ZENDESK_WEBHOOK_SECRET": "zd-hook-secret-8c5f"}
+           "ZENDESK_WEBHOOK_SECRET": "zd-hook-secret-8c5f", "CHATWOOT_TOKEN": "cw-token-2e6d",
+           "CHATWOOT_WEBHOOK_SECRET": "cw-hook-secret-5a1b"}
 
 
 def test_config_example_loads_as_shipped() -> None:
@@ -27,12 +28,13 @@ def test_config_example_loads_as_shipped() -> None:
 
 
 def test_config_example_vendor_apps_load_when_uncommented() -> None:
-    """The commented HubSpot and Zendesk apps are valid once uncommented and their secrets set."""
+    """The commented HubSpot, Zendesk and Chatwoot apps are valid once uncommented and their
+    secrets set."""
     text = EXAMPLE.read_text(encoding="utf-8")
     vendor = text[text.index("# [apps.hubspot]"):]
     switched_on = "\n".join(line[2:] if line.startswith("# ") else line for line in vendor.splitlines())
     config = load_config(data=tomllib.loads(text + "\n" + switched_on), env=SECRETS)
-    assert {"crm", "shop", "hubspot", "helpdesk"} == set(config.apps)
+    assert {"crm", "shop", "hubspot", "helpdesk", "inbox"} == set(config.apps)
     assert not [s for s in SECRETS.values() if s in repr(config)]  # secrets never print
 
 
