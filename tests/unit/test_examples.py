@@ -19,7 +19,8 @@ SECRETS = {"HUBSPOT_TOKEN": "pat-na1-secret-7f3c", "HUBSPOT_APP_SECRET": "hs-app
            "ZENDESK_API_TOKEN": "zd-token-4b2a",
            "ZENDESK_WEBHOOK_SECRET": "zd-hook-secret-8c5f",
            "MAILCHIMP_API_KEY": "mc-key-0c7d-us21", "MAILCHIMP_WEBHOOK_SECRET": "mc-hook-3e9a",
-           "MAILCHIMP_URL_SECRET": "mc-url-6b1f"}
+           "MAILCHIMP_URL_SECRET": "mc-url-6b1f", "CHATWOOT_TOKEN": "cw-token-2e6d",
+           "CHATWOOT_WEBHOOK_SECRET": "cw-hook-secret-5a1b"}
 
 
 def test_config_example_loads_as_shipped() -> None:
@@ -29,13 +30,13 @@ def test_config_example_loads_as_shipped() -> None:
 
 
 def test_config_example_vendor_apps_load_when_uncommented() -> None:
-    """The commented HubSpot, Zendesk and Mailchimp apps are valid once uncommented and their
+    """The commented HubSpot, Zendesk, Mailchimp and Chatwoot apps are valid once uncommented and their
     secrets set."""
     text = EXAMPLE.read_text(encoding="utf-8")
     vendor = text[text.index("# [apps.hubspot]"):]
     switched_on = "\n".join(line[2:] if line.startswith("# ") else line for line in vendor.splitlines())
     config = load_config(data=tomllib.loads(text + "\n" + switched_on), env=SECRETS)
-    assert {"crm", "shop", "hubspot", "helpdesk", "list"} == set(config.apps)
+    assert {"crm", "shop", "hubspot", "helpdesk", "list", "inbox"} == set(config.apps)
     assert not [s for s in SECRETS.values() if s in repr(config)]  # secrets never print
 
 

@@ -68,7 +68,10 @@ async def scan_ids(engine: Engine, app: str) -> int:
     """Compare an app's live ids with its links; a linked record that is gone is a delete.
 
     The ids are read before the links: a record linked after the scan began is not taken for
-    gone (its create may have reached the app after the id listing passed it).
+    gone (its create may have reached the app after the id listing passed it). A linked id the
+    scan did not see is read once more before it counts as gone: an id scan over page numbers
+    can skip a live record when a delete shifts the pages under it, and some apps leave records
+    out of their listing (Chatwoot lists only contacts with an email, phone or identifier).
     """
     connector = engine.connectors[app]
     if Capability.ID_SCAN not in connector.capabilities:
@@ -77,18 +80,27 @@ async def scan_ids(engine: Engine, app: str) -> int:
     live: set[str] = set()
     async for chunk in connector.list_ids():
         live.update(chunk)
-    return await engine.db(_queue_gone, engine, app, live, started)
+    missing = await engine.db(_missing, engine, app, live, started)
+    if missing:
+        still = {r.app_record_id for r in await connector.read(missing) if not r.deleted}
+        missing = [rid for rid in missing if rid not in still]
+    return await engine.db(_queue_gone, engine, app, missing)
 
 
-def _queue_gone(engine: Engine, app: str, live: set[str], started: datetime) -> int:
-    """Queue a delete for every record linked before `started` that is not among `live`."""
-    now = engine.clock()
+def _missing(engine: Engine, app: str, live: set[str], started: datetime) -> list[str]:
+    """The records linked before `started` that are not among `live`."""
     with engine.store.transaction() as conn:
         linked = conn.execute(
             select(links_t.c.app_record_id).where(
                 links_t.c.app == app, links_t.c.state.in_(("active", "duplicate")), links_t.c.linked_at < started)
         ).scalars().all()
-        gone = [rid for rid in linked if rid not in live]
+    return [rid for rid in linked if rid not in live]
+
+
+def _queue_gone(engine: Engine, app: str, gone: list[str]) -> int:
+    """Queue a delete for each of `gone`."""
+    now = engine.clock()
+    with engine.store.transaction() as conn:
         if gone:
             conn.execute(insert(inbox_t), [
                 inbox_row(app, AppRecord(app_record_id=rid, deleted=True, modified_at=now), "scan", now)

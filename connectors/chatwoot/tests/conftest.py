@@ -1,0 +1,115 @@
+"""Shared fixtures of the Chatwoot connector tests: the simulator behind a recording transport.
+
+Every request the connector sends goes through `RecordingTransport` into the in-process
+`ChatwootSimulator`, so tests can count requests by route and status. Nothing here reaches the
+network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from customer_sync_connectors.chatwoot import ChatwootConnector, ChatwootSettings
+from pydantic import SecretStr
+
+from customer_sync.sandbox._common import ManualClock
+from customer_sync.sandbox.chatwoot import ChatwootSimulator
+
+T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+WEBHOOK_URL = "https://sync.example.org/webhooks/inbox"
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Forwards to the simulator's ASGI app and keeps every exchange."""
+
+    def __init__(self, sim: ChatwootSimulator) -> None:
+        self._inner = httpx.ASGITransport(app=sim.app)
+        self.exchanges: list[tuple[httpx.Request, httpx.Response]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        await response.aread()
+        self.exchanges.append((request, response))
+        return response
+
+    @property
+    def statuses(self) -> list[int]:
+        return [response.status_code for _, response in self.exchanges]
+
+    def paths(self) -> list[str]:
+        """`METHOD path` of every request after the account prefix, ids as `{id}`, in order."""
+        out = []
+        for request, _ in self.exchanges:
+            tail = request.url.path.split("/", 5)[-1]
+            parts = ["{id}" if p.isdigit() else p for p in tail.split("/")]
+            out.append(f"{request.method} /{'/'.join(parts)}")
+        return out
+
+
+class FakeSleep:
+    """An async sleep that moves the manual clock instead of waiting, and remembers each wait."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
+
+
+def settings_for(sim: ChatwootSimulator, **overrides: object) -> ChatwootSettings:
+    values: dict[str, object] = {
+        "base_url": sim.base_url,
+        "account_id": sim.account_id,
+        "api_access_token": SecretStr(sim.api_access_token),
+        "webhook_secret": SecretStr(sim.webhook_secret),
+        "inbox_id": 1,
+        **overrides,
+    }
+    return ChatwootSettings.model_validate(values)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def fake_sleep(clock: ManualClock) -> FakeSleep:
+    return FakeSleep(clock)
+
+
+@pytest.fixture
+def sim(clock: ManualClock) -> ChatwootSimulator:
+    """A simulator on the manual clock with Chatwoot's default limits."""
+    return ChatwootSimulator(clock=clock, webhook_url=WEBHOOK_URL)
+
+
+@pytest.fixture
+def transport(sim: ChatwootSimulator) -> RecordingTransport:
+    return RecordingTransport(sim)
+
+
+@pytest.fixture
+def make_connector(sim: ChatwootSimulator, transport: RecordingTransport, clock: ManualClock,
+                   fake_sleep: FakeSleep) -> Callable[..., ChatwootConnector]:
+    """Build (not open) a connector on the simulator, the manual clock and the fake sleep."""
+
+    def make(**overrides: object) -> ChatwootConnector:
+        return ChatwootConnector(settings_for(sim, **overrides), app="inbox",
+                                 transport=transport, clock=clock, sleep=fake_sleep)
+
+    return make
+
+
+@pytest.fixture
+async def connector(make_connector: Callable[..., ChatwootConnector]
+                    ) -> AsyncIterator[ChatwootConnector]:
+    async with make_connector() as c:
+        yield c
