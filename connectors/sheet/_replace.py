@@ -1,0 +1,246 @@
+"""Reading the file consistently and replacing it atomically, without ever discarding a
+version someone else saved.
+
+A write reads the file (`read_file`), builds the new content from exactly those bytes, writes
+it to a temporary file in the same folder (fsync), and puts it in place (`replace`):
+
+- On Linux the new file is swapped with the current one in one step (`renameat2` with
+  `RENAME_EXCHANGE`). The version swapped out is then compared with the bytes the new content
+  was built from. If they differ, someone saved in between: the swap is undone (their version
+  goes back in place) and `FileChanged` asks the caller to read and merge again. Nothing
+  another program saved is ever unlinked unread.
+- Elsewhere (or on a file system without the swap) the file is read again just before
+  `os.replace`, and `FileChanged` is raised when it changed. A save landing in the microseconds
+  between that check and the rename can still be replaced; docs/connectors/csv.md says so.
+
+A spreadsheet program that has the file open holds its own copy and writes it back over ours
+when the person saves: while its lock file is beside the file (`office_lock`), writes are
+refused with `FileBusy`. A save that replaces the file while we swap, or a program opening the
+file during the swap, is caught by the checks after the swap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["FileBusy", "FileChanged", "FileMissing", "Snapshot", "office_lock", "read_file",
+           "replace"]
+
+_READ_TRIES = 50
+
+
+class FileBusy(Exception):
+    """A spreadsheet program has the file open, or the system refuses to replace it."""
+
+
+class FileChanged(Exception):
+    """The file changed between the read a write was built on and the replace.
+
+    Attributes:
+        kept: a version that could be neither kept in place nor proven to be superseded, saved
+            beside the file under this name (None almost always).
+    """
+
+    def __init__(self, message: str, *, kept: str | None = None) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
+class FileMissing(Exception):
+    """The file is not there (or is empty: a save half done)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent read of the file: its bytes and what it was when read."""
+
+    data: bytes
+    exists: bool
+    inode: int = 0
+    mode: int = 0o644
+
+
+def read_file(path: Path) -> Snapshot:
+    """The file's bytes, read while nobody wrote it (the size, time and inode before and after
+    the read agree); a missing file is `Snapshot(exists=False)`.
+
+    Raises:
+        FileChanged: it kept changing under every read.
+    """
+    for _ in range(_READ_TRIES):
+        try:
+            with open(path, "rb") as f:
+                before = os.fstat(f.fileno())
+                data = f.read()
+                after = os.fstat(f.fileno())
+            now = os.stat(path)
+        except FileNotFoundError:
+            return Snapshot(data=b"", exists=False)
+        if _same_stat(before, after) and _same_stat(after, now) and len(data) == after.st_size:
+            return Snapshot(data=data, exists=True, inode=after.st_ino,
+                            mode=stat.S_IMODE(after.st_mode))
+    raise FileChanged("the file kept changing while it was read")
+
+
+def office_lock(path: Path) -> str | None:
+    """The name of a spreadsheet program's lock file beside `path`, when one is there:
+    LibreOffice's `.~lock.NAME#`, Microsoft Office's `~$NAME` (also with the name's first two
+    characters dropped, as Office does for long names)."""
+    names = [f".~lock.{path.name}#", f"~${path.name}"]
+    if len(path.name) > 2:
+        names.append(f"~${path.name[2:]}")
+    for name in names:
+        if (path.parent / name).exists():
+            return name
+    return None
+
+
+def replace(path: Path, base: Snapshot, content: bytes, *, check_locks: bool) -> None:
+    """Put `content` at `path`, where `base` is the read it was built from.
+
+    Raises:
+        FileChanged: the file is no longer `base`; read, merge and try again.
+        FileBusy: a spreadsheet program has the file open (`check_locks`), or the system
+            refused the replace (Windows, while Excel holds the file).
+    """
+    if check_locks and (lock := office_lock(path)):
+        raise FileBusy(f"the file is open in a spreadsheet program ({lock} is beside it)")
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    tmp_is_ours = True
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        ours = os.stat(tmp).st_ino
+        if not base.exists:
+            os.chmod(tmp, 0o644)
+            try:
+                os.link(tmp, path)  # creates, never replaces
+            except FileExistsError:
+                raise FileChanged("the file appeared while it was being created") from None
+            _fsync_dir(directory)
+            return
+        os.chmod(tmp, base.mode)
+        swapped = _exchange(tmp, path)
+        if not swapped:
+            if read_file(path).data != base.data:
+                raise FileChanged("the file changed while it was being written")
+            _rename(tmp, path)
+            tmp_is_ours = False
+            _fsync_dir(directory)
+            return
+        tmp_is_ours = False  # tmp now holds the version that was in place
+        displaced = tmp.read_bytes()
+        lock = office_lock(path) if check_locks else None
+        if displaced == base.data and lock is None:
+            tmp.unlink()
+            _fsync_dir(directory)
+            return
+        _undo(path, tmp, ours=ours, content=content, displaced=displaced, base=base)
+        if lock is not None:
+            raise FileBusy(f"the file was opened in a spreadsheet program ({lock}) while it "
+                           "was being written")
+        raise FileChanged("the file changed while it was being written")
+    finally:
+        if tmp_is_ours:
+            tmp.unlink(missing_ok=True)
+
+
+def _undo(path: Path, tmp: Path, *, ours: int, content: bytes, displaced: bytes,
+          base: Snapshot) -> None:
+    """After a swap that should not have happened: put the displaced version back when our file
+    is still in place as we wrote it; else drop it only when it is the version our write was
+    built from (the newer file in place was saved after ours); else keep it beside the file.
+
+    Raises:
+        FileChanged: with `kept` naming the version kept beside the file.
+    """
+    try:
+        in_place = os.stat(path)
+        still_ours = in_place.st_ino == ours and path.read_bytes() == content
+    except FileNotFoundError:
+        still_ours = False
+    if still_ours:
+        _exchange(tmp, path)  # tmp now holds our file again
+        tmp.unlink()
+    elif displaced == base.data:
+        tmp.unlink()
+    else:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        kept = path.with_name(f"{path.stem}.conflict-{stamp}{path.suffix}")
+        os.rename(tmp, kept)
+        _fsync_dir(path.parent)
+        raise FileChanged("two saves raced the write; one is kept beside the file",
+                          kept=kept.name)
+    _fsync_dir(path.parent)
+
+
+# -- the system calls ----------------------------------------------------------------------------
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: object | None = None
+_exchange_works: bool | None = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); False when the system
+    or file system cannot."""
+    global _renameat2, _exchange_works
+    if _exchange_works is False:
+        return False
+    if _renameat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError):
+            _exchange_works = False
+            return False
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        _renameat2 = fn
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),  # type: ignore[operator]
+                    _RENAME_EXCHANGE)
+    if rc == 0:
+        _exchange_works = True
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and _exchange_works is None:
+        _exchange_works = False
+        return False
+    if err == errno.ENOENT:
+        raise FileChanged("the file vanished while it was being written")
+    if err in (errno.EACCES, errno.EPERM, errno.EBUSY):
+        raise FileBusy("the system refused to replace the file")
+    raise OSError(err, os.strerror(err))
+
+
+def _rename(a: Path, b: Path) -> None:
+    try:
+        os.replace(a, b)
+    except PermissionError:
+        raise FileBusy("the system refused to replace the file (is it open in Excel?)") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_stat(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
