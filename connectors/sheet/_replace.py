@@ -159,30 +159,38 @@ def replace(path: Path, base: Snapshot, content: bytes, *, check_locks: bool) ->
 def _undo(path: Path, tmp: Path, *, ours: int, content: bytes, displaced: bytes,
           base: Snapshot) -> None:
     """After a swap that should not have happened: put the displaced version back when our file
-    is still in place as we wrote it; else drop it only when it is the version our write was
-    built from (the newer file in place was saved after ours); else keep it beside the file.
+    is still in place as we wrote it; drop the displaced version only when it is the one our
+    write was built from; keep anything else beside the file. A save that lands during the
+    undo itself is put back in place, never unlinked.
 
     Raises:
-        FileChanged: with `kept` naming the version kept beside the file.
+        FileChanged: with `kept` naming a version kept beside the file.
     """
-    try:
-        in_place = os.stat(path)
-        still_ours = in_place.st_ino == ours and path.read_bytes() == content
-    except FileNotFoundError:
-        still_ours = False
-    if still_ours:
-        _exchange(tmp, path)  # tmp now holds our file again
+    if _holds(path, ours, content):
+        _exchange(tmp, path)  # tmp holds our file again, unless someone saved in between
+        if _holds(tmp, ours, content):
+            tmp.unlink()
+            _fsync_dir(path.parent)
+            return
+        _exchange(tmp, path)  # their save back in place; tmp holds the displaced version
+    if tmp.read_bytes() == base.data:
         tmp.unlink()
-    elif displaced == base.data:
-        tmp.unlink()
-    else:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        kept = path.with_name(f"{path.stem}.conflict-{stamp}{path.suffix}")
-        os.rename(tmp, kept)
         _fsync_dir(path.parent)
-        raise FileChanged("two saves raced the write; one is kept beside the file",
-                          kept=kept.name)
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = path.with_name(f"{path.stem}.conflict-{stamp}{path.suffix}")
+    os.rename(tmp, kept)
     _fsync_dir(path.parent)
+    raise FileChanged("two saves raced the write; one is kept beside the file", kept=kept.name)
+
+
+def _holds(path: Path, inode: int, content: bytes) -> bool:
+    """`path` is the file of this inode, holding exactly `content`."""
+    try:
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()).st_ino == inode and f.read() == content
+    except FileNotFoundError:
+        return False
 
 
 # -- the system calls ----------------------------------------------------------------------------

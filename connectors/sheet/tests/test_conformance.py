@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from customer_sync.testing.conformance import ConnectorConformance
 from customer_sync_connectors.sheet import CsvConnector, CsvSettings, XlsxConnector, XlsxSettings
 from customer_sync_connectors.sheet.tests.person import SheetPerson
+
+from customer_sync.testing.conformance import ConnectorConformance
 
 
 class TestCsvConformance(ConnectorConformance):
