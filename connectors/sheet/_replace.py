@@ -1,8 +1,9 @@
 """Reading the file consistently and replacing it atomically, without ever discarding a
 version someone else saved.
 
-A write reads the file (`read_file`), builds the new content from exactly those bytes, writes
-it to a temporary file in the same folder (fsync), and puts it in place (`replace`):
+A write takes the file's lock (`file_lock`), reads the file (`read_file`), builds the new
+content from exactly those bytes, writes it to a temporary file in the same folder (fsync), and
+puts it in place (`replace`):
 
 - On Linux the new file is swapped with the current one in one step (`renameat2` with
   `RENAME_EXCHANGE`). The version swapped out is then compared with the bytes the new content
@@ -13,10 +14,12 @@ it to a temporary file in the same folder (fsync), and puts it in place (`replac
   `os.replace`, and `FileChanged` is raised when it changed. A save landing in the microseconds
   between that check and the rename can still be replaced; docs/connectors/csv.md says so.
 
-A spreadsheet program that has the file open holds its own copy and writes it back over ours
-when the person saves: while its lock file is beside the file (`office_lock`), writes are
-refused with `FileBusy`. A save that replaces the file while we swap, or a program opening the
-file during the swap, is caught by the checks after the swap.
+The lock is the one spreadsheet programs use. LibreOffice creates `.~lock.NAME#` beside a file
+it opens and refuses (or offers read-only) a file whose lock is there; Microsoft Office creates
+`~$NAME`. A program that has the file open holds its own copy and saves it over ours, so while
+either lock is there the connector does not write (`FileBusy`); while the connector writes, it
+holds `.~lock.NAME#` itself for those few milliseconds, so a program opening the file then is
+told it is in use instead of reading a version about to be replaced.
 """
 
 from __future__ import annotations
@@ -24,14 +27,22 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["FileBusy", "FileChanged", "FileMissing", "Snapshot", "office_lock", "read_file",
-           "replace"]
+__all__ = ["FileBusy", "FileChanged", "FileMissing", "Snapshot", "file_lock", "office_lock",
+           "read_file", "replace"]
+
+#: What the connector writes into the lock file it holds while writing: LibreOffice shows the
+#: first field as who has the file open. The third field (LibreOffice's user folder) holds the
+#: process id, so that a lock left by a daemon that died can be told apart and removed.
+_OWNER = "customer-sync"
 
 _READ_TRIES = 50
 
@@ -83,7 +94,16 @@ def read_file(path: Path) -> Snapshot:
             now = os.stat(path)
         except FileNotFoundError:
             return Snapshot(data=b"", exists=False)
-        if _same_stat(before, after) and _same_stat(after, now) and len(data) == after.st_size:
+        if not (_same_stat(before, after) and _same_stat(after, now)
+                and len(data) == after.st_size):
+            continue
+        # A file rewritten in place within one tick of the file system's clock keeps its size
+        # and time: a second read that agrees byte for byte rules out a torn first one.
+        try:
+            again = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        if again == data:
             return Snapshot(data=data, exists=True, inode=after.st_ino,
                             mode=stat.S_IMODE(after.st_mode))
     raise FileChanged("the file kept changing while it was read")
@@ -102,16 +122,71 @@ def office_lock(path: Path) -> str | None:
     return None
 
 
-def replace(path: Path, base: Snapshot, content: bytes, *, check_locks: bool) -> None:
-    """Put `content` at `path`, where `base` is the read it was built from.
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold the file's LibreOffice lock (`.~lock.NAME#`) for the block.
+
+    Raises:
+        FileBusy: a spreadsheet program (or another writer) holds a lock on the file.
+    """
+    lock = path.parent / f".~lock.{path.name}#"
+    if (other := office_lock(path)) and other != lock.name:
+        raise FileBusy(f"the file is open in a spreadsheet program ({other} is beside it)")
+    mine = f"{_OWNER},{socket.gethostname()},{os.getpid()},{datetime.now(UTC).isoformat()};"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _remove_if_stale(lock):
+                continue
+            raise FileBusy(f"the file is open in a spreadsheet program ({lock.name} is beside "
+                           "it)") from None
+        break
+    else:
+        raise FileBusy(f"the file is open in a spreadsheet program ({lock.name} is beside it)")
+    try:
+        os.write(fd, mine.encode())
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            if lock.read_text(encoding="utf-8", errors="replace") == mine:
+                lock.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _remove_if_stale(lock: Path) -> bool:
+    """Remove a lock this connector left in a process of this machine that is gone."""
+    try:
+        fields = lock.read_text(encoding="utf-8", errors="replace").split(",")
+    except FileNotFoundError:
+        return True
+    if len(fields) < 3 or fields[0] != _OWNER or fields[1] != socket.gethostname():
+        return False
+    try:
+        pid = int(fields[2])
+        os.kill(pid, 0)
+    except (ValueError, OverflowError):
+        return False
+    except ProcessLookupError:
+        lock.unlink(missing_ok=True)
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def replace(path: Path, base: Snapshot, content: bytes) -> None:
+    """Put `content` at `path`, where `base` is the read it was built from (call it while
+    holding `file_lock`, unless the operator switched locks off).
 
     Raises:
         FileChanged: the file is no longer `base`; read, merge and try again.
-        FileBusy: a spreadsheet program has the file open (`check_locks`), or the system
-            refused the replace (Windows, while Excel holds the file).
+        FileBusy: the system refused the replace (Windows, while Excel holds the file).
     """
-    if check_locks and (lock := office_lock(path)):
-        raise FileBusy(f"the file is open in a spreadsheet program ({lock} is beside it)")
     directory = path.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
@@ -141,15 +216,11 @@ def replace(path: Path, base: Snapshot, content: bytes, *, check_locks: bool) ->
             return
         tmp_is_ours = False  # tmp now holds the version that was in place
         displaced = tmp.read_bytes()
-        lock = office_lock(path) if check_locks else None
-        if displaced == base.data and lock is None:
+        if displaced == base.data:
             tmp.unlink()
             _fsync_dir(directory)
             return
         _undo(path, tmp, ours=ours, content=content, displaced=displaced, base=base)
-        if lock is not None:
-            raise FileBusy(f"the file was opened in a spreadsheet program ({lock}) while it "
-                           "was being written")
         raise FileChanged("the file changed while it was being written")
     finally:
         if tmp_is_ours:

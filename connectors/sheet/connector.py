@@ -21,7 +21,8 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -34,6 +35,7 @@ from customer_sync_connectors.sheet._replace import (
     FileChanged,
     FileMissing,
     Snapshot,
+    file_lock,
     read_file,
     replace,
 )
@@ -323,6 +325,11 @@ class SheetConnector(Connector[S], Generic[S]):
             FileBusy, FileMissing: (as `TransientError` from `_run`) try again later.
             TransientError: it changed under every one of `write_attempts` tries.
         """
+        locked = file_lock if self.settings.respect_office_locks else _no_lock
+        with locked(self.path):
+            return self._transact_locked(edit, operation=operation)
+
+    def _transact_locked(self, edit: Callable[[Grid], T], *, operation: str) -> tuple[T, Grid]:
         for attempt in range(1, self.settings.write_attempts + 1):
             snap = read_file(self.path)
             if snap.exists and not snap.data:
@@ -334,7 +341,7 @@ class SheetConnector(Connector[S], Generic[S]):
             if snap.exists and not grid.changed:
                 return result, grid
             try:
-                replace(self.path, snap, grid.dump(), check_locks=self.settings.respect_office_locks)
+                replace(self.path, snap, grid.dump())
             except FileChanged as exc:
                 if exc.kept is not None:
                     self.log.warning("app.file_conflict_kept", kept=exc.kept, attempt=attempt)
@@ -427,6 +434,11 @@ class XlsxConnector(SheetConnector[XlsxSettings]):
     def parse(self, data: bytes) -> Grid:
         header = [self.settings.id_column, *(self.settings.columns or [])]
         return XlsxGrid(data, sheet=self.settings.sheet, header=header)
+
+
+@contextmanager
+def _no_lock(path: Path) -> Iterator[None]:
+    yield
 
 
 def _receipt_or_raise(outcome: WriteOutcome) -> WriteReceipt:

@@ -36,7 +36,8 @@ class SheetSettings(ConnectorSettings):
             engine sends it again later).
         respect_office_locks: do not write while a spreadsheet program has the file open
             (LibreOffice's `.~lock.NAME#`, Microsoft Office's `~$NAME` beside it): the program
-            would save its own copy over ours when the person saves.
+            would save its own copy over ours when the person saves. While it writes, the
+            connector holds `.~lock.NAME#` itself, for the few milliseconds a write takes.
         tombstone_days: how long the ids of vanished rows are remembered (a create re-sent
             within that time finds its row's id deleted instead of adding it again).
     """
