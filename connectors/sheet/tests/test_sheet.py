@@ -4,6 +4,8 @@ and tries again, and vanished rows become deletes."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -345,3 +347,44 @@ async def test_a_vanished_row_is_a_delete_once_confirmed(tmp_path: Path) -> None
     assert [bob] == [r.app_record_id for r in later if r.deleted]
     assert ann not in {r.app_record_id for r in later}
     assert rows  # the person's file was read
+
+
+async def test_a_lock_left_by_a_dead_daemon_is_removed(tmp_path: Path) -> None:
+    """A lock file this connector left behind in a process that is gone does not block writes;
+    one held by a live process (or by a person's program) does."""
+    import socket
+    import sys
+
+    person = SheetPerson(tmp_path / "customers.csv", kind="csv")
+    ann = person.seed({"email": "ann@example.org"})
+    gone = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import os; print(os.getpid())", stdout=asyncio.subprocess.PIPE)
+    out, _ = await gone.communicate()
+    lock = tmp_path / ".~lock.customers.csv#"
+    lock.write_text(f"customer-sync,{socket.gethostname()},{out.decode().strip()},x;")
+    async with csv_connector(person.path) as sheet:
+        await sheet.update(ann, {"first_name": "Ann"})
+        assert not lock.exists()
+        lock.write_text(f"customer-sync,{socket.gethostname()},{os.getpid()},x;")
+        with pytest.raises(TransientError):
+            await sheet.update(ann, {"first_name": "Anna"})
+    assert "Ann" == person.fields_of(ann)["first_name"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "xlsx"])
+async def test_ids_written_back_survive_a_persons_next_save(tmp_path: Path, kind: str) -> None:
+    """Ids written into a person's new rows are in the file the person saves next, and the
+    rows keep them (csv and xlsx alike)."""
+    person = SheetPerson(tmp_path / f"customers.{kind}", kind=kind)
+    rows = person.load()
+    rows.append(["", "new@example.org", "New", "", ""])
+    person.save(rows)
+    connector = (csv_connector(person.path) if kind == "csv" else XlsxConnector(
+        XlsxSettings(path=str(person.path)), app="sheet", delete_confirm_s=0))
+    async with connector as sheet:
+        _, first = await collect(sheet)
+        (rid,) = [r.app_record_id for r in first]
+        person.edit(rid, {"last_name": "Row"})
+        _, second = await collect(sheet)
+    assert [rid] == [r.app_record_id for r in second]
+    assert "Row" == person.fields_of(rid)["last_name"]
