@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from customer_sync_connectors.sheet._csv import CsvGrid
 from customer_sync_connectors.sheet._edits import RowIndex, apply_writes, assign_ids
@@ -85,18 +85,14 @@ class SheetConnector(Connector[S], Generic[S]):
     object_types = ("row",)
     # Every write batch rewrites the whole file: few large batches cost far less than many.
     batch_size = 500
-    #: How long a row must stay missing from the file (over two reads at least this far
-    #: apart) before it is listed as deleted; 0 in tests.
-    delete_confirm_s: ClassVar[float] = 1.0
 
     def __init__(self, settings: S, *, app: str, clock: Callable[[], datetime] | None = None,
-                 delete_confirm_s: float | None = None) -> None:
+                 ) -> None:
         super().__init__(settings, app=app)
         self.clock = clock or _utcnow
         self.path = Path(settings.path)
         self.state_path = (Path(settings.state_path) if settings.state_path
                            else self.path.with_name(f".{self.path.name}.customer-sync.json"))
-        self._confirm_s = self.delete_confirm_s if delete_confirm_s is None else delete_confirm_s
         self._lock = threading.Lock()
         self._state: SheetState | None = None
         if settings.email_column is None:
@@ -304,7 +300,8 @@ class SheetConnector(Connector[S], Generic[S]):
         columns = self._columns(grid)
         now = self.clock()
         state.observe({rid: {c: f.get(c) for c in columns} for rid, f in rows.items()}, now,
-                      confirm_s=self._confirm_s, keep_gone_s=self.settings.tombstone_days * 86400)
+                      confirm_s=self.settings.delete_confirm_s,
+                      keep_gone_s=self.settings.tombstone_days * 86400)
         state.save()
         return state.last
 

@@ -38,6 +38,9 @@ class SheetSettings(ConnectorSettings):
             (LibreOffice's `.~lock.NAME#`, Microsoft Office's `~$NAME` beside it): the program
             would save its own copy over ours when the person saves. While it writes, the
             connector holds `.~lock.NAME#` itself, for the few milliseconds a write takes.
+        delete_confirm_s: a row missing from the file is listed as deleted once it has been
+            missing from two reads at least this far apart (a file read half saved in place
+            deletes nothing); with the daemon's poll interval that is one poll later.
         tombstone_days: how long the ids of vanished rows are remembered (a create re-sent
             within that time finds its row's id deleted instead of adding it again).
     """
@@ -51,6 +54,7 @@ class SheetSettings(ConnectorSettings):
     page_size: int = Field(1000, ge=1, le=100_000)
     write_attempts: int = Field(8, ge=1, le=1000)
     respect_office_locks: bool = True
+    delete_confirm_s: float = Field(1.0, ge=0)
     tombstone_days: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")

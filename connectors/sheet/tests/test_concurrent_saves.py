@@ -55,7 +55,7 @@ async def test_a_thousand_saves_by_another_process_lose_nothing(tmp_path: Path) 
     of the connector."""
     path = tmp_path / "customers.csv"
     path.write_bytes(BOM + b"id,email,first_name,last_name,phone\r\n")
-    settings = CsvSettings(path=str(path), write_attempts=3)
+    settings = CsvSettings(path=str(path), write_attempts=3, delete_confirm_s=0)
     editor = await asyncio.create_subprocess_exec(
         sys.executable, str(EDITOR), str(path), str(SAVES), str(CHECKPOINT),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -98,7 +98,7 @@ async def _race(settings: CsvSettings, editor: asyncio.subprocess.Process,
     ours: dict[str, tuple[str, str]] = {}
     made: dict[int, str] = {}  # create number -> row id
     tries = refused = writes = 0
-    async with CsvConnector(settings, app="sheet", delete_confirm_s=0) as sheet:
+    async with CsvConnector(settings, app="sheet") as sheet:
         k = 0
         while editor.returncode is None or k < MIN_WRITES:
             if k % 2 == 0:

@@ -19,8 +19,8 @@ class TestCsvConformance(ConnectorConformance):
 
     @pytest.fixture
     async def connector(self, fake_api: SheetPerson):
-        settings = CsvSettings(path=str(fake_api.path), page_size=5)
-        async with CsvConnector(settings, app="sheet", delete_confirm_s=0) as sheet:
+        settings = CsvSettings(path=str(fake_api.path), page_size=5, delete_confirm_s=0)
+        async with CsvConnector(settings, app="sheet") as sheet:
             yield sheet
 
 
@@ -31,6 +31,6 @@ class TestXlsxConformance(ConnectorConformance):
 
     @pytest.fixture
     async def connector(self, fake_api: SheetPerson):
-        settings = XlsxSettings(path=str(fake_api.path), page_size=5)
-        async with XlsxConnector(settings, app="sheet", delete_confirm_s=0) as sheet:
+        settings = XlsxSettings(path=str(fake_api.path), page_size=5, delete_confirm_s=0)
+        async with XlsxConnector(settings, app="sheet") as sheet:
             yield sheet

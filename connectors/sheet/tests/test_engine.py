@@ -44,7 +44,7 @@ def world(tmp_path: Path):
         "daemon": {"store_url": "sqlite://", "default_region": "US"},
         "apps": {
             "crm": {"connector": "fake", "settings": {"page_size": 5}, "fields": CRM_FIELDS},
-            "sheet": {"connector": "csv", "settings": {"path": str(path)},
+            "sheet": {"connector": "csv", "settings": {"path": str(path), "delete_confirm_s": 0},
                       "fields": SHEET_FIELDS},
         },
     }
@@ -55,7 +55,7 @@ def world(tmp_path: Path):
         connectors = {
             "crm": FakeConnector(config.apps["crm"].connector_settings, app="crm", data=crm),  # type: ignore[arg-type]
             "sheet": CsvConnector(config.apps["sheet"].connector_settings, app="sheet",  # type: ignore[arg-type]
-                                  clock=clock, delete_confirm_s=0),
+                                  clock=clock),
         }
         async with Engine(config, store, connectors=connectors, clock=clock) as engine:
             return await engine.run_once()

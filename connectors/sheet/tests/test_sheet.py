@@ -41,7 +41,7 @@ EXCEL_CSV = (
 
 
 def csv_connector(path: Path, **settings: object) -> CsvConnector:
-    return CsvConnector(CsvSettings(path=str(path), **settings), app="sheet", delete_confirm_s=0)
+    return CsvConnector(CsvSettings(path=str(path), delete_confirm_s=0, **settings), app="sheet")
 
 
 class Clock:
@@ -102,8 +102,8 @@ async def test_xlsx_round_trips_persian_and_arabic(tmp_path: Path) -> None:
     text, never as a formula."""
     person = SheetPerson(tmp_path / "customers.xlsx", kind="xlsx")
     rid = person.seed({"email": "ann@example.org", "first_name": PERSIAN})
-    settings = XlsxSettings(path=str(person.path))
-    async with XlsxConnector(settings, app="sheet", delete_confirm_s=0) as sheet:
+    settings = XlsxSettings(path=str(person.path), delete_confirm_s=0)
+    async with XlsxConnector(settings, app="sheet") as sheet:
         await sheet.update(rid, {"last_name": ARABIC, "phone": "=1+1"})
         (ann,) = await sheet.read([rid])
     assert (PERSIAN, ARABIC, "=1+1") == (ann.fields["first_name"], ann.fields["last_name"],
@@ -329,8 +329,8 @@ async def test_a_vanished_row_is_a_delete_once_confirmed(tmp_path: Path) -> None
     ann = person.seed({"email": "ann@example.org"})
     bob = person.seed({"email": "bob@example.org"})
     clock = Clock()
-    settings = CsvSettings(path=str(person.path))
-    async with CsvConnector(settings, app="sheet", clock=clock, delete_confirm_s=1.0) as sheet:
+    settings = CsvSettings(path=str(person.path), delete_confirm_s=1.0)
+    async with CsvConnector(settings, app="sheet", clock=clock) as sheet:
         pages, _ = await collect(sheet)
         cursor = pages[-1].cursor
         saved = person.path.read_bytes()
@@ -380,7 +380,7 @@ async def test_ids_written_back_survive_a_persons_next_save(tmp_path: Path, kind
     rows.append(["", "new@example.org", "New", "", ""])
     person.save(rows)
     connector = (csv_connector(person.path) if kind == "csv" else XlsxConnector(
-        XlsxSettings(path=str(person.path)), app="sheet", delete_confirm_s=0))
+        XlsxSettings(path=str(person.path), delete_confirm_s=0), app="sheet"))
     async with connector as sheet:
         _, first = await collect(sheet)
         (rid,) = [r.app_record_id for r in first]
