@@ -51,6 +51,7 @@ from customer_sync.sdk import (
     Connector,
     ConnectorError,
     Cursor,
+    RateLimited,
     TransientError,
     WriteOp,
     WriteOutcome,
@@ -63,6 +64,8 @@ __all__ = ["CsvConnector", "SheetConnector", "XlsxConnector"]
 S = TypeVar("S", bound=SheetSettings)
 T = TypeVar("T")
 _EPOCH = datetime.min.replace(tzinfo=UTC)
+#: When a write to a file a spreadsheet program holds open is worth trying again (s).
+BUSY_RETRY_S = 60.0
 
 
 def _utcnow() -> datetime:
@@ -226,8 +229,10 @@ class SheetConnector(Connector[S], Generic[S]):
         from the key, so a create sent again finds its row instead of adding one.
 
         Raises:
-            TransientError: the file is open in a spreadsheet program, missing, or kept
-                changing during every attempt; nothing was written.
+            RateLimited: the file is open in a spreadsheet program (its lock file is beside
+                it) or the system refuses to replace it; nothing was written.
+            TransientError: the file is missing, or kept changing during every attempt;
+                nothing was written.
         """
         return await self.write_many(ops)
 
@@ -281,7 +286,7 @@ class SheetConnector(Connector[S], Generic[S]):
                 count, grid = self._transact(
                     lambda g: assign_ids(g, self.settings.id_column), operation="assign_ids")
                 self.log.info("app.ids_assigned", count=count)
-            except TransientError as exc:
+            except (FileBusy, FileMissing, FileChanged, TransientError) as exc:
                 # The rows are listed once their ids are in the file; never under an id the
                 # file does not hold, which the next read could not find again.
                 self.log.warning("app.ids_not_written", reason=str(exc))
@@ -396,7 +401,13 @@ class SheetConnector(Connector[S], Generic[S]):
 
         try:
             return await asyncio.to_thread(locked)
-        except (FileBusy, FileMissing, FileChanged) as exc:
+        except FileBusy as exc:
+            # Not a failure of the writes: the file is taken for now. RateLimited spends no
+            # write attempt, so writes wait for a file open all afternoon without dying.
+            self.log.info("app.file_busy", operation=operation, reason=str(exc))
+            raise self.error(RateLimited, str(exc), operation=operation,
+                             retry_after_s=BUSY_RETRY_S) from None
+        except (FileMissing, FileChanged) as exc:
             self.log.info("app.file_unavailable", operation=operation, reason=str(exc))
             raise self.error(TransientError, str(exc), operation=operation) from None
         except UnreadableFile as exc:

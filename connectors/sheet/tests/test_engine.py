@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from customer_sync_connectors.sheet import CsvConnector
 from customer_sync_connectors.sheet.tests.person import BOM, SheetPerson
+from sqlalchemy import create_engine, select
 
 from customer_sync.config import load_config
 from customer_sync.engine.runner import Engine
 from customer_sync.store.db import open_store
+from customer_sync.store.tables import DeadLetter
 from customer_sync.testing.fake_connector import FakeApp, FakeConnector
 
 CRM_FIELDS = {"email": "email", "first_name": "first", "last_name": "last", "phone": "phone"}
@@ -113,3 +115,29 @@ async def test_edits_in_the_sheet_and_the_crm_both_land(world) -> None:
     assert "Robert" == in_crm["bob@example.org"]["first"]
     assert "+14155552671" == sheet["ann@example.org"]["phone"]
     assert "Robert Brown" == sheet["bob@example.org"]["name"]
+
+
+async def test_writes_wait_while_the_sheet_is_open_and_land_after(world, tmp_path: Path) -> None:
+    """While LibreOffice has the sheet open the engine's writes wait, however many passes that
+    takes, and are not given up as dead letters; the person's own saved rows still sync; once
+    the file is closed the writes land."""
+    run, crm, person = world
+    lock = tmp_path / ".~lock.customers.csv#"
+    lock.write_text("Person,desk,,2026-03-01T10:00;")
+    crm.put({"email": "ann@example.org", "first": "Ann", "last": "Lee"})
+    for _ in range(10):  # more passes than max_attempts
+        await run()
+    in_crm = {f["email"] for f in crm.live().values()}
+    assert {"ann@example.org"} == in_crm  # the sheet's rows wait for their ids too
+    assert "ann@example.org" not in _by_email(person.table()[1])
+    lock.unlink()
+    await run()
+    await run()
+    assert {"ann@example.org", "bob@example.org", "sara@example.org"} == \
+        set(_by_email(person.table()[1]))
+    assert {"ann@example.org", "bob@example.org", "sara@example.org"} == \
+        {f["email"] for f in crm.live().values()}
+    engine = create_engine(f"sqlite:///{tmp_path}/store.db")
+    with engine.connect() as conn:
+        assert [] == list(conn.execute(select(DeadLetter.__table__)))
+    engine.dispose()

@@ -20,7 +20,7 @@ from customer_sync_connectors.sheet import (
 )
 from customer_sync_connectors.sheet.tests.person import BOM, SheetPerson
 
-from customer_sync.sdk import RecordGone, RecordRejected, TransientError, WriteOp
+from customer_sync.sdk import RateLimited, RecordGone, RecordRejected, TransientError, WriteOp
 from customer_sync.testing.conformance import collect
 
 # Persian with ZWNJ (U+200C) and Persian yeh/kaf; Arabic with diacritics, Arabic yeh and kaf,
@@ -279,15 +279,15 @@ async def test_a_file_changing_under_every_attempt_is_a_transient_error(
 
 
 async def test_no_write_while_a_spreadsheet_program_has_the_file_open(tmp_path: Path) -> None:
-    """While LibreOffice's or Office's lock file is beside the file, writes fail as transient
-    and leave the file alone; reads go on."""
+    """While LibreOffice's or Office's lock file is beside the file, writes are refused as
+    rate limited (not yet, not failed) and leave the file alone; reads go on."""
     person = SheetPerson(tmp_path / "customers.csv", kind="csv")
     ann = person.seed({"email": "ann@example.org", "first_name": "Ann"})
     before = person.path.read_bytes()
     async with csv_connector(person.path) as sheet:
         for lock in (".~lock.customers.csv#", "~$customers.csv"):
             (tmp_path / lock).write_text("someone,host,,2026-03-01;")
-            with pytest.raises(TransientError):
+            with pytest.raises(RateLimited):  # spends no write attempt in the engine
                 await sheet.update(ann, {"first_name": "Anna"})
             assert before == person.path.read_bytes()
             assert 1 == len(await sheet.read([ann]))
