@@ -4,9 +4,10 @@ Each save is what a spreadsheet program does: take its lock file (LibreOffice's
 `.~lock.NAME#`, waiting while the connector holds it), read the whole file, change it, save it whole (odd saves write a new file and
 rename it over the old one; even saves rewrite the file in place), and drop the lock. Save `i`
 adds a row without an id when `i % 3 == 0`, else edits the cells of the row added at
-`i - i % 3`: the row's last name becomes `v{i}`. Every `checkpoint` saves it waits for one
-byte on stdin: the test sends one after each write of its own, so the two interleave whatever
-the machine's speed.
+`i - i % 3`: the row's last name becomes `v{i}`. Every `checkpoint` saves it says `wait` on
+stdout and waits, holding no lock, for one byte on stdin: the test sends it once a write of
+its own has landed since, so the two interleave whatever the machine's speed. After each save
+it says `saved N`.
 
 Usage: python _editor.py FILE SAVES CHECKPOINT
 """
@@ -52,8 +53,10 @@ def main() -> None:
     path, saves, checkpoint = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     lock = path.parent / f".~lock.{path.name}#"
     for i in range(saves):
-        if i and i % checkpoint == 0 and not sys.stdin.buffer.read(1):
-            raise SystemExit("the test went away")
+        if i and i % checkpoint == 0:
+            print("wait", flush=True)
+            if not sys.stdin.buffer.read(1):
+                raise SystemExit("the test went away")
         while True:  # wait until nobody (the connector) holds the lock, as LibreOffice would
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -76,7 +79,7 @@ def main() -> None:
                     f.truncate()
         finally:
             lock.unlink()
-    print("saved", saves, flush=True)
+        print("saved", i + 1, flush=True)
 
 
 if __name__ == "__main__":

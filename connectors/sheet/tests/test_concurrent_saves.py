@@ -27,9 +27,11 @@ from customer_sync.sdk import AppRecord, TransientError, WriteOp
 from customer_sync.testing.conformance import collect
 
 SAVES = 1000
-CHECKPOINT = 20  # the person waits for one more write of ours every this many saves
+CHECKPOINT = 20  # every this many saves the person waits until one more write of ours lands
 MIN_WRITES = 80
-MAX_TRIES = 200_000  # a bound on retries instead of a time limit
+# No livelock is possible: every CHECKPOINT saves the person waits, lock released, for our
+# next write. The timeout only turns a hang into a failure with a message.
+HANG_S = 300
 EDITOR = Path(__file__).with_name("_editor.py")
 BOM = b"\xef\xbb\xbf"
 
@@ -38,6 +40,48 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     text = path.read_bytes().removeprefix(BOM).decode("utf-8")
     rows = list(csv.reader(io.StringIO(text, newline="")))
     return rows[0], [dict(zip(rows[0], r, strict=False)) for r in rows[1:] if any(r)]
+
+
+class Editor:
+    """The person's process: `asks` is set while it waits for a write of ours, `done` once it
+    has made every save; `said` is its last line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        assert process.stdin is not None
+        self.stdin = process.stdin
+        self.asks = asyncio.Event()
+        self.done = asyncio.Event()
+        self.said = ""
+        self.lines = 0
+        self._saves = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, path: Path) -> Editor:
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, str(EDITOR), str(path), str(SAVES), str(CHECKPOINT),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
+
+    async def progressed(self, seen: int) -> None:
+        """Wait until the person said more than `seen` lines (ended a save, so its lock is
+        gone, or asked for a write), or is done."""
+        async with self._saves:
+            await self._saves.wait_for(
+                lambda: self.lines > seen or self.asks.is_set() or self.done.is_set())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.said = line.decode().strip()
+            self.lines += 1
+            if self.said == "wait":
+                self.asks.set()
+            async with self._saves:
+                self._saves.notify_all()
+        self.done.set()
+        async with self._saves:
+            self._saves.notify_all()
 
 
 def expected_editor_rows(saves: int) -> dict[str, str]:
@@ -56,12 +100,10 @@ async def test_a_thousand_saves_by_another_process_lose_nothing(tmp_path: Path) 
     path = tmp_path / "customers.csv"
     path.write_bytes(BOM + b"id,email,first_name,last_name,phone\r\n")
     settings = CsvSettings(path=str(path), write_attempts=3, delete_confirm_s=0)
-    editor = await asyncio.create_subprocess_exec(
-        sys.executable, str(EDITOR), str(path), str(SAVES), str(CHECKPOINT),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert editor.stdin is not None
+    editor = await Editor.start(path)
     with structlog.testing.capture_logs() as logs:
-        listed, ours, stats = await _race(settings, editor)
+        async with asyncio.timeout(HANG_S):
+            listed, ours, stats = await _race(settings, editor)
     events = Counter(e["event"] for e in logs)
 
     _, rows = read_table(path)
@@ -89,18 +131,17 @@ async def test_a_thousand_saves_by_another_process_lose_nothing(tmp_path: Path) 
           f"changed_during_write={events['app.file_changed_during_write']}")
 
 
-async def _race(settings: CsvSettings, editor: asyncio.subprocess.Process,
+async def _race(settings: CsvSettings, editor: Editor,
                 ) -> tuple[list[AppRecord], dict[str, tuple[str, str]], dict[str, int]]:
     """The connector's side: create and update rows until the person is done and at least
     MIN_WRITES writes are confirmed; then list once more. Returns the last listing, what we
     confirmed (email -> first name, last name), and counts."""
-    assert editor.stdin is not None
     ours: dict[str, tuple[str, str]] = {}
     made: dict[int, str] = {}  # create number -> row id
-    tries = refused = writes = 0
+    refused = writes = 0
     async with CsvConnector(settings, app="sheet") as sheet:
         k = 0
-        while editor.returncode is None or k < MIN_WRITES:
+        while not editor.done.is_set() or k < MIN_WRITES:
             if k % 2 == 0:
                 email = f"ours{k}@example.org"
                 op = WriteOp(key=f"c{k}", op="create", idempotency_key=f"c{k}",
@@ -111,8 +152,7 @@ async def _race(settings: CsvSettings, editor: asyncio.subprocess.Process,
                              fields={"last_name": f"u{k}"})
             decided = datetime.now(UTC)
             while True:
-                tries += 1
-                assert tries < MAX_TRIES, "the connector never got a write in"
+                seen = editor.lines
                 try:
                     (outcome,) = await sheet.write_many([op])
                     break
@@ -120,7 +160,7 @@ async def _race(settings: CsvSettings, editor: asyncio.subprocess.Process,
                     refused += 1
                     if op.op == "create":
                         op = op.model_copy(update={"uncertain_since": decided})
-                    await asyncio.sleep(0)
+                    await editor.progressed(seen)  # the person is saving: again once it is done
             assert outcome.receipt is not None, outcome.error
             writes += 1
             if op.op == "create":
@@ -128,21 +168,18 @@ async def _race(settings: CsvSettings, editor: asyncio.subprocess.Process,
                 ours[email] = (f"ما {k}", "")
             else:
                 ours[email] = (ours[email][0], f"u{k}")
-            if editor.returncode is None:
-                try:
-                    editor.stdin.write(b"x")
-                    await editor.stdin.drain()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+            if editor.asks.is_set():  # it waits, holding no lock, for a write of ours
+                editor.asks.clear()
+                editor.stdin.write(b"x")
+                await editor.stdin.drain()
             if k % 5 == 4:
                 try:
                     await collect(sheet)  # writes ids into the person's new rows
                 except TransientError:
                     pass
             k += 1
-        out, _ = await editor.communicate()
-        assert 0 == editor.returncode
-        assert f"saved {SAVES}".encode() in out
+        assert 0 == await editor.process.wait()
+        assert f"saved {SAVES}" == editor.said
         while True:  # a last listing, once the person is done, ids the last rows
             try:
                 _, listed = await collect(sheet)
