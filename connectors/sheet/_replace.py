@@ -166,6 +166,8 @@ def _remove_if_stale(lock: Path) -> bool:
         return True
     if len(fields) < 3 or fields[0] != _OWNER or fields[1] != socket.gethostname():
         return False
+    if os.name != "posix":
+        return False  # os.kill(pid, 0) would end the process on Windows, not probe it
     try:
         pid = int(fields[2])
         os.kill(pid, 0)
@@ -281,7 +283,7 @@ def _exchange(a: Path, b: Path) -> bool:
     if _renameat2 is None:
         try:
             fn = ctypes.CDLL(None, use_errno=True).renameat2
-        except (AttributeError, OSError):
+        except (AttributeError, OSError, TypeError):  # not Linux, or a libc without it
             _exchange_works = False
             return False
         fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,

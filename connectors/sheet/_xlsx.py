@@ -1,8 +1,8 @@
 """XLSX workbooks, through openpyxl: one worksheet is the table, its first row the header.
 
 The workbook is loaded whole, the changed cells are set, and it is saved whole: the other
-worksheets, column widths and cell styles stay. What openpyxl cannot keep (charts, images,
-pivot tables, macros) is lost on the first write; docs/connectors/csv.md says so.
+worksheets, column widths and cell styles stay. What openpyxl does not read (shapes: images,
+charts, drawings; macros) can be lost on the first write; docs/connectors/csv.md says so.
 """
 
 from __future__ import annotations
