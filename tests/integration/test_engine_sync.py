@@ -232,6 +232,25 @@ async def test_rejected_write_becomes_dead_letter_and_others_continue(world):
     assert [] == [o for o in w.outbox() if o["state"] in ("pending", "sending")]
 
 
+async def test_an_app_refusing_writes_for_long_spends_no_attempts(world):
+    """Writes an app refuses to take yet (RateLimited: a quota, a file open in a spreadsheet
+    program) wait as long as it takes and never become dead letters; once it takes them,
+    they land."""
+    w = world(apps=("crm", "desk"))
+    w.apps["crm"].put({"email": "r@x.io", "first": "Ria"})
+    w.apps["desk"].fail_next("create", RateLimited("busy", app="desk", retry_after_s=60), times=1000)
+    for _ in range(12):
+        await w.run()
+        w.clock.t += timedelta(minutes=10)
+    assert w.apps["desk"].calls["create"] > 8  # more tries than max_attempts
+    assert [] == w.rows(DeadLetter)
+    assert set() == set(w.by_email("desk"))
+    w.apps["desk"].failures.clear()  # it takes writes again
+    await w.run()
+    assert {"r@x.io"} == set(w.by_email("desk"))
+    assert [] == [o for o in w.outbox() if o["state"] in ("pending", "sending", "dead")]
+
+
 async def test_transient_failure_is_retried_later_without_loss(world):
     """A 5xx-like failure puts the writes back with a backoff; a later run delivers them."""
     w = world(apps=("crm", "desk"))

@@ -140,7 +140,11 @@ async def dispatch_app(
                 # A 429 was refused before the app did anything; any other failure may have
                 # come after the app made the records (a timeout, a dropped connection).
                 maybe_sent = set() if isinstance(exc, RateLimited) else {op.key for op in ops if op.op == "create"}
-                await asyncio.to_thread(_release_in_store, store, rows, now(), max_attempts,
+                # Nor is a refusal to take writes yet (a quota, a file open in a spreadsheet
+                # program for an afternoon) a failure of these writes: it spends no attempt,
+                # so it never turns them into dead letters; the backoff still grows to 5 min.
+                limit = None if isinstance(exc, RateLimited) else max_attempts
+                await asyncio.to_thread(_release_in_store, store, rows, now(), limit,
                                         f"{type(exc).__name__}: {exc}", rt.name, maybe_sent=maybe_sent)
                 stats.retried += len(rows)
                 return stats
