@@ -484,6 +484,15 @@ class HubSpotConnector(Connector[HubSpotSettings]):
 
     # -- writes ---------------------------------------------------------------------------------
 
+    @classmethod
+    def settings_for_fields(cls, settings: Mapping[str, Any], app_fields: Sequence[str]) -> Mapping[str, Any]:
+        """HubSpot returns only the properties asked for: without `properties` in the settings,
+        the connector reads and writes those the app's field map names (a custom property
+        mapped in `[apps.NAME.fields]` is read without naming it twice)."""
+        if "properties" in settings:
+            return settings
+        return {**settings, "properties": list(dict.fromkeys(app_fields))}
+
     async def merge(self, survivor_id: str, merged_id: str) -> str:
         """contacts/merge, `merged_id` into `survivor_id`; the survivor's id comes back.
 

@@ -1,7 +1,8 @@
 """Settings of the `hubspot` connector: one `[apps.NAME.settings]` block, validated at startup.
 
-The default `properties` are the HubSpot properties the default field map (`mapping.toml`
-beside this module) names, so the two never drift apart.
+The default `properties` are the HubSpot properties the app's field map names (the
+connector's `settings_for_fields`), or, for settings made without a config, those the default
+field map (`mapping.toml` beside this module) names, so the two never drift apart.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class HubSpotSettings(ConnectorSettings):
         access_token: a private app's access token (`${HUBSPOT_TOKEN}`), sent as a Bearer token.
         app_secret: the app's client secret, which signs webhooks (v3); without it every
             webhook delivery is refused.
-        properties: the contact properties read and written (default: those in mapping.toml).
+        properties: the contact properties read and written (default: those the app's field map
+            names, or mapping.toml's for settings made without a config).
         page_size: contacts per list or search page (the list endpoint takes at most 100;
             UNVERIFIED in CONTRACTS.md).
         history_page_size: contacts per request when property history is asked for. The spec

@@ -566,6 +566,19 @@ def _compile_app(
     raw_settings = resolved.get("apps", {}).get(name, {}).get("settings", {})
     loose = _loose_booleans(cls.settings_model, raw_settings, ("apps", name, "settings"), env_paths)
     problems += loose
+    entries = app.fields if app.fields is not None else _default_mapping(cls)
+    if entries is None:
+        problems.append(f"{where}.fields: required (connector {app.connector!r} ships no default map)")
+        return None
+    ctx = NormalizeContext(default_region=app.default_region or settings.daemon.default_region)
+    mapping, map_problems = compile_mapping(
+        name, entries, custom_fields=settings.custom_fields, default_direction=app.direction, ctx=ctx
+    )
+    problems += map_problems
+    if not map_problems:
+        # a connector that reads only the fields it is told to (HubSpot's `properties`) reads
+        # the ones this app's field map names, unless its settings name them
+        raw_settings = cls.settings_for_fields(raw_settings, mapping.app_field_order)
     try:
         conn_settings = cls.settings_model.model_validate(
             raw_settings, context={ALLOW_PRIVATE_URLS: app.allow_private_urls}
@@ -580,15 +593,6 @@ def _compile_app(
                 f"{where}.settings.{fname}: secrets come from the environment only; "
                 f'write {fname} = "${{ENV_VAR}}" and set ENV_VAR'
             )
-    entries = app.fields if app.fields is not None else _default_mapping(cls)
-    if entries is None:
-        problems.append(f"{where}.fields: required (connector {app.connector!r} ships no default map)")
-        return None
-    ctx = NormalizeContext(default_region=app.default_region or settings.daemon.default_region)
-    mapping, map_problems = compile_mapping(
-        name, entries, custom_fields=settings.custom_fields, default_direction=app.direction, ctx=ctx
-    )
-    problems += map_problems
     flt, flt_problems = compile_filter(
         name, [c.model_dump() for c in app.filters], custom_fields=settings.custom_fields
     )

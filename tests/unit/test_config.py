@@ -837,3 +837,19 @@ async def test_max_retry_after_from_the_toml_reaches_the_connectors_http_client(
     config = load_config(path, env=env, connectors=CONNECTORS)
     async with config.apps["crm"].make_connector() as connector:
         assert 45.0 == client_of(connector).max_retry_after_s
+
+
+def test_hubspot_reads_the_properties_its_field_map_names() -> None:
+    """A custom property mapped in an app's own field map is read: HubSpot returns only the
+    properties asked for, so before, `email_consent` mapped here was written and never read
+    (a stale edit in HubSpot went unseen). Properties named in the settings stay as given."""
+    fields = {"email": "email", "first_name": "firstname", "email_consent": "email_consent"}
+
+    def properties(settings: dict[str, Any]) -> list[str]:
+        data = {"daemon": {"store_url": "sqlite://"},
+                "apps": {"crm": {"connector": "hubspot", "fields": fields,
+                                 "settings": {"access_token": "${T}", **settings}}}}
+        return list(load_config(data=data, env={"T": "t"}).apps["crm"].connector_settings.properties)
+
+    assert ["email", "firstname", "email_consent"] == properties({})
+    assert ["email", "firstname"] == properties({"properties": ["email", "firstname"]})

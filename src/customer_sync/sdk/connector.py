@@ -275,6 +275,16 @@ class Connector(Generic[S]):
         """Delete or archive a record (Capability.DELETE)."""
         raise NotImplementedError
 
+    @classmethod
+    def settings_for_fields(cls, settings: Mapping[str, Any], app_fields: Sequence[str]) -> Mapping[str, Any]:
+        """An app's raw settings, given the app fields its field map names.
+
+        A connector that reads only the fields it is told to (HubSpot's `properties`) fills
+        them in from the map when the settings do not name them, so that a field mapped is a
+        field read. The default returns `settings` unchanged.
+        """
+        return settings
+
     async def merge(self, survivor_id: str, merged_id: str) -> str:
         """Merge record `merged_id` into `survivor_id` with the app's own merge
         (Capability.MERGE); returns the surviving record's id (some apps give it a new one).
