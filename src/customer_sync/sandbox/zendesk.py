@@ -390,6 +390,10 @@ class ZendeskSimulator:
         """Users in the store, soft-deleted ones included (the owner counts too)."""
         return len(self._users)
 
+    def user_ids(self) -> list[int]:
+        """Every user's id, soft-deleted ones included, oldest first."""
+        return sorted(self._users)
+
     def fail_next(
         self, n: int, status: int, *, route: str | None = None, retry_after_s: int = 7
     ) -> None:
