@@ -656,10 +656,15 @@ def merge_customers(uow: UnitOfWork, *, loser: str, winner: str, now: datetime, 
     review (that app now has a duplicate). Empty winner fields take the loser's values."""
     lose, win = uow.customer(loser), uow.customer(winner)
     assert lose is not None and win is not None
+    # what the loser's records hold stays matchable as the winner's: its values alone may not
+    # say it (a phone a record brought, since replaced by a newer one)
+    carried: list[tuple[str, str]] = []
     for link in [*uow.links_by_customer.get(loser, {}).values(), *uow.duplicates_by_customer.get(loser, {}).values()]:
         app, rid = link["app"], link["app_record_id"]
         key = _base_key(link)
         snap = uow.snapshot(loser, key)
+        if snap is not None and link["state"] in ("active", "duplicate"):
+            carried += record_keys(snap["values"]).pairs()
         if link["state"] in ("active", "duplicate"):
             # Where the winner holds a record of that app already, the loser's is a duplicate
             # of it: it joins the winner, read but not written, and is listed for review.
@@ -689,7 +694,7 @@ def merge_customers(uow: UnitOfWork, *, loser: str, winner: str, now: datetime, 
         values["other_emails"] = sorted(set(values.get("other_emails") or []) | {lose["values"]["email"]})
     win["values"] = values
     uow.touch_customer(winner)
-    uow.set_identities(winner, identity_values(lose["values"]) + identity_values(values))
+    uow.set_identities(winner, identity_values(lose["values"]) + identity_values(values) + carried)
     lose["deleted_at"] = now
     uow.touch_customer(loser)
     uow.drop_identities(loser)
