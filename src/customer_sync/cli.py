@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,13 +166,31 @@ def _daemon_store(config: Config) -> Iterator[Store]:
     from customer_sync.store.db import migrate_store, open_store
     from customer_sync.store.lock import daemon_lock
 
-    store = open_store(config.daemon.store_url, migrate=False)
+    with _store_setting():
+        store = open_store(config.daemon.store_url, migrate=False)
     try:
-        with daemon_lock(store):
-            migrate_store(store)
+        with contextlib.ExitStack() as held:
+            with _store_setting():
+                held.enter_context(daemon_lock(store))
+                migrate_store(store)
             yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _store_setting() -> Iterator[None]:
+    """A store the daemon cannot open, lock or migrate at start (an unwritable folder, a
+    wrong host) is a setting to fix: one line naming `daemon.store_url`, exit 2. Another
+    daemon on the store stays exit 1 (it says who holds it)."""
+    from customer_sync.errors import StoreLocked
+
+    try:
+        yield
+    except StoreLocked:
+        raise
+    except StoreError as exc:
+        raise ConfigError(f"error: daemon.store_url: {exc}") from exc
 
 
 def _print_json(data: Any) -> None:
@@ -238,7 +257,11 @@ def run(
             if summary.failed_apps:
                 raise typer.Exit(1)
         else:
-            asyncio.run(_run_daemon(config, store))
+            from customer_sync.api.app import bind
+
+            # bound before any app opens: a taken port ends the start at once, naming the setting
+            sock = bind(config.daemon.listen)
+            asyncio.run(_run_daemon(config, store, sock))
 
 
 async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
@@ -251,7 +274,7 @@ async def _run_once(config: Config, store: Store, *, reconcile: bool | None) -> 
         return await engine.run_once(reconcile=reconcile)
 
 
-async def _run_daemon(config: Config, store: Store) -> None:
+async def _run_daemon(config: Config, store: Store, sock: socket.socket) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -263,7 +286,7 @@ async def _run_daemon(config: Config, store: Store) -> None:
 
             await asyncio.gather(
                 engine.run_forever(stop),
-                serve(engine, config.daemon.listen, stop, public_url=config.daemon.public_url),
+                serve(engine, sock, stop, public_url=config.daemon.public_url),
             )
     finally:
         for sig in signals:

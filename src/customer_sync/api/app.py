@@ -19,6 +19,7 @@ way intake uses it, with the same short lock wait, and says why it is not ready.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING
 
 import structlog
@@ -28,13 +29,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from customer_sync.engine.webhooks import parked_apps
-from customer_sync.errors import AuthError, ConnectorError, StoreBusy, StoreError
+from customer_sync.errors import AuthError, ConfigError, ConnectorError, StoreBusy, StoreError
 from customer_sync.sdk.http import redact_text
 
 if TYPE_CHECKING:
     from customer_sync.engine.runner import Engine
 
-__all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_S", "create_app", "serve"]
+__all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_S", "bind", "create_app", "serve"]
 
 log = structlog.get_logger("customer_sync.api")
 MAX_BODY_BYTES = 1_000_000
@@ -142,15 +143,44 @@ def _too_large(app: str) -> JSONResponse:
     return JSONResponse({"error": "body too large"}, status_code=413)
 
 
-async def serve(engine: Engine, listen: str, stop: asyncio.Event, *, public_url: str | None = None) -> None:
-    """Serve the API on `listen` ("host:port") until `stop` is set."""
+def bind(listen: str) -> socket.socket:
+    """A socket bound to `listen` ("host:port") and listening, for `serve`.
+
+    Bound by the daemon before it opens any app, so that a taken port or a wrong address ends
+    the start at once with one line naming the setting, instead of uvicorn's exit mid-run.
+
+    Raises:
+        ConfigError: the address cannot be bound (taken, not an address of this host).
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"error: daemon.listen: cannot listen on {listen}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"error: daemon.listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+async def serve(engine: Engine, sock: socket.socket, stop: asyncio.Event, *,
+                public_url: str | None = None) -> None:
+    """Serve the API on a socket from `bind` until `stop` is set."""
     import uvicorn
 
-    host, _, port = listen.rpartition(":")
-    config = uvicorn.Config(create_app(engine, public_url=public_url), host=host or "127.0.0.1",
-                            port=int(port), log_config=None, access_log=False, lifespan="off")
+    config = uvicorn.Config(create_app(engine, public_url=public_url), log_config=None,
+                            access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await stop.wait()
     server.should_exit = True
     await task
