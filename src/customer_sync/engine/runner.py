@@ -321,7 +321,7 @@ class Engine:
         try:
             await self._loop(schedule)
         finally:
-            schedule.close()
+            await schedule.aclose()
             log.info("sync.daemon_stopped", run_id=self.run_id, rounds=self.rounds)
 
     async def _loop(self, schedule: _Schedule) -> None:
@@ -494,6 +494,7 @@ class _OnClock:
         self.wake = engine._wake = asyncio.Event()
         self.due: set[str] = set(engine.live_apps())  # the first round polls every app at start
         self.wake.set()
+        self._jobs: set[asyncio.Task[Any]] = set()  # the scheduler's job tasks not yet done
         # The jobs only mark work due and wake the loop; they never do the work themselves, so
         # they run the moment they fire (no misfire to drop) and never overlap with a round.
         self.scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={
@@ -505,13 +506,22 @@ class _OnClock:
         self.scheduler.start()
         self._stop_waiter = asyncio.ensure_future(stop.wait())
 
-    # coroutines, so that APScheduler runs them on the loop (a plain function runs in a thread)
+    # coroutines, so that APScheduler runs them on the loop (a plain function runs in a thread);
+    # each registers the task APScheduler runs it in, so that `aclose` can let it finish
     async def _mark_due(self, app: str) -> None:
+        self._track()
         self.due.add(app)
         self.wake.set()
 
     async def _tick(self) -> None:
+        self._track()
         self.wake.set()
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None and not task.done():
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
 
     async def next_round(self, engine: Engine) -> Due | None:
         if not self.stop.is_set() and not self.wake.is_set():
@@ -534,7 +544,15 @@ class _OnClock:
         if result.active:
             self.wake.set()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the scheduler once the jobs it started have finished: its shutdown cancels a
+        job's task that is still pending, and logs that cancellation as a failed job (an ERROR
+        with a traceback, at every stop that lands while a job is due)."""
+        self.scheduler.pause()  # no job is handed to the loop from now on
+        await asyncio.sleep(0)  # one handed over already starts, and registers
+        while self._jobs:
+            await asyncio.wait(set(self._jobs))
+        await asyncio.sleep(0)  # APScheduler's done callbacks run before it forgets the tasks
         self.scheduler.shutdown(wait=False)
         self._stop_waiter.cancel()
 
