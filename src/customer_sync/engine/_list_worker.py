@@ -53,6 +53,9 @@ class ListSpec:
 
 def main(conn: Connection, log_level: str, log_format: str, redact: bool) -> None:
     """The worker process: serve listings until told to exit or the daemon goes away."""
+    from customer_sync.engine._orphan import die_with_parent
+
+    die_with_parent()
     from customer_sync.logs import configure_logging
 
     configure_logging(level=log_level, fmt=log_format, redact=redact)

@@ -221,7 +221,7 @@ class ListingWorker:
         if process is not None:
             await asyncio.to_thread(process.join, 5)
             if process.is_alive():
-                process.terminate()
+                process.kill()  # it ignores SIGTERM (see `_orphan`)
                 await asyncio.to_thread(process.join, 5)
         if conn is not None:
             conn.close()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 
 from customer_sync.engine._normalize_worker import Wire, normalize_fields, warm_up
+from customer_sync.engine._orphan import die_with_parent
 from customer_sync.errors import MappingError
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ class PageNormalizer:
     def _start(self) -> None:
         # spawn, not fork: the daemon has threads (scheduler, HTTP server, store workers) and a
         # forked child would inherit their locks in whatever state they were in.
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=die_with_parent)
         self._warm = self._pool.submit(warm_up)
 
     async def start(self) -> None:
