@@ -244,6 +244,9 @@ def run(
         raise typer.BadParameter("--reconcile goes with --once (the daemon reconciles on its "
                                  "interval)", param_hint="--reconcile")
     config = _setup(config_path)
+    signals = _DaemonSignals()
+    if not (once or dry_run):
+        signals.install()  # a stop that comes while the daemon starts is kept, not a traceback
     with _daemon_store(config) as store:
         if dry_run:
             plan = asyncio.run(_dry_run(config, store))
@@ -261,7 +264,10 @@ def run(
 
             # bound before any app opens: a taken port ends the start at once, naming the setting
             sock = bind(config.daemon.listen)
-            asyncio.run(_run_daemon(config, store, sock))
+            try:
+                asyncio.run(_run_daemon(config, store, sock, signals))
+            finally:
+                signals.restore()
 
 
 async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
@@ -274,23 +280,89 @@ async def _run_once(config: Config, store: Store, *, reconcile: bool | None) -> 
         return await engine.run_once(reconcile=reconcile)
 
 
-async def _run_daemon(config: Config, store: Store, sock: socket.socket) -> None:
+#: How long SIGTERM waits for the round in flight (its writes, then its cursors) before it
+#: cancels it; a write cut off is sent again at the next start, idempotently.
+STOP_GRACE_S = 30.0
+
+
+class _DaemonSignals:
+    """The daemon's signals for its whole life, from before the loop runs until the process
+    ends: SIGTERM and SIGINT stop it (a second one says it is stopping already, and changes
+    nothing); one that arrives while it starts stops it as soon as its loop runs."""
+
+    STOP = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.early = False
+        self.stop: asyncio.Event | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in self.STOP:
+            self._previous[sig] = signal.signal(sig, self._before_loop)
+
+    def _before_loop(self, signum: int, frame: object) -> None:
+        self.early = True  # the loop sets the stop when it runs; nothing is in flight yet
+
+    def attach(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        self.stop = stop
+        for sig in self.STOP:
+            loop.add_signal_handler(sig, self._on_stop, sig)
+        if self.early:
+            stop.set()
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        from customer_sync.engine.runner import log
+
+        assert self.stop is not None
+        if self.stop.is_set():
+            log.info("daemon.already_stopping", signal=sig.name,
+                     detail=f"writes in flight finish first (at most {STOP_GRACE_S:.0f}s)")
+            return
+        log.info("daemon.stopping", signal=sig.name)
+        self.stop.set()
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self.STOP:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, self._before_loop)  # the loop is ending: a late signal is moot
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+async def _run_daemon(config: Config, store: Store, sock: socket.socket, signals: _DaemonSignals) -> None:
+    from customer_sync.engine.runner import log
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+    signals.attach(loop, stop)
     try:
         async with Engine(config, store) as engine:
             from customer_sync.api.app import serve
 
-            await asyncio.gather(
+            work = asyncio.ensure_future(asyncio.gather(
                 engine.run_forever(stop),
                 serve(engine, sock, stop, public_url=config.daemon.public_url),
-            )
+            ))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not work.done():
+                # the round in flight finishes its writes and commits its cursors, within bounds
+                done, _ = await asyncio.wait({work}, timeout=STOP_GRACE_S)
+                if not done:
+                    log.warning("daemon.stop_timeout", grace_s=STOP_GRACE_S,
+                                detail="the round in flight was cancelled; its writes are sent "
+                                       "again at the next start")
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    return
+            await work
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        signals.detach(loop)
 
 
 def _print_plan(plan: list[dict[str, Any]], *, as_json: bool) -> None:

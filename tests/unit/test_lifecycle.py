@@ -5,7 +5,9 @@ waits for conditions, never for fixed times."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -158,3 +160,116 @@ def test_a_missing_secret_is_one_line_naming_the_setting_and_exit_2(tmp_path: Pa
     assert 2 == result.returncode, result.stderr
     [line] = result.stderr.splitlines()
     assert line.endswith("apps.a.settings.url: environment variable CS_TEST_UNSET_URL is not set"), line
+
+
+# -- SIGTERM, SIGKILL ----------------------------------------------------------------------------
+
+
+def _seed(tmp: Path, config: Path, count: int) -> None:
+    """Create the apps' tables (one pass), then `count` new customers in app a."""
+    done = run_cli(config, "run", "--once")
+    assert 0 == done.returncode, done.stderr
+    with sqlite3.connect(tmp / "a.db") as conn:
+        conn.executemany(
+            "insert into contacts (id, email, first_name, updated_at) values (?, ?, ?, ?)",
+            [(f"a{i}", f"p{i}@example.com", f"N{i}", "2030-01-01T00:00:00+00:00") for i in range(count)])
+
+
+def _writes_to_b(tmp: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(tmp / "store.db") as conn:
+        return list(conn.execute("select app_record_id, count(*) from changelog where kind = 'written' "
+                                 "and app = 'b' group by app_record_id"))
+
+
+def _problems(stderr: str) -> list[str]:
+    """Log lines at warning or above, and anything that is not a log line (a traceback)."""
+    import json
+
+    out = []
+    for line in stderr.splitlines():
+        try:
+            level = json.loads(line).get("level")
+        except ValueError:
+            out.append(line)
+            continue
+        if level in {"warning", "error", "critical"}:
+            out.append(line)
+    return out
+
+
+def test_sigterm_mid_dispatch_drains_and_repeats_no_write(
+    tmp_path: Path, daemon_procs: list[subprocess.Popen[str]],
+) -> None:
+    """SIGTERM (twice) while the daemon writes: it finishes the writes in flight, commits, exits 0
+    with no warning and no traceback; the next pass sends what was left and repeats nothing."""
+    count = 1500
+    config = write_config(tmp_path, workers=1)
+    _seed(tmp_path, config, count)
+    proc = start_daemon(config, daemon_procs)
+    wait_for(lambda: bool(rows(tmp_path / "b.db", "people")), "the first write to b", proc=proc)
+
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+
+    assert 0 == proc.returncode, err
+    assert [] == _problems(err)
+    assert "daemon.already_stopping" in err or "daemon.stopping" in err
+    again = run_cli(config, "run", "--once")
+    assert 0 == again.returncode, again.stderr
+    assert count == len(rows(tmp_path / "b.db", "people"))
+    writes = _writes_to_b(tmp_path)
+    assert count == len(writes)
+    assert [] == [(record, n) for record, n in writes if n != 1]
+
+
+def test_a_stop_while_the_daemon_starts_ends_it_cleanly(
+    tmp_path: Path, daemon_procs: list[subprocess.Popen[str]],
+) -> None:
+    """SIGTERM at once after start (before the loop runs): exit 0, no traceback."""
+    config = write_config(tmp_path)
+    proc = start_daemon(config, daemon_procs)
+    wait_for(lambda: (tmp_path / "store.db").exists(), "the store", proc=proc)
+
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+
+    assert 0 == proc.returncode, err
+    assert [] == _problems(err)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_no_worker_outlives_a_daemon_killed_with_sigkill(
+    tmp_path: Path, daemon_procs: list[subprocess.Popen[str]],
+) -> None:
+    config = write_config(tmp_path, workers=1)
+    _seed(tmp_path, config, 200)
+    proc = start_daemon(config, daemon_procs)
+    wait_for(lambda: bool(rows(tmp_path / "b.db", "people")), "the first write to b", proc=proc)
+    workers = _children(proc.pid)
+    assert workers, "the daemon started no worker process"
+
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+    wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers to end", timeout=30)
