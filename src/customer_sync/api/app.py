@@ -19,7 +19,9 @@ way intake uses it, with the same short lock wait, and says why it is not ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -177,9 +179,18 @@ async def serve(engine: Engine, sock: socket.socket, stop: asyncio.Event, *,
     """Serve the API on a socket from `bind` until `stop` is set."""
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT/SIGHUP (they
+        drain the engine, then stop this server through `stop`). uvicorn's own would replace
+        the daemon's while it serves, and raise a captured signal again when it ends."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     config = uvicorn.Config(create_app(engine, public_url=public_url), log_config=None,
                             access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await stop.wait()
     server.should_exit = True
