@@ -44,6 +44,7 @@ from customer_sync.errors import ConfigError, StoreError, SyncError
 
 if TYPE_CHECKING:
     from customer_sync.config import Config
+    from customer_sync.reload import Reloader
     from customer_sync.store.db import Store
 
 __all__ = ["app", "main"]
@@ -265,8 +266,9 @@ def run(
             # bound before any app opens: a taken port ends the start at once, naming the setting
             sock = bind(config.daemon.listen)
             try:
-                asyncio.run(_run_daemon(config, store, sock, signals))
+                asyncio.run(_run_daemon(config, config_path, store, sock, signals))
             finally:
+                sock.close()
                 signals.restore()
 
 
@@ -288,28 +290,35 @@ STOP_GRACE_S = 30.0
 class _DaemonSignals:
     """The daemon's signals for its whole life, from before the loop runs until the process
     ends: SIGTERM and SIGINT stop it (a second one says it is stopping already, and changes
-    nothing); one that arrives while it starts stops it as soon as its loop runs."""
+    nothing); SIGHUP reloads the config (`customer_sync.reload`). One that arrives while the
+    daemon starts is acted on as soon as its loop runs."""
 
     STOP = (signal.SIGTERM, signal.SIGINT)
+    ALL = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self) -> None:
-        self.early = False
+        self.early: set[int] = set()
         self.stop: asyncio.Event | None = None
+        self.reloader: Reloader | None = None
         self._previous: dict[int, Any] = {}
+        self._reloads: set[asyncio.Task[Any]] = set()
 
     def install(self) -> None:
-        for sig in self.STOP:
+        for sig in self.ALL:
             self._previous[sig] = signal.signal(sig, self._before_loop)
 
     def _before_loop(self, signum: int, frame: object) -> None:
-        self.early = True  # the loop sets the stop when it runs; nothing is in flight yet
+        self.early.add(signum)  # acted on when the loop runs; nothing is in flight yet
 
-    def attach(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-        self.stop = stop
+    def attach(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reloader: Reloader) -> None:
+        self.stop, self.reloader = stop, reloader
         for sig in self.STOP:
             loop.add_signal_handler(sig, self._on_stop, sig)
-        if self.early:
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        if self.early & set(self.STOP):
             stop.set()
+        elif signal.SIGHUP in self.early:
+            self._on_hup()
 
     def _on_stop(self, sig: signal.Signals) -> None:
         from customer_sync.engine.runner import log
@@ -322,8 +331,14 @@ class _DaemonSignals:
         log.info("daemon.stopping", signal=sig.name)
         self.stop.set()
 
+    def _on_hup(self) -> None:
+        assert self.reloader is not None
+        task = asyncio.ensure_future(self.reloader.reload())
+        self._reloads.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._reloads.discard)
+
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in self.STOP:
+        for sig in self.ALL:
             loop.remove_signal_handler(sig)
             signal.signal(sig, self._before_loop)  # the loop is ending: a late signal is moot
 
@@ -332,37 +347,54 @@ class _DaemonSignals:
             signal.signal(sig, handler)
 
 
-async def _run_daemon(config: Config, store: Store, sock: socket.socket, signals: _DaemonSignals) -> None:
-    from customer_sync.engine.runner import log
+async def _run_daemon(config: Config, config_path: Path, store: Store, sock: socket.socket,
+                      signals: _DaemonSignals) -> None:
+    """Run the daemon until stopped; a reload closes the apps and opens the new config's on the
+    same store and socket."""
+    from customer_sync.reload import Reloader
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals.attach(loop, stop)
+    reloader = Reloader(config_path, config)
+    signals.attach(loop, stop, reloader)
     try:
-        async with Engine(config, store) as engine:
-            from customer_sync.api.app import serve
-
-            work = asyncio.ensure_future(asyncio.gather(
-                engine.run_forever(stop),
-                serve(engine, sock, stop, public_url=config.daemon.public_url),
-            ))
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not work.done():
-                # the round in flight finishes its writes and commits its cursors, within bounds
-                done, _ = await asyncio.wait({work}, timeout=STOP_GRACE_S)
-                if not done:
-                    log.warning("daemon.stop_timeout", grace_s=STOP_GRACE_S,
-                                detail="the round in flight was cancelled; its writes are sent "
-                                       "again at the next start")
-                    work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await work
-                    return
-            await work
+        while not stop.is_set():
+            reloader.swapped.clear()
+            await _run_engine(reloader.config, store, sock, stop, reloader.swapped)
     finally:
         signals.detach(loop)
+
+
+async def _run_engine(config: Config, store: Store, sock: socket.socket, stop: asyncio.Event,
+                      swapped: asyncio.Event) -> None:
+    """One engine and its HTTP server, until the daemon stops or a new config is swapped in."""
+    from customer_sync.api.app import serve
+    from customer_sync.engine.runner import log
+
+    ending = asyncio.Event()  # this engine's stop: the daemon's, or a reload
+    async with Engine(config, store) as engine:
+        # uvicorn closes the socket it serves; a duplicate keeps the bound one for the next engine
+        work = asyncio.ensure_future(asyncio.gather(
+            engine.run_forever(ending),
+            serve(engine, sock.dup(), ending, public_url=config.daemon.public_url),
+        ))
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(swapped.wait())}
+        await asyncio.wait({work, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        ending.set()
+        if not work.done():
+            # the round in flight finishes its writes and commits its cursors, within bounds
+            done, _ = await asyncio.wait({work}, timeout=STOP_GRACE_S)
+            if not done:
+                log.warning("daemon.stop_timeout", grace_s=STOP_GRACE_S,
+                            detail="the round in flight was cancelled; its writes are sent "
+                                   "again at the next start")
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return
+        await work
 
 
 def _print_plan(plan: list[dict[str, Any]], *, as_json: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 CONFIG = """\
@@ -273,3 +275,76 @@ def test_no_worker_outlives_a_daemon_killed_with_sigkill(
     proc.communicate(timeout=30)
 
     wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers to end", timeout=30)
+
+
+# -- SIGHUP --------------------------------------------------------------------------------------
+
+APP_C = """
+[apps.c]
+connector = "sql"
+
+[apps.c.settings]
+url = "sqlite:///{tmp}/c.db"
+table = "folks"
+create_table = true
+column_types = {{ email = "text", first_name = "text" }}
+
+[apps.c.fields]
+email = "email"
+first_name = "first_name"
+"""
+
+
+_minutes = iter(range(1, 60))
+
+
+def _insert_a(tmp: Path, record_id: str, email: str) -> None:
+    """A new row in app a, modified after every earlier one (the sql connector's cursor)."""
+    with sqlite3.connect(tmp / "a.db") as conn:
+        conn.execute("insert into contacts (id, email, first_name, updated_at) values (?, ?, ?, ?)",
+                     (record_id, email, "N", f"2030-01-01T00:{next(_minutes):02d}:00+00:00"))
+
+
+def test_sighup_keeps_the_running_config_when_the_new_one_is_invalid_and_swaps_in_a_valid_one(
+    tmp_path: Path, daemon_procs: list[subprocess.Popen[str]],
+) -> None:
+    config = write_config(tmp_path)
+    _seed(tmp_path, config, 1)
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("w", encoding="utf-8") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "customer_sync", "run", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    daemon_procs.append(proc)
+
+    def logged(event: str) -> int:
+        return log_path.read_text(encoding="utf-8").count(f'"event": "{event}"')
+
+    wait_for(lambda: bool(rows(tmp_path / "b.db", "people")), "the first sync", proc=proc)
+    valid = config.read_text(encoding="utf-8")
+
+    # invalid: the daemon says why, in one line, and goes on syncing with the running config
+    config.write_text(valid.replace("poll_interval_s = 0.2", 'poll_interval_s = "soon"'), encoding="utf-8")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: logged("daemon.reload_refused") == 1, "the refused reload", proc=proc)
+    [refused] = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if "daemon.reload_refused" in ln]
+    assert "daemon.poll_interval_s" in refused
+    _insert_a(tmp_path, "a-after-refused", "after.refused@example.com")
+    wait_for(lambda: len(rows(tmp_path / "b.db", "people")) == 2, "a sync after the refused reload", proc=proc)
+
+    # valid, with an app added: it is opened (its table created) and receives new customers
+    config.write_text(valid + APP_C.format(tmp=tmp_path.as_posix()), encoding="utf-8")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: logged("daemon.reloading") == 1, "the reload", proc=proc)
+    _insert_a(tmp_path, "a-after-reload", "after.reload@example.com")
+    wait_for(lambda: [("after.reload@example.com", "N")] == rows(tmp_path / "c.db", "folks"),
+             "the added app to receive a new customer", proc=proc)
+    wait_for(lambda: len(rows(tmp_path / "b.db", "people")) == 3, "app b too", proc=proc)
+    port = re.search(r'listen = "127.0.0.1:(\d+)"', valid).group(1)  # type: ignore[union-attr]
+    assert 200 == httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code  # same socket
+
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    text = log_path.read_text(encoding="utf-8")
+    assert 0 == proc.returncode, text
+    assert [] == [ln for ln in _problems(text) if "daemon.reload_refused" not in ln]
+    assert 1 == logged("daemon.reloading")
