@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
 
-__all__ = ["Store", "check_store", "migrate_store", "open_store"]
+__all__ = ["Store", "check_store", "migrate_store", "open_store", "store_to_create"]
 
 log = structlog.get_logger("customer_sync.store")
 
@@ -127,6 +128,30 @@ def migrate_store(store: Store) -> None:
         StoreError: the store cannot be migrated.
     """
     _migrate(store.engine)
+
+
+def store_to_create(url: str) -> str | None:
+    """For `check` before the first run: None when the store exists (check it with
+    `check_store`); a line saying where it will be created when it is a SQLite file that does not
+    exist yet and can be made there. Touches nothing.
+
+    Raises:
+        StoreError: the SQLite file does not exist and cannot be made (its folder is a file, or
+            not writable).
+    """
+    parsed = _parse(url)
+    path = _sqlite_path(parsed)
+    if path is None or path.exists():
+        return None
+    shown = _display(parsed)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that exists: the daemon makes the rest
+    if not folder.is_dir():
+        raise StoreError(f"cannot create the store at {shown}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create the store at {shown}: {folder} is not writable")
+    return f"{shown} does not exist yet: the daemon creates it when it starts"
 
 
 def check_store(url: str) -> None:
