@@ -469,9 +469,19 @@ def check(
     enabled = sum(rt.config.enabled for rt in config.apps.values())
     typer.echo(f"ok config: {config_path} ({enabled} of {len(config.apps)} apps enabled)")
     healthy = True
-    with _opened_store(config) as store:
-        typer.echo(f"ok store: {store.display_url} is reachable and migrated")
-        parked = [row for row in admin.app_status(store, config) if row["parked"]]
+    from customer_sync.store.db import store_to_create
+
+    try:
+        fresh = store_to_create(config.daemon.store_url)
+    except StoreError as exc:
+        raise ConfigError(f"error: daemon.store_url: {exc}") from exc
+    if fresh is not None:  # before the first run: nothing can be parked yet
+        typer.echo(f"ok store: {fresh}")
+        parked = []
+    else:
+        with _opened_store(config) as store:
+            typer.echo(f"ok store: {store.display_url} is reachable and migrated")
+            parked = [row for row in admin.app_status(store, config) if row["parked"]]
     for row in parked:
         healthy = False
         _err(f"app {row['app']}: parked: {row['last_error'] or 'no error recorded'}")

@@ -208,14 +208,28 @@ def test_check_on_a_good_config_says_ok_for_every_step(synced: Setup) -> None:
     assert str(synced.tmp) in lines[1]  # the store, named
 
 
-def test_check_before_the_first_run_says_the_store_is_missing(setup: Setup) -> None:
-    """`check` exits 1 with a clear message when the store does not exist yet, and creates nothing."""
+def test_check_before_the_first_run_says_the_store_will_be_created(setup: Setup) -> None:
+    """On a fresh clone the store does not exist yet: `check` says the daemon will create it,
+    exits 0, and creates nothing."""
     result = setup.cli("check")
 
-    assert 1 == result.exit_code
-    assert "no store at" in result.stderr
-    assert "Traceback" not in result.output
+    assert 0 == result.exit_code, result.output
+    [store_line] = [line for line in result.stdout.splitlines() if line.startswith("ok store:")]
+    assert store_line.endswith("does not exist yet: the daemon creates it when it starts")
     assert not (setup.tmp / "store.db").exists()
+
+
+def test_check_of_a_store_that_cannot_be_created_names_daemon_store_url(setup: Setup) -> None:
+    """A store under a file cannot be created: exit 2, one line naming the setting."""
+    (setup.tmp / "a-file").write_text("", encoding="utf-8")
+    setup.config.write_text(setup.config.read_text(encoding="utf-8").replace(
+        "/store.db", "/a-file/store.db"), encoding="utf-8")
+
+    result = setup.cli("check")
+
+    assert 2 == result.exit_code
+    assert result.stderr.startswith("error: daemon.store_url: cannot create the store at ")
+    assert "Traceback" not in result.output
 
 
 def test_check_exits_1_and_names_a_parked_app(synced: Setup) -> None:
