@@ -244,6 +244,18 @@ class Connector(Generic[S]):
         """
         raise NotImplementedError
 
+    # -- optional -------------------------------------------------------------------------------
+
+    async def app_fields(self) -> set[str] | None:
+        """The field names the app has, as a field map names them, for `check --connect` to
+        catch a mapped app field the app does not have (a typo); None when the connector
+        cannot tell (the default). Called on an opened connector; reads, never writes.
+
+        Raises:
+            ConnectorError: the app cannot be reached.
+        """
+        return None
+
     def list_changes(self, since: Cursor | None) -> AsyncIterator[ChangePage]:
         """Yield pages of records changed after `since` (all records when it is None).
 
