@@ -136,6 +136,11 @@ class SheetConnector(Connector[S], Generic[S]):
             except UnreadableFile as exc:
                 raise ConfigError(f"apps.{self.app}.settings.path: {exc}") from None
 
+    async def app_fields(self) -> set[str]:
+        """The columns the file's header names (but the id column)."""
+        grid, _ = await self._run(self._read_grid, operation="check")
+        return {c for c in grid.header if c and c != self.settings.id_column}
+
     async def check(self) -> None:
         """Read the file.
 

@@ -224,6 +224,10 @@ class SqlConnector(Connector[SqlSettings]):
         if engine is not None:
             await asyncio.to_thread(engine.dispose)
 
+    async def app_fields(self) -> set[str]:
+        """The table's columns a field map may name (the columns records expose)."""
+        return set(self._opened()[1].columns)
+
     async def check(self) -> None:
         """Read one id from the table.
 

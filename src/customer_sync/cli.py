@@ -488,28 +488,40 @@ def check(
     if not parked:
         typer.echo("ok apps: none parked")
     if connect:
-        for name, problem in asyncio.run(_check_connections(config)):
+        for name, problem, verified in asyncio.run(_check_connections(config)):
             if problem is None:
-                typer.echo(f"ok app {name}: connected")
+                typer.echo(f"ok app {name}: {verified}")
             else:
                 healthy = False
-                _err(f"app {name}: cannot connect: {problem}")
+                _err(f"app {name}: {problem}")
     if not healthy:
         raise typer.Exit(1)
 
 
-async def _check_connections(config: Config) -> list[tuple[str, str | None]]:
-    results: list[tuple[str, str | None]] = []
+async def _check_connections(config: Config) -> list[tuple[str, str | None, str]]:
+    """Per enabled app: (app, problem or None, what was verified)."""
+    results: list[tuple[str, str | None, str]] = []
     for name, rt in config.apps.items():
         if not rt.config.enabled:
             continue
         try:
             async with rt.make_connector() as connector:
                 await connector.check()
+                known = await connector.app_fields()
         except SyncError as exc:
-            results.append((name, f"{type(exc).__name__}: {exc}"))
+            results.append((name, f"cannot connect: {type(exc).__name__}: {exc}", ""))
+            continue
+        if known is None:
+            results.append((name, None, ("connected (its connector cannot list the app's fields, "
+                                         "so the field map is not checked against them)")))
+            continue
+        unknown = sorted(rt.mapping.app_fields - known)
+        if unknown:
+            problem = (f"apps.{name}.fields maps app field(s) the app does not have: "
+                       f"{', '.join(unknown)} (it has: {', '.join(sorted(known)) or 'none'})")
+            results.append((name, problem, ""))
         else:
-            results.append((name, None))
+            results.append((name, None, "connected, every mapped field exists"))
     return results
 
 

@@ -1,0 +1,83 @@
+"""`check --connect` verifies that every mapped app field exists in the app, per connector that
+can list its fields (the optional `Connector.app_fields` hook): a typo in an app field is
+caught before the first run instead of syncing nothing into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from customer_sync.cli import app
+
+SQL = """\
+[daemon]
+store_url = "sqlite:///{tmp}/store.db"
+
+[apps.crm]
+connector = "sql"
+
+[apps.crm.settings]
+url = "sqlite:///{tmp}/crm.db"
+table = "contacts"
+create_table = true
+column_types = {{ email = "text", first_name = "text" }}
+
+[apps.crm.fields]
+email = "email"
+first_name = "{first_name}"
+"""
+
+CSV = """\
+[daemon]
+store_url = "sqlite:///{tmp}/store.db"
+
+[apps.sheet]
+connector = "csv"
+
+[apps.sheet.settings]
+path = "{tmp}/people.csv"
+
+[apps.sheet.fields]
+email = "email"
+first_name = "{first_name}"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> None:
+    import structlog
+
+    yield  # type: ignore[misc]
+    structlog.reset_defaults()
+
+
+def _check(tmp: Path, template: str, first_name: str) -> tuple[int, str, str]:
+    config = tmp / "config.toml"
+    config.write_text(template.format(tmp=tmp.as_posix(), first_name=first_name), encoding="utf-8")
+    result = CliRunner().invoke(app, ["check", "--connect", "--config", str(config)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(("template", "name", "prepare"), [
+    (SQL, "crm", None),
+    (CSV, "sheet", "id,email,first_name\r\n"),
+], ids=["sql", "csv"])
+def test_check_connect_catches_an_unknown_app_field(
+    tmp_path: Path, template: str, name: str, prepare: str | None,
+) -> None:
+    if prepare is not None:
+        (tmp_path / "people.csv").write_text(prepare, encoding="utf-8")
+
+    code, out, err = _check(tmp_path, template, "first_nme")
+
+    assert 1 == code, (out, err)
+    [line] = [ln for ln in err.splitlines() if ln.startswith(f"app {name}:")]
+    assert line.startswith(f"app {name}: apps.{name}.fields maps app field(s) the app does not have: "
+                           "first_nme (it has: "), line
+
+    code, out, err = _check(tmp_path, template, "first_name")
+
+    assert 0 == code, (out, err)
+    assert f"ok app {name}: connected, every mapped field exists" in out.splitlines()
