@@ -178,6 +178,17 @@ async def test_list_identities_conforms(oas: OpenAPI, api: httpx.AsyncClient,
     assert_conforms(oas, emails)
 
 
+async def test_list_user_fields_conforms(oas: OpenAPI, api: httpx.AsyncClient,
+                                        sim: ZendeskSimulator) -> None:
+    """ListUserFields: the account's custom user fields, by key."""
+    sim.user_field_keys[:] = ["plan", "loyalty_tier"]
+
+    response = await api.get("/api/v2/user_fields.json")
+
+    assert ["plan", "loyalty_tier"] == [f["key"] for f in response.json()["user_fields"]]
+    assert_conforms(oas, response)
+
+
 # ---------------------------------------------------------------------------- exports
 
 
@@ -400,7 +411,7 @@ IMPLEMENTED = {
     "ShowCurrentUser", "ShowUser", "ShowManyUsers", "SearchUsers", "ListUserIdentities",
     "IncrementalUserExportCursor", "IncrementalUserExportTime", "CreateUser",
     "CreateOrUpdateUser", "UpdateUser", "DeleteUser", "CreateUserIdentity",
-    "CreateOrUpdateManyUsers", "ShowJobStatus", "MergeEndUsers",
+    "CreateOrUpdateManyUsers", "ShowJobStatus", "MergeEndUsers", "ListUserFields",
 }
 
 

@@ -23,7 +23,7 @@ import math
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -214,6 +214,7 @@ _ROUTES: list[tuple[str, str, str, str, bool]] = [
         "_create_identity",
         False,
     ),
+    ("GET", r"/api/v2/user_fields", "", "_list_user_fields", True),
     (
         "GET",
         r"/api/v2/job_statuses/(?P<job_status_id>[0-9a-f]+)",
@@ -247,6 +248,7 @@ class ZendeskSimulator:
             `active: false`. CONTRACTS.md marks this UNVERIFIED, so test both ways.
         bulk_import_enabled: False makes create_or_update_many answer 403, as on accounts
             where Zendesk has not enabled bulk imports.
+        user_fields: the keys of the account's custom user fields (served by ListUserFields).
         sideload_identities: whether `include=identities` on the user exports and show_many
             adds the listed users' identities as a top-level `identities` array. Those
             endpoints document "Users sideloads" without CONTRACTS.md saying which they are
@@ -274,6 +276,7 @@ class ZendeskSimulator:
         bulk_import_enabled: bool = True,
         account_id: int = 12514403,
         sideload_identities: bool = False,
+        user_fields: Sequence[str] = (),
     ) -> None:
         self.clock: Clock = clock or utcnow
         self.webhook_secret = webhook_secret
@@ -288,6 +291,8 @@ class ZendeskSimulator:
         self.bulk_import_enabled = bulk_import_enabled
         self.account_id = account_id
         self.sideload_identities = sideload_identities
+        # the account's custom user fields, by key (ListUserFields); an admin defines them
+        self.user_field_keys: list[str] = list(dict.fromkeys(user_fields))
 
         self.request_count = 0
         self.count_by_route: Counter[str] = Counter()
@@ -668,6 +673,20 @@ class ZendeskSimulator:
             if not wanted or i.type in wanted
         ]
         return JSONResponse(_offset_page(items, "identities", next_page=None, previous_page=None))
+
+    async def _list_user_fields(self, request: Request, base: str) -> Response:
+        # ListUserFields: the account's custom user fields, in their configured order, as
+        # CustomFieldObject (`key`, `type`, `title` required). At most 100 a page per the OAS;
+        # the simulator serves one page, so it holds at most 100.
+        at = _iso(int(self.clock().timestamp()))
+        items = [
+            {"id": 7 + i, "url": f"{base}/api/v2/user_fields/{7 + i}.json", "key": key,
+             "type": "text", "title": key, "raw_title": key, "description": "",
+             "raw_description": "", "position": i, "active": True, "system": False,
+             "regexp_for_validation": None, "created_at": at, "updated_at": at}
+            for i, key in enumerate(self.user_field_keys[:100])
+        ]
+        return JSONResponse(_offset_page(items, "user_fields", next_page=None, previous_page=None))
 
     async def _show_job(self, request: Request, base: str, job_status_id: str) -> Response:
         job = self._jobs.get(job_status_id)
