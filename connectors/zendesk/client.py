@@ -89,6 +89,20 @@ class ZendeskClient:
             return None
         return User.model_validate(user)
 
+    async def user_field_keys(self) -> list[str]:
+        """The keys of the account's custom user fields (ListUserFields, offset pages of 100)."""
+        operation = "user_fields.list"
+        keys: list[str] = []
+        url: str | None = "/api/v2/user_fields"
+        params: dict[str, Any] | None = {"per_page": 100}
+        while url:
+            response = await self.http.request("GET", url, operation=operation, params=params)
+            body = self._body(response, "user_fields", operation=operation)
+            keys += [str(f["key"]) for f in body["user_fields"] or []
+                     if isinstance(f, Mapping) and f.get("key")]
+            url, params = body.get("next_page"), None  # next_page carries the query
+        return keys
+
     async def export_page(self, params: Mapping[str, Any]) -> ExportPage:
         """One page of the cursor-based incremental user export."""
         operation = "users.export"

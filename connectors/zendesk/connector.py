@@ -64,6 +64,9 @@ from customer_sync.sdk import (
     retry_policy,
 )
 from customer_sync_connectors.zendesk._fields import (
+    READ_ONLY_FIELDS,
+    USER_FIELD_PREFIX,
+    WRITABLE_FIELDS,
     FieldRefused,
     check_writable,
     needs_current_name,
@@ -166,6 +169,12 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         if me.role != "admin":
             raise self.error(AuthError, "the incremental user export needs an admin's "
                              "credentials", operation="users.me")
+
+    async def app_fields(self) -> set[str]:
+        """The user attributes the connector reads, and `user_fields.KEY` per custom user
+        field the account defines (ListUserFields)."""
+        keys = await self.api.user_field_keys()
+        return {*WRITABLE_FIELDS, *READ_ONLY_FIELDS, *(USER_FIELD_PREFIX + key for key in keys)}
 
     async def list_changes(  # type: ignore[override]
         self, since: Cursor | None

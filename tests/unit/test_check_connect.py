@@ -45,6 +45,24 @@ first_name = "{first_name}"
 """
 
 
+ZENDESK = """\
+[daemon]
+store_url = "sqlite:///{tmp}/store.db"
+
+[apps.desk]
+connector = "zendesk"
+
+[apps.desk.settings]
+base_url = "{base_url}"
+email = "admin@example.com"
+api_token = "${{CS_TEST_ZD_TOKEN}}"
+
+[apps.desk.fields]
+email = "email"
+first_name = "{first_name}"
+"""
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging() -> None:
     import structlog
@@ -81,3 +99,29 @@ def test_check_connect_catches_an_unknown_app_field(
 
     assert 0 == code, (out, err)
     assert f"ok app {name}: connected, every mapped field exists" in out.splitlines()
+
+
+def test_check_connect_catches_an_unknown_zendesk_user_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Zendesk: the user attributes the connector reads, and `user_fields.KEY` for each custom
+    user field the account defines (ListUserFields, served by the simulator on loopback)."""
+    from customer_sync.sandbox._common import serve
+    from customer_sync.sandbox.zendesk import ZendeskSimulator
+
+    sim = ZendeskSimulator(user_fields=["plan"])
+    monkeypatch.setenv("CS_TEST_ZD_TOKEN", sim.api_token)
+    served = serve(sim.app)
+    try:
+        template = ZENDESK.replace("{base_url}", served.base_url)
+        code, out, err = _check(tmp_path, template, "user_fields.plna")
+        assert 1 == code, (out, err)
+        assert ("app desk: apps.desk.fields maps app field(s) the app does not have: "
+                "user_fields.plna (it has: ") in err
+        assert "user_fields.plan" in err
+
+        code, out, err = _check(tmp_path, template, "user_fields.plan")
+        assert 0 == code, (out, err)
+        assert "ok app desk: connected, every mapped field exists" in out.splitlines()
+    finally:
+        served.stop()
