@@ -157,6 +157,17 @@ async def test_ping_conforms(oas: OpenAPI, api: httpx.AsyncClient) -> None:
     assert_conforms(oas, response)
 
 
+async def test_merge_fields_conform(oas: OpenAPI, api: httpx.AsyncClient) -> None:
+    """getListsIdMergeFields, paged as the connector pages it."""
+    first = await api.get(MEMBERS.replace("/members", "/merge-fields"), params={"count": 2, "offset": 0})
+    rest = await api.get(MEMBERS.replace("/members", "/merge-fields"), params={"count": 1000, "offset": 2})
+
+    assert 2 == len(first.json()["merge_fields"])
+    assert first.json()["total_items"] == 2 + len(rest.json()["merge_fields"])
+    assert_conforms(oas, first)
+    assert_conforms(oas, rest)
+
+
 async def test_incremental_member_listing_conforms(oas: OpenAPI, member_schema: OAS30Validator,
                                                    api: httpx.AsyncClient) -> None:
     """getListsIdMembers with the parameters the connector sends, and the id-only form."""
@@ -346,7 +357,7 @@ IMPLEMENTED = {
     "getPing", "getListsIdMembers", "postListsIdMembers", "getListsIdMembersId",
     "putListsIdMembersId", "patchListsIdMembersId", "deleteListsIdMembersId",
     "postListMemberTags", "postListsIdMembersHashActionsDeletePermanent", "getSearchMembers",
-    "postBatches", "getBatchesId",
+    "postBatches", "getBatchesId", "getListsIdMergeFields",
 }
 
 
@@ -368,6 +379,7 @@ def test_every_simulated_route_is_an_oas_operation(oas_dict: dict[str, Any]) -> 
         "POST /lists/{list_id}/members/{subscriber_hash}/tags",
         "POST /lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent",
         "GET /search-members", "POST /batches", "GET /batches/{batch_id}",
+        "GET /lists/{list_id}/merge-fields",
     }
 
     assert served <= set(declared), sorted(served - set(declared))

@@ -448,6 +448,8 @@ class MailchimpSimulator:
             return 200, self._search(query)
         if parts[:1] == ["batches"]:
             return self._batches_call(method, parts[1:], body)
+        if parts[2:] == ["merge-fields"] and parts[1] == self.list_id and method == "GET":
+            return 200, self._merge_fields(query)
         if len(parts) < 3 or parts[0] != "lists" or parts[2] != "members":
             raise _not_found()
         if parts[1] != self.list_id:
@@ -492,6 +494,23 @@ class MailchimpSimulator:
     def _resolve(self, ref: str) -> str:
         """The path's member reference: a hash, or (also accepted, per the OAS) an address."""
         return subscriber_hash(ref) if "@" in ref else ref.lower()
+
+    def _merge_fields(self, query: Mapping[str, str]) -> Json:
+        """getListsIdMergeFields: the audience's merge fields (but EMAIL, which Mailchimp does
+        not list), paged by `count` (default 10) and `offset` like the members."""
+        count = self._int(query, "count", 10)
+        offset = self._int(query, "offset", 0)
+        if count > _MAX_COUNT or count < 0 or offset < 0:
+            raise _invalid(f"count must be between 0 and {_MAX_COUNT}; offset at least 0.")
+        tags = [t for t in self.merge_field_types if t != "EMAIL"]
+        items = [
+            {"merge_id": i + 1, "tag": tag, "name": tag.title(), "type": kind, "required": False,
+             "default_value": "", "public": False, "display_order": i + 2, "options": {},
+             "help_text": "", "list_id": self.list_id, "_links": []}
+            for i, (tag, kind) in enumerate((t, self.merge_field_types[t]) for t in tags)
+        ]
+        return {"merge_fields": items[offset:offset + count], "list_id": self.list_id,
+                "total_items": len(items), "_links": []}
 
     def _list(self, query: Mapping[str, str]) -> Json:
         count = self._int(query, "count", 10)
