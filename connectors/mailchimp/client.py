@@ -92,6 +92,27 @@ class MailchimpClient:
         await self.http.request("GET", self.members_path, operation="members.list",
                                 params={"count": 1, "fields": "total_items"})
 
+    async def merge_fields(self) -> dict[str, str]:
+        """The audience's merge fields, tag -> type (getListsIdMergeFields, pages of 1000)."""
+        operation = "merge_fields.list"
+        found: dict[str, str] = {}
+        offset = 0
+        while True:
+            response = await self.http.request(
+                "GET", f"/lists/{self.list_id}/merge-fields", operation=operation,
+                params={"count": 1000, "offset": offset})
+            try:
+                body = json_body(response)
+                items = body["merge_fields"]
+                total = int(body["total_items"])
+                found.update({str(f["tag"]): str(f.get("type") or "text") for f in items})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise self._error("the merge fields are not the documented shape",
+                                  operation=operation) from exc
+            offset += len(items)
+            if not items or offset >= total:
+                return found
+
     async def members_page(self, params: Mapping[str, Any]) -> MembersPage:
         operation = "members.list"
         response = await self.http.request("GET", self.members_path, operation=operation,

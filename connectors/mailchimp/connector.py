@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import httpx
 from customer_sync_connectors.mailchimp._cursor import CursorError, ListingState, Watermark
 from customer_sync_connectors.mailchimp._fields import (
+    ADDRESS_PARTS,
     FieldRefused,
     address_tags_in,
     record_fields,
@@ -171,6 +172,18 @@ class MailchimpConnector(Connector[MailchimpSettings]):
         except RecordGone as exc:
             raise self.error(ConnectorError, f"no audience {self.settings.list_id!r} for these credentials",
                              operation="members.list") from exc
+
+    async def app_fields(self) -> set[str]:
+        """The member attributes the connector reads, and each merge tag of the audience (an
+        address merge field as its parts, `TAG.addr1` ...)."""
+        fields = {"email_address", "status", "tags", "language", "vip", "email_type",
+                  "last_changed", "timestamp_opt"}
+        for tag, kind in (await self.api.merge_fields()).items():
+            if kind == "address" or tag in self._address_tags:
+                fields |= {f"{tag}.{part}" for part in ADDRESS_PARTS}
+            else:
+                fields.add(tag)
+        return fields
 
     async def list_changes(  # type: ignore[override]
         self, since: Cursor | None

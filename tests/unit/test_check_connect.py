@@ -63,6 +63,24 @@ first_name = "{first_name}"
 """
 
 
+MAILCHIMP = """\
+[daemon]
+store_url = "sqlite:///{tmp}/store.db"
+
+[apps.news]
+connector = "mailchimp"
+
+[apps.news.settings]
+base_url = "{base_url}"
+list_id = "a6b5da1054"
+api_key = "${{CS_TEST_MC_KEY}}"
+
+[apps.news.fields]
+email = "email_address"
+first_name = "{first_name}"
+"""
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging() -> None:
     import structlog
@@ -123,5 +141,30 @@ def test_check_connect_catches_an_unknown_zendesk_user_field(
         code, out, err = _check(tmp_path, template, "user_fields.plan")
         assert 0 == code, (out, err)
         assert "ok app desk: connected, every mapped field exists" in out.splitlines()
+    finally:
+        served.stop()
+
+
+def test_check_connect_catches_an_unknown_mailchimp_merge_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mailchimp: the member attributes the connector reads, and the audience's merge tags
+    (getListsIdMergeFields, served by the simulator on loopback)."""
+    from customer_sync.sandbox._common import serve
+    from customer_sync.sandbox.mailchimp import MailchimpSimulator
+
+    sim = MailchimpSimulator()
+    monkeypatch.setenv("CS_TEST_MC_KEY", sim.api_key)
+    served = serve(sim.app)
+    try:
+        template = MAILCHIMP.replace("{base_url}", served.base_url + "/3.0")
+        code, out, err = _check(tmp_path, template, "FNAM")
+        assert 1 == code, (out, err)
+        assert "app news: apps.news.fields maps app field(s) the app does not have: FNAM (it has: " in err
+        assert "ADDRESS.city" in err
+
+        code, out, err = _check(tmp_path, template, "FNAME")
+        assert 0 == code, (out, err)
+        assert "ok app news: connected, every mapped field exists" in out.splitlines()
     finally:
         served.stop()
