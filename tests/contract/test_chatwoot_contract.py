@@ -152,6 +152,19 @@ async def api(sim: ChatwootSimulator) -> AsyncIterator[httpx.AsyncClient]:
 # ---------------------------------------------------------------------------- reads
 
 
+async def test_custom_attribute_definitions_conform(oas: OpenAPI, api: httpx.AsyncClient,
+                                                    sim: ChatwootSimulator) -> None:
+    """get-account-custom-attribute: the contact attributes (attribute_model=1), a bare array."""
+    sim.contact_attribute_keys[:] = ["plan"]
+
+    response = await api.get(f"{ROOT}/custom_attribute_definitions", params={"attribute_model": "1"})
+
+    assert 200 == response.status_code
+    assert ["plan"] == [a["attribute_key"] for a in response.json()]
+    assert [] == request_errors(oas, response.request)
+    assert [] == response_errors(oas, response)
+
+
 async def test_list_conforms(oas: OpenAPI, contact_validator: OAS30Validator,
                              api: httpx.AsyncClient) -> None:
     """contactList: resolved contacts only, `meta` and a `payload` of contacts."""
@@ -317,6 +330,7 @@ async def test_every_request_the_connector_sends_conforms(oas: OpenAPI,
                                 api_access_token=SecretStr(sim.api_access_token))
     async with ChatwootConnector(settings, app="inbox", transport=recorder) as connector:
         await connector.check()
+        await connector.app_fields()
         [page async for page in connector.list_changes(None)]
         [ids async for ids in connector.list_ids()]
         await connector.search_by_email("ann@example.com")

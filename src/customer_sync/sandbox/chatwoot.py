@@ -36,7 +36,7 @@ import math
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,7 @@ class _Failure:
 _Handler = Callable[..., Awaitable[Response]]
 _ROUTES: list[tuple[str, str, str]] = [  # (method, path under the account, handler)
     ("GET", r"/inboxes", "_list_inboxes"),
+    ("GET", r"/custom_attribute_definitions", "_list_attributes"),
     ("GET", r"/contacts", "_list"),
     ("POST", r"/contacts", "_create"),
     ("GET", r"/contacts/search", "_search"),
@@ -174,6 +175,7 @@ class ChatwootSimulator:
             default (RATE_LIMIT_CONTACT_SEARCH). None: no limit.
         webhook_secret: the account webhook's `secret`.
         webhook_url: where `flush_webhooks()` posts contact events; None records none.
+        contact_attributes: the keys of the account's contact custom attribute definitions.
     """
 
     def __init__(
@@ -186,8 +188,10 @@ class ChatwootSimulator:
         search_rate_limit: tuple[int, float] | None = (100, 60.0),
         webhook_secret: str = "sandbox-webhook-secret",
         webhook_url: str | None = None,
+        contact_attributes: Iterable[str] = (),
     ) -> None:
         self.clock: Clock = clock or utcnow
+        self.contact_attribute_keys: list[str] = list(dict.fromkeys(contact_attributes))
         self.account_id = account_id
         self.api_access_token = api_access_token
         self.webhook_secret = webhook_secret
@@ -361,6 +365,21 @@ class ChatwootSimulator:
 
     async def _list_inboxes(self, request: Request) -> Response:
         return _json({"payload": [i.render() for i in self.inboxes.values()]})
+
+    async def _list_attributes(self, request: Request) -> Response:
+        # get-account-custom-attribute: `attribute_model` is required, "0" conversation and "1"
+        # contact attributes; the simulator defines contact attributes only. A bare array.
+        model = request.query_params.get("attribute_model")
+        if model not in ("0", "1"):
+            return _error(422, "attribute_model must be 0 or 1")  # UNVERIFIED: status and body
+        keys = self.contact_attribute_keys if model == "1" else []
+        return _json([
+            {"id": i + 1, "attribute_display_name": key, "attribute_display_type": "text",
+             "attribute_description": "", "attribute_key": key,
+             "default_value": "", "attribute_model": "contact_attribute",
+             "account_id": self.account_id}
+            for i, key in enumerate(keys)
+        ])
 
     async def _list(self, request: Request) -> Response:
         contacts = [c for c in self._contacts.values() if c.is_resolved]
