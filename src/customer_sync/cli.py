@@ -515,7 +515,8 @@ async def _check_connections(config: Config) -> list[tuple[str, str | None, str]
             results.append((name, None, ("connected (its connector cannot list the app's fields, "
                                          "so the field map is not checked against them)")))
             continue
-        unknown = sorted(rt.mapping.app_fields - known)
+        prefixes = tuple(f[:-1] for f in known if f.endswith(".*"))  # "hash.*": any key
+        unknown = sorted(f for f in rt.mapping.app_fields - known if not f.startswith(prefixes))
         if unknown:
             problem = (f"apps.{name}.fields maps app field(s) the app does not have: "
                        f"{', '.join(unknown)} (it has: {', '.join(sorted(known)) or 'none'})")

@@ -249,7 +249,9 @@ class Connector(Generic[S]):
     async def app_fields(self) -> set[str] | None:
         """The field names the app has, as a field map names them, for `check --connect` to
         catch a mapped app field the app does not have (a typo); None when the connector
-        cannot tell (the default). Called on an opened connector; reads, never writes.
+        cannot tell (the default). A name ending in `.*` stands for every field under that
+        prefix (a free-form hash, e.g. `additional_attributes.*`). Called on an opened
+        connector; reads, never writes.
 
         Raises:
             ConnectorError: the app cannot be reached.
