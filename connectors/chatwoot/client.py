@@ -87,6 +87,18 @@ class ChatwootClient:
             raise self._error("the inbox list is not the documented shape", operation=operation)
         return [Inbox.model_validate(i) for i in items]
 
+    async def contact_attribute_keys(self) -> list[str]:
+        """The keys of the account's contact custom attribute definitions
+        (get-account-custom-attribute with attribute_model=1, a bare array)."""
+        operation = "custom_attributes.list"
+        response = await self.http.request("GET", f"{self._root}/custom_attribute_definitions",
+                                           operation=operation, params={"attribute_model": "1"})
+        body = self._body(response, operation=operation)
+        if not isinstance(body, list):
+            raise self._error("the custom attribute list is not the documented shape",
+                              operation=operation)
+        return [str(a["attribute_key"]) for a in body if isinstance(a, Mapping) and a.get("attribute_key")]
+
     async def page(self, page: int) -> ContactPage:
         """One page of the resolved contacts, in Chatwoot's own order (no `sort`)."""
         return await self._page("GET", "/contacts", {"page": page}, operation="contacts.list")

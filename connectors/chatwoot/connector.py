@@ -39,6 +39,10 @@ from typing import Any, TypeVar
 
 import httpx
 from customer_sync_connectors.chatwoot._fields import (
+    ADDITIONAL_PREFIX,
+    CUSTOM_PREFIX,
+    READ_ONLY_FIELDS,
+    SOCIAL_PREFIX,
     FieldRefused,
     check_writable,
     needs_current,
@@ -155,6 +159,14 @@ class ChatwootConnector(Connector[ChatwootSettings]):
         if wanted is not None and wanted not in {i.id for i in inboxes}:
             raise self.error(ConnectorError, f"inbox_id {wanted} is not an inbox of the account",
                              operation="inboxes.list")
+
+    async def app_fields(self) -> set[str]:
+        """The contact's own attributes, `custom_attributes.KEY` per contact attribute the
+        account defines, and any `additional_attributes.KEY` or `social_profiles.NETWORK` (free
+        hashes Chatwoot defines no list of)."""
+        keys = await self.api.contact_attribute_keys()
+        return {"name", "email", "phone_number", "identifier", *READ_ONLY_FIELDS,
+                *(CUSTOM_PREFIX + key for key in keys), ADDITIONAL_PREFIX + "*", SOCIAL_PREFIX + "*"}
 
     # -- the scan -------------------------------------------------------------------------------
 

@@ -81,6 +81,25 @@ first_name = "{first_name}"
 """
 
 
+CHATWOOT = """\
+[daemon]
+store_url = "sqlite:///{tmp}/store.db"
+
+[apps.inbox]
+connector = "chatwoot"
+
+[apps.inbox.settings]
+base_url = "{base_url}"
+account_id = 1
+api_access_token = "${{CS_TEST_CW_TOKEN}}"
+
+[apps.inbox.fields]
+email = "email"
+first_name = "{first_name}"
+company = "additional_attributes.company_name"
+"""
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging() -> None:
     import structlog
@@ -166,5 +185,30 @@ def test_check_connect_catches_an_unknown_mailchimp_merge_field(
         code, out, err = _check(tmp_path, template, "FNAME")
         assert 0 == code, (out, err)
         assert "ok app news: connected, every mapped field exists" in out.splitlines()
+    finally:
+        served.stop()
+
+
+def test_check_connect_catches_an_unknown_chatwoot_custom_attribute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chatwoot: the contact's attributes, `custom_attributes.KEY` per contact attribute the
+    account defines, and any key of the free `additional_attributes` hash."""
+    from customer_sync.sandbox._common import serve
+    from customer_sync.sandbox.chatwoot import ChatwootSimulator
+
+    sim = ChatwootSimulator(contact_attributes=["plan"])
+    monkeypatch.setenv("CS_TEST_CW_TOKEN", sim.api_access_token)
+    served = serve(sim.app)
+    try:
+        template = CHATWOOT.replace("{base_url}", served.base_url)
+        code, out, err = _check(tmp_path, template, "custom_attributes.plna")
+        assert 1 == code, (out, err)
+        assert ("app inbox: apps.inbox.fields maps app field(s) the app does not have: "
+                "custom_attributes.plna (it has: ") in err
+
+        code, out, err = _check(tmp_path, template, "custom_attributes.plan")
+        assert 0 == code, (out, err)
+        assert "ok app inbox: connected, every mapped field exists" in out.splitlines()
     finally:
         served.stop()
