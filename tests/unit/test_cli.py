@@ -594,6 +594,16 @@ def test_log_finds_the_customer_by_email_in_any_case(synced: Setup) -> None:
     assert "first_name: (none) → Ann" in text
 
 
+def test_log_shows_a_new_customers_fields_as_a_list_not_as_old_and_new(synced: Setup) -> None:
+    """The decision on a new customer names its fields (`{"fields": [email, first_name]}`);
+    two names are a list, not a change from one to the other."""
+    text = synced.ok("log", "ann@example.com").stdout
+
+    decided = next(line for line in text.splitlines() if " decided " in line)
+    assert "fields: email, first_name" in decided
+    assert "email → first_name" not in text
+
+
 def test_log_limit_keeps_the_latest_entries(synced: Setup) -> None:
     """`log --limit N` shows the last N entries."""
     full = synced.json("log", "ann@example.com")["entries"]
