@@ -194,6 +194,18 @@ def test_connectors_lists_the_bundled_sql_connector() -> None:
     assert any(line.split()[:2] == ["sql", "customer-sync"] for line in text.splitlines())
 
 
+def test_connectors_takes_a_config_like_every_command_and_names_its_apps(setup: Setup) -> None:
+    """`connectors --config F` is accepted (every command takes --config) and names the apps
+    of F that use each connector; without a config it needs none."""
+    data = setup.json("connectors")
+
+    assert ["a", "b"] == {c["name"]: c for c in data}["sql"]["apps"]
+    text = setup.ok("connectors").stdout
+    assert "APPS" in text.splitlines()[0]
+    assert any(line.split()[:2] == ["sql", "customer-sync"] and line.endswith("a, b")
+               for line in text.splitlines())
+
+
 # -- check ---------------------------------------------------------------------------------------
 
 
