@@ -54,7 +54,7 @@ app = typer.Typer(
     name="customer-sync",
     help="Two-way sync of customer records across your apps.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 conflicts_app = typer.Typer(help="Conflicts the rules could not decide, and resolving them.")

@@ -181,6 +181,24 @@ def test_version_prints_the_package_version() -> None:
     assert f"customer-sync {__version__}" == result.stdout.strip()
 
 
+def test_shell_completion_is_on_and_completes_commands_and_options() -> None:
+    """`--show-completion SHELL` prints the script that `--install-completion` installs, and
+    the script's callback completes commands and their options."""
+    script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="customer-sync")
+    assert 0 == script.exit_code, script.output
+    assert "_CUSTOMER_SYNC_COMPLETE=complete_bash" in script.stdout
+
+    def complete(words: str) -> list[str]:
+        env = {"_CUSTOMER_SYNC_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        result = CliRunner().invoke(app, [], prog_name="customer-sync", env=env)
+        assert 0 == result.exit_code, result.output
+        return result.stdout.split()
+
+    assert ["connectors", "conflicts"] == complete("customer-sync con")
+    assert ["--once"] == complete("customer-sync run --on")
+
+
 def test_connectors_lists_the_bundled_sql_connector() -> None:
     """`connectors` names each installed connector with its distribution and capabilities."""
     result = CliRunner().invoke(app, ["connectors", "--json"])
