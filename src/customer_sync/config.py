@@ -17,6 +17,7 @@ booleans: `enabled = "yes"` is an error, not a truthy string.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -409,7 +410,7 @@ def load_config(
     except ValidationError as exc:
         problems += _not_yet_named(_explain(exc), problems)
         problems += _connector_problems(raw, connectors or {})
-        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems]) from None
+        raise ConfigError("invalid config", problems=_blamed(problems, label, raw)) from None
 
     apps: dict[str, AppRuntime] = {}
     for name, app in settings.apps.items():
@@ -420,8 +421,63 @@ def load_config(
     if not settings.apps:
         problems.append("apps: no app configured (add at least two [apps.NAME] tables)")
     if problems:
-        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems])
+        raise ConfigError("invalid config", problems=_blamed(problems, label, raw))
     return Config(Path(path) if path is not None else None, settings, apps)
+
+
+_ENV_PREFIX = "CUSTOMER_SYNC_"
+
+
+def _blamed(problems: list[str], label: str, raw: Mapping[str, Any]) -> list[str]:
+    """Each problem (`key.path: what`) prefixed with where its value came from: the
+    environment variable that set the key (`CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S
+    (environment): ...`), else the file. A variable that brings a block the file does not hold
+    (`CUSTOMER_SYNC_APPS__X__ENABLED` makes an app `x`) is blamed for that block's problems too."""
+    blames: list[tuple[str, str]] = []  # (key path the variable answers for, variable)
+    for var, parts in _env_overrides(os.environ):
+        held: Any = raw
+        for i, part in enumerate(parts):
+            if not isinstance(held, Mapping) or part not in held:
+                parts = parts[: i + 1]  # the block the file does not hold comes from the variable
+                break
+            held = held[part]
+        blames.append((_path(parts), var))
+    out = []
+    for problem in problems:
+        key = problem.partition(": ")[0]
+        found = [(len(path), var) for path, var in blames
+                 if key == path or key.startswith((f"{path}.", f"{path}["))]
+        if found:
+            longest = max(length for length, _ in found)
+            names = ", ".join(sorted(var for length, var in found if length == longest))
+            out.append(f"{names} (environment): {problem}")
+        else:
+            out.append(f"{label}: {problem}")
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The environment variables the settings read (`CUSTOMER_SYNC_<SECTION>[__<KEY>...]`, any
+    case, as pydantic-settings reads them), each with the key paths it sets: one, or one per
+    key of a JSON object (`CUSTOMER_SYNC_DAEMON='{"listen": ...}'`)."""
+    out = []
+    for var, value in environ.items():
+        if not var.upper().startswith(_ENV_PREFIX):
+            continue
+        parts = tuple(part.lower() for part in var[len(_ENV_PREFIX):].split("__"))
+        if parts[0] in Settings.model_fields and all(parts):
+            out += [(var, path) for path in _leaves(parts, value)]
+    return out
+
+
+def _leaves(parts: tuple[str, ...], value: str) -> list[tuple[str, ...]]:
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return [parts]
+    if not isinstance(decoded, dict) or not decoded:
+        return [parts]
+    return [(*parts, str(key)) for key in decoded]
 
 
 def _connector_problems(raw: Mapping[str, Any], extra: Mapping[str, type]) -> list[str]:

@@ -557,6 +557,41 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert 5.0 == config.daemon.poll_interval_s
 
 
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S": "often"},
+         ("CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S (environment): daemon.poll_interval_s: "
+         "Input should be a valid number, unable to parse string as a number")),
+        ({"customer_sync_daemon__listen": "nowhere"},
+         ('customer_sync_daemon__listen (environment): daemon.listen: must be HOST:PORT with a '
+         'port from 1 to 65535, e.g. "127.0.0.1:8080"')),
+        ({"CUSTOMER_SYNC_APPS__CRM__ENABLED": "maybe"},
+         ("CUSTOMER_SYNC_APPS__CRM__ENABLED (environment): apps.crm.enabled: "
+         "Input should be a valid boolean, unable to interpret input")),
+        ({"CUSTOMER_SYNC_APPS__TYPO__ENABLED": "false"},  # an app the file does not have
+         ("CUSTOMER_SYNC_APPS__TYPO__ENABLED (environment): apps.typo.connector: "
+         "required key is missing")),
+        ({"CUSTOMER_SYNC_DAEMON": '{"colour": "blue"}'},
+         "CUSTOMER_SYNC_DAEMON (environment): daemon.colour: unknown key"),
+    ],
+    ids=["number", "any case", "boolean", "new block", "json block"],
+)
+def test_an_invalid_environment_override_names_the_variable_not_the_file(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    """A value the environment overrides is blamed on its variable, the file's on the file."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    data = _two_apps()
+    data["daemon"] = {"log_level": "loud"}
+    from_file = f"{FILE}: daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error'"
+
+    problems = _problems(data)
+
+    assert [expected, from_file] == sorted(problems, key=lambda p: p.startswith(FILE))
+
+
 # -- values checked for what they are used as: each is refused by `check` and by `run` ---------
 
 HS_TOKEN = {"HS_TOKEN": "hs-token-from-env"}
