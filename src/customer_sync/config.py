@@ -8,7 +8,8 @@ plus each app's compiled field map, filter and connector settings. Every problem
 once, one line each: `FILE: key.path: what is wrong`.
 
 Values are checked for what they will be used as, so that `check` refuses what `run` would
-trip over: the store URL's scheme, the listen address, URLs, phone regions, and connector
+trip over: durations (seconds, or text with a unit: `"15s"`, `"10m"`, `"180d"`; see
+`durations`), the store URL's scheme, the listen address, URLs, phone regions, and connector
 settings through their own types (`sdk.VendorUrl` refuses a link-local or cloud metadata
 address unless the app sets `allow_private_urls`). Booleans written in the file must be TOML
 booleans: `enabled = "yes"` is an error, not a truthy string.
@@ -35,6 +36,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from customer_sync.canonical import CUSTOM_TYPES, NormalizeContext, field_spec
+from customer_sync.durations import Seconds
 from customer_sync.errors import ConfigError, StoreError
 from customer_sync.mapping.compile import AppMapping, Direction, compile_mapping
 from customer_sync.mapping.filters import OPS, Filter, compile_filter
@@ -133,7 +135,7 @@ class DaemonConfig(_Block):
     public_url: Annotated[str, AfterValidator(_check_public_url)] | None = Field(
         None, description="base URL vendors post webhooks to, if behind a proxy"
     )
-    poll_interval_s: float = Field(60.0, gt=0)
+    poll_interval_s: Seconds = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     redact_logs: bool = True
@@ -149,12 +151,12 @@ class DaemonConfig(_Block):
         description="list apps whose connector allows it in a worker process; default on when "
                     "there is a normalizing worker",
     )
-    poll_slice_s: float = Field(
+    poll_slice_s: Seconds = Field(
         30.0, gt=0,
         description="a poll stops taking pages after this long and goes on in the next round, "
                     "so one long listing does not hold up the other apps' writes",
     )
-    max_retry_after_s: float = Field(
+    max_retry_after_s: Seconds = Field(
         DEFAULT_MAX_RETRY_AFTER_S, gt=0,
         description="longest vendor Retry-After a call waits for; a longer one parks the app",
     )
@@ -173,7 +175,7 @@ class AppConfig(_Block):
 
     connector: str
     enabled: bool = True
-    poll_interval_s: float | None = Field(None, gt=0)
+    poll_interval_s: Seconds | None = Field(None, gt=0)
     settings: dict[str, Any] = Field(default_factory=dict)
     fields: dict[str, Any] | None = None  # None: the connector's default mapping.toml
     direction: Direction = "both"
@@ -183,8 +185,8 @@ class AppConfig(_Block):
     allow_private_urls: bool = Field(
         False, description="let connector URLs point at link-local or cloud metadata addresses"
     )
-    max_retry_after_s: float | None = Field(None, gt=0)  # None: [daemon]'s
-    reconcile_interval_s: float | None = Field(
+    max_retry_after_s: Seconds | None = Field(None, gt=0)  # None: [daemon]'s
+    reconcile_interval_s: Seconds | None = Field(
         None, ge=0,
         description="compare the whole app with the store this often (hard deletes, edits saved "
                     "with old modified times); 0 turns it off; default: the connector's",

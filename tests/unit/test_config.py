@@ -562,7 +562,8 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     [
         ({"CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S": "often"},
          ("CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S (environment): daemon.poll_interval_s: "
-         "Input should be a valid number, unable to parse string as a number")),
+         "not a duration: write seconds (15) or a number with a unit: "
+         '"15s", "10m", "2h", "180d", "2w"; got \'often\'')),
         ({"customer_sync_daemon__listen": "nowhere"},
          ('customer_sync_daemon__listen (environment): daemon.listen: must be HOST:PORT with a '
          'port from 1 to 65535, e.g. "127.0.0.1:8080"')),
@@ -888,3 +889,46 @@ def test_hubspot_reads_the_properties_its_field_map_names() -> None:
 
     assert ["email", "firstname", "email_consent"] == properties({})
     assert ["email", "firstname"] == properties({"properties": ["email", "firstname"]})
+
+
+# -- durations: one syntax wherever a duration is configured -------------------------------------
+
+
+def test_every_duration_takes_seconds_or_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`poll_interval_s = "15s"` is read as filters read "180d": numbers stay seconds, and text
+    with a unit (s, m, h, d, w) is accepted in [daemon], in an app, from the environment and in
+    a connector's settings."""
+    monkeypatch.setenv("CUSTOMER_SYNC_DAEMON__POLL_SLICE_S", "2m")
+    data = _without_none(_with_hubspot(webhook_max_age_s="5m"))
+    data["daemon"] = {"poll_interval_s": "15s", "max_retry_after_s": "1.5h"}
+    data["apps"]["crm"].update(poll_interval_s="10m", reconcile_interval_s="1d")
+    data["apps"]["shop"].update(poll_interval_s=30, max_retry_after_s="2w")
+
+    config = load_config(FILE, data=data, env=HS_TOKEN, connectors=CONNECTORS)
+
+    daemon = config.daemon
+    assert (15.0, 120.0, 5400.0) == (daemon.poll_interval_s, daemon.poll_slice_s, daemon.max_retry_after_s)
+    assert (600.0, 30.0) == (config.poll_interval_s("crm"), config.poll_interval_s("shop"))
+    assert 86400.0 == config.reconcile_interval_s("crm")
+    assert 14 * 86400.0 == config.apps["shop"].max_retry_after_s
+    settings: Any = config.apps["crm"].connector_settings
+    assert 300.0 == settings.webhook_max_age_s
+
+
+NOT_A_DURATION = 'not a duration: write seconds (15) or a number with a unit: "15s", "10m", "2h", "180d", "2w"'
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("15 minutes", f"{NOT_A_DURATION}; got '15 minutes'"),
+        ("0s", "Input should be greater than 0"),
+        ("-5m", f"{NOT_A_DURATION}; got '-5m'"),
+    ],
+    ids=["words", "zero", "negative"],
+)
+def test_a_duration_that_cannot_work_is_refused_naming_the_key(value: str, expected: str) -> None:
+    """A duration is checked like the number it stands for, and text that is not one says
+    what to write."""
+    assert [f"{FILE}: daemon.poll_interval_s: {expected}"] == _problems(
+        _two_apps(daemon={"poll_interval_s": value}))
