@@ -932,3 +932,14 @@ def test_a_duration_that_cannot_work_is_refused_naming_the_key(value: str, expec
     what to write."""
     assert [f"{FILE}: daemon.poll_interval_s: {expected}"] == _problems(
         _two_apps(daemon={"poll_interval_s": value}))
+
+
+def test_a_connectors_durations_take_the_same_syntax() -> None:
+    """A connector's own duration settings (`timeout_s`, `rate_limit_window_s`) read text with a
+    unit like every other duration."""
+    data = _without_none(_with_zendesk(timeout_s="2m", rate_limit_window_s="1m", job_timeout_s=90))
+
+    config = load_config(FILE, data=data, env=ZD_TOKEN, connectors=CONNECTORS)
+
+    settings: Any = config.apps["crm"].connector_settings
+    assert (120.0, 60.0, 90.0) == (settings.timeout_s, settings.rate_limit_window_s, settings.job_timeout_s)
