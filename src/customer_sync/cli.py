@@ -635,7 +635,10 @@ def deletes_reject(
 # -- one customer --------------------------------------------------------------------------------
 
 
-Who = Annotated[str, typer.Argument(metavar="WHO", help="An email, a phone or a customer id.")]
+Who = Annotated[str, typer.Argument(
+    metavar="WHO",
+    help="An email, a phone, a customer id, or an app's record as APP:RECORD_ID (crm:c1).",
+)]
 
 
 @app.command("log")
@@ -650,7 +653,8 @@ def log_(
     the values of its records that were refused."""
     config = _setup(config_path)
     with _opened_store(config) as store:
-        customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
+        customer_id = admin.find_customer(store, who, identity_key=default_identity_key(),
+                                          apps=config.apps)
         entries = admin.customer_log(store, customer_id, limit=limit)
         rejections = admin.customer_rejections(store, customer_id)
     if as_json:
@@ -682,7 +686,8 @@ def explain(who: Who, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonO
     """Why a customer looks the way it does: each field's value, source app, time and rule."""
     config = _setup(config_path)
     with _opened_store(config) as store:
-        customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
+        customer_id = admin.find_customer(store, who, identity_key=default_identity_key(),
+                                          apps=config.apps)
         found = admin.explain(store, customer_id)
     if as_json:
         _print_json(found)

@@ -634,6 +634,20 @@ def test_log_shows_a_new_customers_fields_as_a_list_not_as_old_and_new(synced: S
     assert "email → first_name" not in text
 
 
+def test_log_and_explain_find_the_customer_by_an_apps_record_id(synced: Setup) -> None:
+    """`APP:RECORD_ID` names the customer an app's record is linked to, in either app; a record
+    of a configured app that nobody is linked to is not found, and says so."""
+    customer_id = synced.json("explain", "ann@example.com")["customer_id"]
+    b_record = {lk["app"]: lk["app_record_id"] for lk in synced.json("explain", "a:a1")["links"]}["b"]
+
+    assert customer_id == synced.json("log", "a:a1")["customer_id"]
+    assert customer_id == synced.json("explain", f"b:{b_record}")["customer_id"]
+    assert f"customer {customer_id}" == synced.ok("log", "a:a1").stdout.splitlines()[0]
+    missing = synced.cli("explain", "a:nope")
+    assert 1 == missing.exit_code
+    assert "not found: no customer is linked to record 'nope' of a" in missing.stderr
+
+
 def test_log_limit_keeps_the_latest_entries(synced: Setup) -> None:
     """`log --limit N` shows the last N entries."""
     full = synced.json("log", "ann@example.com")["entries"]
