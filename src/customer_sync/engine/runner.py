@@ -47,8 +47,9 @@ from customer_sync.engine.normalizing import Normalized, PageNormalizer, default
 from customer_sync.engine.poll import PollResult, poll_app, take_pages
 from customer_sync.engine.process import ProcessStats
 from customer_sync.engine.reconcile import due_for_reconcile, reconcile_app, scan_ids
-from customer_sync.errors import AuthError, RateLimited
+from customer_sync.errors import AuthError, ConnectorError, RateLimited
 from customer_sync.metrics import EngineMetrics
+from customer_sync.progress import DEFAULT_EVERY_S, ProgressListener, PullProgress
 from customer_sync.sdk.connector import ChangePage, Connector
 from customer_sync.sdk.ratelimit import collecting
 from customer_sync.store import app_state
@@ -188,6 +189,9 @@ class Engine:
         self._wake: asyncio.Event | None = None  # set by `notify` while the daemon runs
         self.stopping: asyncio.Event | None = None  # the daemon's stop: polls end at a page
         self.metrics = EngineMetrics(self.apps, clock)  # served at /metrics (see `metrics`)
+        self.pulls: dict[str, PullProgress] = {}  # app -> its initial pull under way
+        self.progress_every_s = DEFAULT_EVERY_S  # how often an initial pull logs its progress
+        self.progress_listeners: list[ProgressListener] = []  # e.g. the CLI's progress bar
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -234,6 +238,18 @@ class Engine:
         self.metrics.polled(app, started=started, duration_s=time.perf_counter() - t0,
                             fresh=result.fresh, complete=result.complete and not full)
         return result
+
+    async def start_pull(self, app: str) -> PullProgress:
+        """The progress of an initial pull of `app` that starts now, with the app's record count
+        when its connector can tell (a failure to tell is no failure of the pull)."""
+        total = None
+        try:
+            total = await self.connectors[app].count_records()
+        except ConnectorError as exc:
+            log.info("pull.count_unknown", app=app, reason=type(exc).__name__)
+        log.info("pull.started", app=app, total=total)
+        return PullProgress(app, total=total, every_s=self.progress_every_s,
+                            listeners=list(self.progress_listeners))
 
     def _take_pages(
         self, app: str, pages: Sequence[ChangePage], normalized: Mapping[int, Normalized] | None = None,
