@@ -74,6 +74,12 @@ def api_counts() -> dict[str, dict[str, int]]:
     of one call). A listing worker's calls are counted in its own process, not here."""
     return {app: dict(counts) for app, counts in list(_API_COUNTS.items())}
 
+
+def count_api_call(app: str, what: str) -> None:
+    """Count a call made for `app` in another process (a listing worker asks the daemon's
+    rate limiter before each attempt): `what` is a key of `api_counts`."""
+    _API_COUNTS[app][what] += 1
+
 ErrorClass = type[ConnectorError]
 
 
