@@ -108,6 +108,8 @@ class EngineMetrics:
         clock: the engine's clock (the sync lag is measured on it).
     """
 
+    MIXED = MIXED
+
     def __init__(self, apps: Iterable[str], clock: Callable[[], datetime]) -> None:
         self.apps = sorted(apps)
         self.clock = clock

@@ -17,7 +17,6 @@ from sqlalchemy import delete, func, select
 from customer_sync.engine._gc import gc_paused
 from customer_sync.engine.process import ProcessStats, process_items
 from customer_sync.errors import ConnectorError
-from customer_sync.metrics import MIXED
 from customer_sync.sdk.connector import AppRecord
 from customer_sync.store.tables import InboxItem
 from customer_sync.store.uow import UnitOfWork
@@ -83,7 +82,7 @@ def _process_batch(engine: Engine, items: list[dict[str, Any]]) -> ProcessStats:
         uow.flush()
         conn.execute(delete(inbox_t).where(inbox_t.c.seq.in_([i["seq"] for i in items])))
     apps = {i["app"] for i in items}  # counted once committed, by the app they came from
-    engine.metrics.decisions(apps.pop() if len(apps) == 1 else MIXED, stats)
+    engine.metrics.decisions(apps.pop() if len(apps) == 1 else engine.metrics.MIXED, stats)
     return stats
 
 

@@ -48,7 +48,6 @@ from customer_sync.engine.poll import PollResult, poll_app, take_pages
 from customer_sync.engine.process import ProcessStats
 from customer_sync.engine.reconcile import due_for_reconcile, reconcile_app, scan_ids
 from customer_sync.errors import AuthError, ConnectorError, RateLimited
-from customer_sync.metrics import EngineMetrics
 from customer_sync.progress import DEFAULT_EVERY_S, ProgressListener, PullProgress
 from customer_sync.sdk.connector import ChangePage, Connector
 from customer_sync.sdk.ratelimit import collecting
@@ -56,6 +55,7 @@ from customer_sync.store import app_state
 
 if TYPE_CHECKING:
     from customer_sync.config import Config
+    from customer_sync.metrics import EngineMetrics
     from customer_sync.store.db import Store
 
 __all__ = ["Engine", "RoundResult", "RunSummary", "default_identity_key"]
@@ -188,7 +188,9 @@ class Engine:
         self._failing: set[str] = set()  # apps with an error recorded since they last succeeded
         self._wake: asyncio.Event | None = None  # set by `notify` while the daemon runs
         self.stopping: asyncio.Event | None = None  # the daemon's stop: polls end at a page
-        self.metrics = EngineMetrics(self.apps, clock)  # served at /metrics (see `metrics`)
+        from customer_sync.metrics import EngineMetrics  # prometheus-client: not for `--help`
+
+        self.metrics: EngineMetrics = EngineMetrics(self.apps, clock)  # served at /metrics
         self.pulls: dict[str, PullProgress] = {}  # app -> its initial pull under way
         self.progress_every_s = DEFAULT_EVERY_S  # how often an initial pull logs its progress
         self.progress_listeners: list[ProgressListener] = []  # e.g. the CLI's progress bar
