@@ -47,7 +47,7 @@ from customer_sync.engine.normalizing import Normalized, PageNormalizer, default
 from customer_sync.engine.poll import PollResult, poll_app, take_pages
 from customer_sync.engine.process import ProcessStats
 from customer_sync.engine.reconcile import due_for_reconcile, reconcile_app, scan_ids
-from customer_sync.errors import AuthError, ConnectorError, RateLimited
+from customer_sync.errors import AuthError, ConnectorError, RateLimited, TransientError
 from customer_sync.progress import DEFAULT_EVERY_S, ProgressListener, PullProgress
 from customer_sync.sdk.connector import ChangePage, Connector
 from customer_sync.sdk.ratelimit import collecting
@@ -243,10 +243,14 @@ class Engine:
 
     async def start_pull(self, app: str) -> PullProgress:
         """The progress of an initial pull of `app` that starts now, with the app's record count
-        when its connector can tell (a failure to tell is no failure of the pull)."""
+        when its connector can tell. A refused count is no failure of the pull; an app that is
+        unreachable, rate limited or refusing the credentials fails the poll here as its
+        listing would (and so takes no more of the app's retries than the listing would)."""
         total = None
         try:
             total = await self.connectors[app].count_records()
+        except (TransientError, AuthError):
+            raise
         except ConnectorError as exc:
             log.info("pull.count_unknown", app=app, reason=type(exc).__name__)
         log.info("pull.started", app=app, total=total)
