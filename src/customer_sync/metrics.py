@@ -28,7 +28,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -56,6 +62,9 @@ _POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 _DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # ProcessStats fields that are not a decision about a change
 _NOT_DECISIONS = frozenset({"read", "planned"})
+# No `_created` sample beside every counter and histogram: in the text format each is one more
+# gauge series per label set, which Prometheus does not need (it sees resets by itself).
+disable_created_metrics()
 _outbox = OutboxItem.__table__
 _inbox = InboxItem.__table__
 _conflicts = ConflictRow.__table__

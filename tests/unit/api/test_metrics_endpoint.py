@@ -35,3 +35,4 @@ async def test_a_verified_delivery_is_observed_and_waits_in_the_inbox(client):  
     assert 0 == samples[("customer_sync_inbox_depth", (("app", "desk"),))]
     assert 0 == samples[("customer_sync_conflicts_open", (("kind", "field"),))]
     assert 1 == samples[("customer_sync_store_read_ok", ())]
+    assert [] == [name for name, _ in samples if name.endswith("_created")]
