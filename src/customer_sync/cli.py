@@ -247,8 +247,11 @@ async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
 
 
 async def _run_once(config: Config, store: Store, *, reconcile: bool | None) -> RunSummary:
+    from customer_sync._cli_progress import progress_bar
+
     async with Engine(config, store) as engine:
-        return await engine.run_once(reconcile=reconcile)
+        with progress_bar(engine):  # on a terminal only
+            return await engine.run_once(reconcile=reconcile)
 
 
 async def _run_daemon(config: Config, store: Store) -> None:

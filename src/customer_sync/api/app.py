@@ -14,6 +14,10 @@ CONTRACTS.md does not say).
 
 `/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
 way intake uses it, with the same short lock wait, and says why it is not ready.
+
+`/metrics` serves the engine's metrics in the Prometheus text format (`customer_sync.metrics`);
+the store's depths are read off the event loop and waited for briefly, so a busy store makes the
+scrape serve the last depths read (with `customer_sync_store_read_ok 0`), never a stalled loop.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from starlette.routing import Route
 
 from customer_sync.engine.webhooks import parked_apps
 from customer_sync.errors import AuthError, ConnectorError, StoreBusy, StoreError
+from customer_sync.metrics import CONTENT_TYPE
 from customer_sync.sdk.connector import Capability
 from customer_sync.sdk.http import redact_text
 
@@ -138,11 +143,15 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
         return JSONResponse({"status": "ready" if not failed else "degraded", "failed_apps": failed},
                             status_code=status)
 
+    async def metrics(request: Request) -> Response:
+        return Response(await engine.metrics.render(engine.store), media_type=CONTENT_TYPE)
+
     return Starlette(routes=[
         Route("/webhooks/{app}", webhook, methods=["POST"]),
         Route("/webhooks/{app}", webhook_check, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ])
 
 
