@@ -187,7 +187,9 @@ class Image:
                                   check=False, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 pytest.fail(f"RUN step failed ({done.returncode}): {step}\n"
-                            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+                            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n"
+                            "(a dependency missing from the lock: regenerate docker/requirements.lock"
+                            " as docs/container.md says)")
             self.ran.append(step)
 
     def _do_healthcheck(self, args: str) -> None:
@@ -288,6 +290,23 @@ def test_image_config_keeps_every_file_in_the_volume() -> None:
         assert url.startswith("sqlite:////"), f"{url}: not an absolute SQLite path"
         path = url.removeprefix("sqlite:///")
         assert any(path.startswith(v.rstrip("/") + "/") for v in volumes), f"{path} is outside {volumes}"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_lock_file_pins_every_dependency() -> None:
+    """docker/requirements.lock pins each dependency of pyproject.toml (and the postgres extra),
+    so a dependency added without regenerating the lock fails here, in milliseconds."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in
+              project["dependencies"] + project["optional-dependencies"]["postgres"]}
+    pinned = {m.group(1).lower().replace("_", "-") for m in re.finditer(
+        r"^([A-Za-z0-9._-]+)==", (ROOT / "docker/requirements.lock").read_text(), re.MULTILINE)}
+    missing = sorted(wanted - pinned)
+    assert not missing, (f"not in docker/requirements.lock: {missing}; regenerate it with the "
+                         "pip-compile command at its top (docs/container.md)")
 
 
 def test_image_installs_from_the_lock_file(image: Image) -> None:
