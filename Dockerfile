@@ -51,7 +51,7 @@ EXPOSE 8080
 # /healthz answers while the process serves (it touches nothing else). The start period covers
 # the first start (migrations, apps opened); the port follows CUSTOMER_SYNC_DAEMON__LISTEN.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ['CUSTOMER_SYNC_DAEMON__LISTEN'].rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('CUSTOMER_SYNC_DAEMON__LISTEN', ':8080').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 
 ENTRYPOINT ["tini", "--", "customer-sync"]
 CMD ["run"]

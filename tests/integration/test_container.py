@@ -242,9 +242,11 @@ def daemon_env(image: Image) -> Iterator[dict[str, str]]:
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """End the daemon this test started and whatever it started (its own process group)."""
-    if process.poll() is None:
+    try:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
+    except ProcessLookupError:  # the daemon and every process it started are gone already
+        pass
+    process.wait(timeout=STOP_TIMEOUT_S)
 
 
 def _wait_healthy(image: Image, env: Mapping[str, str], daemon: subprocess.Popen[bytes]) -> None:
@@ -338,9 +340,11 @@ def test_entrypoint_runs_the_daemon_and_healthcheck_follows_it(
                             check=False, capture_output=True, timeout=30)
     assert before.returncode != 0, "the HEALTHCHECK passed with no daemon listening"
 
-    daemon = subprocess.Popen(image.command(image.entrypoint + image.cmd), env=daemon_env,
-                              cwd=image.workdir, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = image.root / "daemon.log"  # a file, not a pipe: a full pipe would stall the daemon
+    with log_path.open("wb") as log_file:
+        daemon = subprocess.Popen(image.command(image.entrypoint + image.cmd), env=daemon_env,
+                                  cwd=image.workdir, start_new_session=True,
+                                  stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(image, daemon_env, daemon)
         assert {"customer-sync.db", "crm.db", "shop.db"} <= {p.name for p in data.iterdir()}
@@ -350,9 +354,10 @@ def test_entrypoint_runs_the_daemon_and_healthcheck_follows_it(
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
         daemon.send_signal(signal.SIGTERM)
-        output, _ = daemon.communicate(timeout=STOP_TIMEOUT_S)
-        assert 0 == daemon.returncode, output.decode()[-3000:]
-        assert b"Traceback" not in output
+        daemon.wait(timeout=STOP_TIMEOUT_S)
+        output = log_path.read_text()
+        assert 0 == daemon.returncode, output[-3000:]
+        assert "Traceback" not in output
     finally:
         _stop(daemon)
 
