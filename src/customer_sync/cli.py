@@ -336,7 +336,7 @@ def check(
         bool, typer.Option("--connect", help="Also ask every enabled app's connector to connect.")
     ] = False,
 ) -> None:
-    """Check the config, the store and the apps; exit 0 when healthy (Docker HEALTHCHECK).
+    """Check the config, the store and the apps; exit 0 when healthy (run it before a deploy).
 
     Exit 2: the config is invalid. Exit 1: the store is unreachable or not migrated, an app is
     parked, or (with --connect) an app cannot be reached.
