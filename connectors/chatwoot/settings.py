@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from customer_sync.sdk import ConnectorSettings, VendorUrl, WebhookMaxAge
+from customer_sync.sdk import ConnectorSettings, Seconds, VendorUrl, WebhookMaxAge
 
 __all__ = ["ChatwootSettings"]
 
@@ -45,13 +45,13 @@ class ChatwootSettings(ConnectorSettings):
     inbox_id: int | None = Field(None, ge=1)
     webhook_secret: SecretStr | None = None
     webhook_max_age_s: WebhookMaxAge = 300.0
-    webhook_future_skew_s: float = Field(30.0, ge=0, le=300)
+    webhook_future_skew_s: Seconds = Field(30.0, ge=0, le=300)
     rate_limit: int = Field(2400, ge=1)
-    rate_limit_window_s: float = Field(60.0, gt=0)
+    rate_limit_window_s: Seconds = Field(60.0, gt=0)
     search_rate_limit: int = Field(60, ge=1)
-    search_rate_limit_window_s: float = Field(60.0, gt=0)
+    search_rate_limit_window_s: Seconds = Field(60.0, gt=0)
     read_concurrency: int = Field(8, ge=1, le=64)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: Seconds = Field(30.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

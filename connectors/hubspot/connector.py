@@ -235,6 +235,14 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                 operation="contacts.list",
             ) from None
 
+    async def count_records(self) -> int | None:
+        """The portal's contacts: the `total` of a one-result search with no filter (one search
+        call, for the progress of an initial pull). Archived contacts are not counted."""
+        page = await self.client.search_modified(
+            None, after=0, limit=1, properties=["hs_object_id"], descending=True
+        )
+        return page.total
+
     async def _newest_modified_ms(self) -> int:
         """The newest `lastmodifieddate` in the portal now (0 when it has no contacts)."""
         page = await self.client.search_modified(

@@ -12,7 +12,7 @@ from importlib import resources
 
 from pydantic import Field, SecretStr, field_validator
 
-from customer_sync.sdk import ConnectorSettings, VendorUrl, WebhookMaxAge
+from customer_sync.sdk import ConnectorSettings, Seconds, VendorUrl, WebhookMaxAge
 
 __all__ = ["DEFAULT_PROPERTIES", "HubSpotSettings"]
 
@@ -71,10 +71,10 @@ class HubSpotSettings(ConnectorSettings):
     page_size: int = Field(100, ge=1, le=100)
     history_page_size: int = Field(50, ge=1, le=100)
     rate_limit_calls: int = Field(100, ge=1)
-    rate_limit_window_s: float = Field(10.0, gt=0)
+    rate_limit_window_s: Seconds = Field(10.0, gt=0)
     search_per_s: float = Field(4, gt=0)
     field_history: bool = True
-    lookback_s: float = Field(2, ge=0)
+    lookback_s: Seconds = Field(2, ge=0)
     webhook_max_age_s: WebhookMaxAge = 300.0
     id_property: str | None = None
 

@@ -12,7 +12,7 @@ from typing import Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from customer_sync.sdk import ConnectorSettings, VendorUrl, WebhookMaxAge
+from customer_sync.sdk import ConnectorSettings, Seconds, VendorUrl, WebhookMaxAge
 
 __all__ = ["MailchimpSettings"]
 
@@ -60,13 +60,13 @@ class MailchimpSettings(ConnectorSettings):
     page_size: int = Field(1000, ge=1, le=1000)
     max_connections: int = Field(MAX_CONNECTIONS, ge=1, le=MAX_CONNECTIONS)
     batch_threshold: int = Field(10, ge=1)
-    batch_poll_interval_s: float = Field(2.0, ge=0)
-    batch_timeout_s: float = Field(600.0, gt=0)
-    late_arrival_s: float = Field(300.0, ge=1)
+    batch_poll_interval_s: Seconds = Field(2.0, ge=0)
+    batch_timeout_s: Seconds = Field(600.0, gt=0)
+    late_arrival_s: Seconds = Field(300.0, ge=1)
     status_if_new: Literal["subscribed", "unsubscribed", "pending", "transactional"] = "transactional"
     delete_mode: Literal["archive", "permanent"] = "archive"
     address_merge_fields: tuple[str, ...] = ("ADDRESS",)
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: Seconds = Field(120.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

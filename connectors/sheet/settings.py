@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from customer_sync.sdk import ConnectorSettings
+from customer_sync.sdk import ConnectorSettings, Seconds
 
 __all__ = ["CsvSettings", "SheetSettings", "XlsxSettings"]
 
@@ -54,7 +54,7 @@ class SheetSettings(ConnectorSettings):
     page_size: int = Field(1000, ge=1, le=100_000)
     write_attempts: int = Field(8, ge=1, le=1000)
     respect_office_locks: bool = True
-    delete_confirm_s: float = Field(1.0, ge=0)
+    delete_confirm_s: Seconds = Field(1.0, ge=0)
     tombstone_days: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")

@@ -44,6 +44,7 @@ from customer_sync.sdk import (
     ConnectorError,
     ConnectorSettings,
     Cursor,
+    Seconds,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -115,7 +116,7 @@ class SqlSettings(ConnectorSettings):
     create_table: bool = False
     column_types: dict[str, ColumnType] = Field(default_factory=dict)
     page_size: int = Field(1000, ge=1, le=100_000)
-    lookback_s: float = Field(0, ge=0)
+    lookback_s: Seconds = Field(0, ge=0)
     id_scan: bool = True
 
     @model_validator(mode="after")

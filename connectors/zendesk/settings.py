@@ -11,7 +11,7 @@ import base64
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from customer_sync.sdk import ConnectorSettings, VendorUrl, WebhookMaxAge
+from customer_sync.sdk import ConnectorSettings, Seconds, VendorUrl, WebhookMaxAge
 
 __all__ = ["ZendeskSettings"]
 
@@ -54,17 +54,17 @@ class ZendeskSettings(ConnectorSettings):
     webhook_secret: SecretStr | None = None
     page_size: int = Field(1000, ge=1, le=1000)
     rate_limit: int = Field(200, ge=1)
-    rate_limit_window_s: float = Field(60.0, gt=0)
+    rate_limit_window_s: Seconds = Field(60.0, gt=0)
     export_rate_limit: int = Field(9, ge=1)
-    export_rate_limit_window_s: float = Field(60.0, gt=0)
-    job_poll_interval_s: float = Field(2.0, ge=0)
-    job_timeout_s: float = Field(300.0, gt=0)
+    export_rate_limit_window_s: Seconds = Field(60.0, gt=0)
+    job_poll_interval_s: Seconds = Field(2.0, ge=0)
+    job_timeout_s: Seconds = Field(300.0, gt=0)
     end_users_only: bool = True
     webhook_max_age_s: WebhookMaxAge = 300.0
     fetch_identities: bool = True
     sideload_identities: bool = True
     identity_concurrency: int = Field(8, ge=1, le=64)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: Seconds = Field(30.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

@@ -58,7 +58,7 @@ def format_lag(seconds: float | None) -> str:
     """A duration for people: `42s`, `5m 02s`, `3h 10m`, `2d 4h`."""
     if seconds is None:
         return EMPTY
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -102,18 +102,33 @@ def format_change(old: Any, new: Any) -> str:
 
 
 def diff_lines(diff: Mapping[str, Any] | None) -> list[str]:
-    """A change-log diff as lines: `field: old → new`, or the detail as it is. Fields whose
-    old and new read the same (a first observation lists every mapped field) are left out."""
+    """A change-log diff as lines, by its shape. The change log holds two:
+
+    - changes, `{field: [old, new]}`: a line `field: old → new` each; fields whose old and new
+      read the same (a first observation lists every mapped field) are left out;
+    - a list of field names, `{"fields": [name, ...]}` (a new customer's decision, an error, a
+      dead letter): one line `fields: a, b`, however many names it holds.
+
+    Any two-item list is not a change: `{"fields": ["email", "first_name"]}` lists two names.
+    (Only a custom field named `fields`, changed from text to text and alone in its diff,
+    would read as names; no built-in field has that name.)
+    """
     if not diff:
         return []
     out = []
     for name, change in diff.items():
-        if isinstance(change, list) and len(change) == 2:
+        if name == "fields" and _is_name_list(change) and len(diff) == 1:
+            out.append(f"{name}: {', '.join(change)}")
+        elif isinstance(change, list) and len(change) == 2:
             if format_value(change[0]) != format_value(change[1]):
                 out.append(f"{name}: {format_change(change[0], change[1])}")
         else:
             out.append(f"{name}: {format_value(change)}")
     return out
+
+
+def _is_name_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

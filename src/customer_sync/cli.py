@@ -56,7 +56,7 @@ app = typer.Typer(
     name="customer-sync",
     help="Two-way sync of customer records across your apps.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 conflicts_app = typer.Typer(help="Conflicts the rules could not decide, and resolving them.")
@@ -278,8 +278,11 @@ async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
 
 
 async def _run_once(config: Config, store: Store, *, reconcile: bool | None) -> RunSummary:
+    from customer_sync._cli_progress import progress_bar
+
     async with Engine(config, store) as engine:
-        return await engine.run_once(reconcile=reconcile)
+        with progress_bar(engine):  # on a terminal only
+            return await engine.run_once(reconcile=reconcile)
 
 
 #: How long SIGTERM waits for the round in flight (its writes, then its cursors) before it
@@ -460,7 +463,7 @@ def check(
         bool, typer.Option("--connect", help="Also ask every enabled app's connector to connect.")
     ] = False,
 ) -> None:
-    """Check the config, the store and the apps; exit 0 when healthy (Docker HEALTHCHECK).
+    """Check the config, the store and the apps; exit 0 when healthy (run it before a deploy).
 
     Exit 2: the config is invalid. Exit 1: the store is unreachable or not migrated, an app is
     parked, or (with --connect) an app cannot be reached.
@@ -785,7 +788,10 @@ def deletes_reject(
 # -- one customer --------------------------------------------------------------------------------
 
 
-Who = Annotated[str, typer.Argument(metavar="WHO", help="An email, a phone or a customer id.")]
+Who = Annotated[str, typer.Argument(
+    metavar="WHO",
+    help="An email, a phone, a customer id, or an app's record as APP:RECORD_ID (crm:c1).",
+)]
 
 
 @app.command("log")
@@ -800,7 +806,8 @@ def log_(
     the values of its records that were refused."""
     config = _setup(config_path)
     with _opened_store(config) as store:
-        customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
+        customer_id = admin.find_customer(store, who, identity_key=default_identity_key(),
+                                          apps=config.apps)
         entries = admin.customer_log(store, customer_id, limit=limit)
         rejections = admin.customer_rejections(store, customer_id)
     if as_json:
@@ -832,7 +839,8 @@ def explain(who: Who, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonO
     """Why a customer looks the way it does: each field's value, source app, time and rule."""
     config = _setup(config_path)
     with _opened_store(config) as store:
-        customer_id = admin.find_customer(store, who, identity_key=default_identity_key())
+        customer_id = admin.find_customer(store, who, identity_key=default_identity_key(),
+                                          apps=config.apps)
         found = admin.explain(store, customer_id)
     if as_json:
         _print_json(found)
@@ -870,18 +878,37 @@ def resync(
     typer.echo(f"resync {app_name}: cursor forgotten; the next run re-reads every record of {app_name}")
 
 
+# `connectors` needs no config; given one (or CUSTOMER_SYNC_CONFIG), it names the apps using each.
+OptionalConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", envvar="CUSTOMER_SYNC_CONFIG", dir_okay=False,
+        help="A config file: also show which of its apps use each connector "
+             "(env CUSTOMER_SYNC_CONFIG).",
+    ),
+]
+
+
 @app.command()
 @_expected_errors
-def connectors(as_json: JsonOption = False) -> None:
-    """The installed connectors: name, distribution, capabilities and batch size."""
+def connectors(config_path: OptionalConfigOption = None, as_json: JsonOption = False) -> None:
+    """The installed connectors: name, distribution, capabilities and batch size; with a
+    config, the apps that use each."""
     from customer_sync.sdk.registry import discover_connectors
 
+    used_by: dict[str, list[str]] | None = None
+    if config_path is not None:
+        config = _setup(config_path)
+        used_by = {}
+        for name, rt in sorted(config.apps.items()):
+            used_by.setdefault(rt.config.connector, []).append(name)
     found = [
         {
             "name": info.name,
             "distribution": info.distribution,
             "capabilities": [flag.name for flag in info.cls.capabilities if flag.name],
             "batch_size": info.cls.batch_size,
+            **({} if used_by is None else {"apps": used_by.get(info.name, [])}),
         }
         for info in discover_connectors().values()
     ]
@@ -891,10 +918,14 @@ def connectors(as_json: JsonOption = False) -> None:
     if not found:
         typer.echo("no connectors installed")
         return
+    headers = ["name", "distribution", "capabilities", "batch size"]
+    if used_by is not None:
+        headers.append("apps")
     typer.echo(table(
-        ["name", "distribution", "capabilities", "batch size"],
+        headers,
         [[c["name"], c["distribution"] or EMPTY, ", ".join(c["capabilities"]) or EMPTY,
-          c["batch_size"]] for c in found],
+          c["batch_size"], *([", ".join(c["apps"]) or EMPTY] if used_by is not None else [])]
+         for c in found],
     ))
 
 

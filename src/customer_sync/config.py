@@ -8,7 +8,8 @@ plus each app's compiled field map, filter and connector settings. Every problem
 once, one line each: `FILE: key.path: what is wrong`.
 
 Values are checked for what they will be used as, so that `check` refuses what `run` would
-trip over: the store URL's scheme, the listen address, URLs, phone regions, and connector
+trip over: durations (seconds, or text with a unit: `"15s"`, `"10m"`, `"180d"`; see
+`durations`), the store URL's scheme, the listen address, URLs, phone regions, and connector
 settings through their own types (`sdk.VendorUrl` refuses a link-local or cloud metadata
 address unless the app sets `allow_private_urls`). Booleans written in the file must be TOML
 booleans: `enabled = "yes"` is an error, not a truthy string.
@@ -17,6 +18,7 @@ booleans: `enabled = "yes"` is an error, not a truthy string.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -34,6 +36,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from customer_sync.canonical import CUSTOM_TYPES, NormalizeContext, field_spec
+from customer_sync.durations import Seconds
 from customer_sync.errors import ConfigError, StoreError
 from customer_sync.mapping.compile import AppMapping, Direction, compile_mapping
 from customer_sync.mapping.filters import OPS, Filter, compile_filter
@@ -132,7 +135,7 @@ class DaemonConfig(_Block):
     public_url: Annotated[str, AfterValidator(_check_public_url)] | None = Field(
         None, description="base URL vendors post webhooks to, if behind a proxy"
     )
-    poll_interval_s: float = Field(60.0, gt=0)
+    poll_interval_s: Seconds = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     redact_logs: bool = True
@@ -148,12 +151,12 @@ class DaemonConfig(_Block):
         description="list apps whose connector allows it in a worker process; default on when "
                     "there is a normalizing worker",
     )
-    poll_slice_s: float = Field(
+    poll_slice_s: Seconds = Field(
         30.0, gt=0,
         description="a poll stops taking pages after this long and goes on in the next round, "
                     "so one long listing does not hold up the other apps' writes",
     )
-    max_retry_after_s: float = Field(
+    max_retry_after_s: Seconds = Field(
         DEFAULT_MAX_RETRY_AFTER_S, gt=0,
         description="longest vendor Retry-After a call waits for; a longer one parks the app",
     )
@@ -172,7 +175,7 @@ class AppConfig(_Block):
 
     connector: str
     enabled: bool = True
-    poll_interval_s: float | None = Field(None, gt=0)
+    poll_interval_s: Seconds | None = Field(None, gt=0)
     settings: dict[str, Any] = Field(default_factory=dict)
     fields: dict[str, Any] | None = None  # None: the connector's default mapping.toml
     direction: Direction = "both"
@@ -182,8 +185,8 @@ class AppConfig(_Block):
     allow_private_urls: bool = Field(
         False, description="let connector URLs point at link-local or cloud metadata addresses"
     )
-    max_retry_after_s: float | None = Field(None, gt=0)  # None: [daemon]'s
-    reconcile_interval_s: float | None = Field(
+    max_retry_after_s: Seconds | None = Field(None, gt=0)  # None: [daemon]'s
+    reconcile_interval_s: Seconds | None = Field(
         None, ge=0,
         description="compare the whole app with the store this often (hard deletes, edits saved "
                     "with old modified times); 0 turns it off; default: the connector's",
@@ -409,7 +412,7 @@ def load_config(
     except ValidationError as exc:
         problems += _not_yet_named(_explain(exc), problems)
         problems += _connector_problems(raw, connectors or {})
-        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems]) from None
+        raise ConfigError("invalid config", problems=_blamed(problems, label, raw)) from None
 
     apps: dict[str, AppRuntime] = {}
     for name, app in settings.apps.items():
@@ -420,8 +423,63 @@ def load_config(
     if not settings.apps:
         problems.append("apps: no app configured (add at least two [apps.NAME] tables)")
     if problems:
-        raise ConfigError("invalid config", problems=[f"{label}: {p}" for p in problems])
+        raise ConfigError("invalid config", problems=_blamed(problems, label, raw))
     return Config(Path(path) if path is not None else None, settings, apps)
+
+
+_ENV_PREFIX = "CUSTOMER_SYNC_"
+
+
+def _blamed(problems: list[str], label: str, raw: Mapping[str, Any]) -> list[str]:
+    """Each problem (`key.path: what`) prefixed with where its value came from: the
+    environment variable that set the key (`CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S
+    (environment): ...`), else the file. A variable that brings a block the file does not hold
+    (`CUSTOMER_SYNC_APPS__X__ENABLED` makes an app `x`) is blamed for that block's problems too."""
+    blames: list[tuple[str, str]] = []  # (key path the variable answers for, variable)
+    for var, parts in _env_overrides(os.environ):
+        held: Any = raw
+        for i, part in enumerate(parts):
+            if not isinstance(held, Mapping) or part not in held:
+                parts = parts[: i + 1]  # the block the file does not hold comes from the variable
+                break
+            held = held[part]
+        blames.append((_path(parts), var))
+    out = []
+    for problem in problems:
+        key = problem.partition(": ")[0]
+        found = [(len(path), var) for path, var in blames
+                 if key == path or key.startswith((f"{path}.", f"{path}["))]
+        if found:
+            longest = max(length for length, _ in found)
+            names = ", ".join(sorted(var for length, var in found if length == longest))
+            out.append(f"{names} (environment): {problem}")
+        else:
+            out.append(f"{label}: {problem}")
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The environment variables the settings read (`CUSTOMER_SYNC_<SECTION>[__<KEY>...]`, any
+    case, as pydantic-settings reads them), each with the key paths it sets: one, or one per
+    key of a JSON object (`CUSTOMER_SYNC_DAEMON='{"listen": ...}'`)."""
+    out = []
+    for var, value in environ.items():
+        if not var.upper().startswith(_ENV_PREFIX):
+            continue
+        parts = tuple(part.lower() for part in var[len(_ENV_PREFIX):].split("__"))
+        if parts[0] in Settings.model_fields and all(parts):
+            out += [(var, path) for path in _leaves(parts, value)]
+    return out
+
+
+def _leaves(parts: tuple[str, ...], value: str) -> list[tuple[str, ...]]:
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return [parts]
+    if not isinstance(decoded, dict) or not decoded:
+        return [parts]
+    return [(*parts, str(key)) for key in decoded]
 
 
 def _connector_problems(raw: Mapping[str, Any], extra: Mapping[str, type]) -> list[str]:

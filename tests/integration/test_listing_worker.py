@@ -26,6 +26,7 @@ from customer_sync.engine.runner import Engine
 from customer_sync.errors import AuthError
 from customer_sync.sandbox._common import serve
 from customer_sync.sandbox.hubspot import HubSpotSimulator
+from customer_sync.sdk.http import api_counts
 from customer_sync.store.db import Store, open_store
 from customer_sync.store.tables import (
     ConflictRow,
@@ -138,8 +139,11 @@ async def test_a_pull_listed_in_the_worker_stores_what_a_pull_in_place_stores(hu
     try:
         n_place, engine = await pull(config(hubspot.base_url, list_in_worker=False), in_place)
         assert engine.listing == {}
+        requests = api_counts()["crm"]["requests"]
         n_worker, engine = await pull(config(hubspot.base_url, list_in_worker=True), in_worker)
         assert engine.listing["crm"].listings == 1  # every page came from the worker
+        # the worker's calls count in the daemon's metrics: it asks the daemon's limiter first
+        assert api_counts()["crm"]["requests"] - requests >= 240 // 20
         assert n_place == n_worker == 240
         expected, got = stored(in_place), stored(in_worker)
         # 34 contacts share an email with another one: each joins that customer as a duplicate

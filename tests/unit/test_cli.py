@@ -181,6 +181,24 @@ def test_version_prints_the_package_version() -> None:
     assert f"customer-sync {__version__}" == result.stdout.strip()
 
 
+def test_shell_completion_is_on_and_completes_commands_and_options() -> None:
+    """`--show-completion SHELL` prints the script that `--install-completion` installs, and
+    the script's callback completes commands and their options."""
+    script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="customer-sync")
+    assert 0 == script.exit_code, script.output
+    assert "_CUSTOMER_SYNC_COMPLETE=complete_bash" in script.stdout
+
+    def complete(words: str) -> list[str]:
+        env = {"_CUSTOMER_SYNC_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        result = CliRunner().invoke(app, [], prog_name="customer-sync", env=env)
+        assert 0 == result.exit_code, result.output
+        return result.stdout.split()
+
+    assert ["connectors", "conflicts"] == complete("customer-sync con")
+    assert ["--once"] == complete("customer-sync run --on")
+
+
 def test_connectors_lists_the_bundled_sql_connector() -> None:
     """`connectors` names each installed connector with its distribution and capabilities."""
     result = CliRunner().invoke(app, ["connectors", "--json"])
@@ -192,6 +210,18 @@ def test_connectors_lists_the_bundled_sql_connector() -> None:
     assert sql["batch_size"] >= 1
     text = CliRunner().invoke(app, ["connectors"]).stdout
     assert any(line.split()[:2] == ["sql", "customer-sync"] for line in text.splitlines())
+
+
+def test_connectors_takes_a_config_like_every_command_and_names_its_apps(setup: Setup) -> None:
+    """`connectors --config F` is accepted (every command takes --config) and names the apps
+    of F that use each connector; without a config it needs none."""
+    data = setup.json("connectors")
+
+    assert ["a", "b"] == {c["name"]: c for c in data}["sql"]["apps"]
+    text = setup.ok("connectors").stdout
+    assert "APPS" in text.splitlines()[0]
+    assert any(line.split()[:2] == ["sql", "customer-sync"] and line.endswith("a, b")
+               for line in text.splitlines())
 
 
 # -- check ---------------------------------------------------------------------------------------
@@ -606,6 +636,30 @@ def test_log_finds_the_customer_by_email_in_any_case(synced: Setup) -> None:
     text = synced.ok("log", "Ann@example.com").stdout
     assert f"customer {data['customer_id']}" == text.splitlines()[0]
     assert "first_name: (none) → Ann" in text
+
+
+def test_log_shows_a_new_customers_fields_as_a_list_not_as_old_and_new(synced: Setup) -> None:
+    """The decision on a new customer names its fields (`{"fields": [email, first_name]}`);
+    two names are a list, not a change from one to the other."""
+    text = synced.ok("log", "ann@example.com").stdout
+
+    decided = next(line for line in text.splitlines() if " decided " in line)
+    assert "fields: email, first_name" in decided
+    assert "email → first_name" not in text
+
+
+def test_log_and_explain_find_the_customer_by_an_apps_record_id(synced: Setup) -> None:
+    """`APP:RECORD_ID` names the customer an app's record is linked to, in either app; a record
+    of a configured app that nobody is linked to is not found, and says so."""
+    customer_id = synced.json("explain", "ann@example.com")["customer_id"]
+    b_record = {lk["app"]: lk["app_record_id"] for lk in synced.json("explain", "a:a1")["links"]}["b"]
+
+    assert customer_id == synced.json("log", "a:a1")["customer_id"]
+    assert customer_id == synced.json("explain", f"b:{b_record}")["customer_id"]
+    assert f"customer {customer_id}" == synced.ok("log", "a:a1").stdout.splitlines()[0]
+    missing = synced.cli("explain", "a:nope")
+    assert 1 == missing.exit_code
+    assert "not found: no customer is linked to record 'nope' of a" in missing.stderr
 
 
 def test_log_limit_keeps_the_latest_entries(synced: Setup) -> None:

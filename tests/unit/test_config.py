@@ -557,6 +557,42 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert 5.0 == config.daemon.poll_interval_s
 
 
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S": "often"},
+         ("CUSTOMER_SYNC_DAEMON__POLL_INTERVAL_S (environment): daemon.poll_interval_s: "
+         "not a duration: write seconds (15) or a number with a unit: "
+         '"15s", "10m", "2h", "180d", "2w"; got \'often\'')),
+        ({"customer_sync_daemon__listen": "nowhere"},
+         ('customer_sync_daemon__listen (environment): daemon.listen: must be HOST:PORT with a '
+         'port from 1 to 65535, e.g. "127.0.0.1:8080"')),
+        ({"CUSTOMER_SYNC_APPS__CRM__ENABLED": "maybe"},
+         ("CUSTOMER_SYNC_APPS__CRM__ENABLED (environment): apps.crm.enabled: "
+         "Input should be a valid boolean, unable to interpret input")),
+        ({"CUSTOMER_SYNC_APPS__TYPO__ENABLED": "false"},  # an app the file does not have
+         ("CUSTOMER_SYNC_APPS__TYPO__ENABLED (environment): apps.typo.connector: "
+         "required key is missing")),
+        ({"CUSTOMER_SYNC_DAEMON": '{"colour": "blue"}'},
+         "CUSTOMER_SYNC_DAEMON (environment): daemon.colour: unknown key"),
+    ],
+    ids=["number", "any case", "boolean", "new block", "json block"],
+)
+def test_an_invalid_environment_override_names_the_variable_not_the_file(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    """A value the environment overrides is blamed on its variable, the file's on the file."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    data = _two_apps()
+    data["daemon"] = {"log_level": "loud"}
+    from_file = f"{FILE}: daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error'"
+
+    problems = _problems(data)
+
+    assert [expected, from_file] == sorted(problems, key=lambda p: p.startswith(FILE))
+
+
 # -- values checked for what they are used as: each is refused by `check` and by `run` ---------
 
 HS_TOKEN = {"HS_TOKEN": "hs-token-from-env"}
@@ -853,3 +889,57 @@ def test_hubspot_reads_the_properties_its_field_map_names() -> None:
 
     assert ["email", "firstname", "email_consent"] == properties({})
     assert ["email", "firstname"] == properties({"properties": ["email", "firstname"]})
+
+
+# -- durations: one syntax wherever a duration is configured -------------------------------------
+
+
+def test_every_duration_takes_seconds_or_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`poll_interval_s = "15s"` is read as filters read "180d": numbers stay seconds, and text
+    with a unit (s, m, h, d, w) is accepted in [daemon], in an app, from the environment and in
+    a connector's settings."""
+    monkeypatch.setenv("CUSTOMER_SYNC_DAEMON__POLL_SLICE_S", "2m")
+    data = _without_none(_with_hubspot(webhook_max_age_s="5m"))
+    data["daemon"] = {"poll_interval_s": "15s", "max_retry_after_s": "1.5h"}
+    data["apps"]["crm"].update(poll_interval_s="10m", reconcile_interval_s="1d")
+    data["apps"]["shop"].update(poll_interval_s=30, max_retry_after_s="2w")
+
+    config = load_config(FILE, data=data, env=HS_TOKEN, connectors=CONNECTORS)
+
+    daemon = config.daemon
+    assert (15.0, 120.0, 5400.0) == (daemon.poll_interval_s, daemon.poll_slice_s, daemon.max_retry_after_s)
+    assert (600.0, 30.0) == (config.poll_interval_s("crm"), config.poll_interval_s("shop"))
+    assert 86400.0 == config.reconcile_interval_s("crm")
+    assert 14 * 86400.0 == config.apps["shop"].max_retry_after_s
+    settings: Any = config.apps["crm"].connector_settings
+    assert 300.0 == settings.webhook_max_age_s
+
+
+NOT_A_DURATION = 'not a duration: write seconds (15) or a number with a unit: "15s", "10m", "2h", "180d", "2w"'
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("15 minutes", f"{NOT_A_DURATION}; got '15 minutes'"),
+        ("0s", "Input should be greater than 0"),
+        ("-5m", f"{NOT_A_DURATION}; got '-5m'"),
+    ],
+    ids=["words", "zero", "negative"],
+)
+def test_a_duration_that_cannot_work_is_refused_naming_the_key(value: str, expected: str) -> None:
+    """A duration is checked like the number it stands for, and text that is not one says
+    what to write."""
+    assert [f"{FILE}: daemon.poll_interval_s: {expected}"] == _problems(
+        _two_apps(daemon={"poll_interval_s": value}))
+
+
+def test_a_connectors_durations_take_the_same_syntax() -> None:
+    """A connector's own duration settings (`timeout_s`, `rate_limit_window_s`) read text with a
+    unit like every other duration."""
+    data = _without_none(_with_zendesk(timeout_s="2m", rate_limit_window_s="1m", job_timeout_s=90))
+
+    config = load_config(FILE, data=data, env=ZD_TOKEN, connectors=CONNECTORS)
+
+    settings: Any = config.apps["crm"].connector_settings
+    assert (120.0, 60.0, 90.0) == (settings.timeout_s, settings.rate_limit_window_s, settings.job_timeout_s)

@@ -156,6 +156,16 @@ async def test_full_pass_lists_every_contact_once_in_pages(
     assert START - timedelta(days=1) == first.modified_at
 
 
+async def test_count_records_is_the_portal_contact_count_in_one_search(
+    portal: Portal, hubspot: HubSpotConnector
+) -> None:
+    """`count_records` (an initial pull's estimate) is the search's total, in one call."""
+    portal.seed(123)
+    sent = len(portal.transport.requests)
+    assert 123 == await hubspot.count_records()
+    assert ["POST /crm/v3/objects/contacts/search"] == portal.transport.paths()[sent:]
+
+
 async def test_null_and_empty_properties_read_as_none(portal: Portal) -> None:
     """HubSpot may send null for an unset property (UNVERIFIED) or "" for a cleared one;
     both read as None, like a property left out."""

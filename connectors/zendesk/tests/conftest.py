@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from customer_sync.sandbox._common import ManualClock
+from customer_sync.testing.transports import RecordingTransport as _Recording
 from customer_sync.sandbox.zendesk import ZendeskSimulator
 from customer_sync_connectors.zendesk import ZendeskConnector, ZendeskSettings
 
@@ -23,22 +23,8 @@ T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 WEBHOOK_URL = "https://sync.example.org/webhooks/helpdesk"
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
-    """Forwards to the simulator's ASGI app and keeps every exchange."""
-
-    def __init__(self, sim: ZendeskSimulator) -> None:
-        self._inner = httpx.ASGITransport(app=sim.app)
-        self.exchanges: list[tuple[httpx.Request, httpx.Response]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        await response.aread()
-        self.exchanges.append((request, response))
-        return response
-
-    @property
-    def statuses(self) -> list[int]:
-        return [response.status_code for _, response in self.exchanges]
+class RecordingTransport(_Recording):
+    """The shared recording transport, naming requests the way these tests compare them."""
 
     def paths(self) -> list[str]:
         """`METHOD path` of every request, ids replaced by `{id}`, in order."""

@@ -4,16 +4,20 @@
 its changes to the inbox *before* answering 2xx, so an acknowledged webhook is never lost; the
 engine processes the inbox on its own schedule (`engine/webhooks.py`). Every refusal is a clear
 status, and bad input is never a 5xx (a 5xx makes the vendor retry forever): 401 (signature),
-404 (no such app), 400 (malformed or out of bounds, with a short reason), 413 (body over
+404 (no such app, or an app whose connector takes no webhooks: it has no webhook URL), 400 (malformed or out of bounds, with a short reason), 413 (body over
 `MAX_BODY_BYTES`, refused while it streams in, so no more than that is ever held), and 503 with
 `Retry-After` when the store is busy (the vendor delivers again later; nothing was written).
 
-`GET /webhooks/{app}` answers 200 for a configured app and touches nothing: vendors check a
+`GET /webhooks/{app}` answers 200 for a configured app that takes webhooks and touches nothing: vendors check a
 callback URL that way before they save a webhook (Mailchimp does, per third-party accounts;
 CONTRACTS.md does not say).
 
 `/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
 way intake uses it, with the same short lock wait, and says why it is not ready.
+
+`/metrics` serves the engine's metrics in the Prometheus text format (`customer_sync.metrics`);
+the store's depths are read off the event loop and waited for briefly, so a busy store makes the
+scrape serve the last depths read (with `customer_sync_store_read_ok 0`), never a stalled loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from starlette.routing import Route
 
 from customer_sync.engine.webhooks import parked_apps
 from customer_sync.errors import AuthError, ConfigError, ConnectorError, StoreBusy, StoreError
+from customer_sync.metrics import CONTENT_TYPE
+from customer_sync.sdk.connector import Capability
 from customer_sync.sdk.http import redact_text
 
 if TYPE_CHECKING:
@@ -74,10 +80,18 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
             exact URL a vendor signed. Default: the URL the request arrived on.
     """
 
-    async def webhook(request: Request) -> Response:
-        app = request.path_params["app"]
+    def no_webhook_url(app: str) -> JSONResponse | None:
+        """The 404 of an unknown app, or of one whose connector takes no webhooks."""
         if app not in engine.apps:
             return JSONResponse({"error": "no such app"}, status_code=404)
+        if Capability.WEBHOOKS not in engine.apps[app].connector_cls.capabilities:
+            return JSONResponse({"error": "app takes no webhooks"}, status_code=404)
+        return None
+
+    async def webhook(request: Request) -> Response:
+        app = request.path_params["app"]
+        if (missing := no_webhook_url(app)) is not None:
+            return missing
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             return _too_large(app)
@@ -111,8 +125,8 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
         return JSONResponse({"accepted": count})
 
     async def webhook_check(request: Request) -> JSONResponse:
-        if request.path_params["app"] not in engine.apps:
-            return JSONResponse({"error": "no such app"}, status_code=404)
+        if (missing := no_webhook_url(request.path_params["app"])) is not None:
+            return missing
         return JSONResponse({"status": "ok"})
 
     async def healthz(request: Request) -> JSONResponse:
@@ -132,11 +146,15 @@ def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
         return JSONResponse({"status": "ready" if not failed else "degraded", "failed_apps": failed},
                             status_code=status)
 
+    async def metrics(request: Request) -> Response:
+        return Response(await engine.metrics.render(engine.store), media_type=CONTENT_TYPE)
+
     return Starlette(routes=[
         Route("/webhooks/{app}", webhook, methods=["POST"]),
         Route("/webhooks/{app}", webhook_check, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ])
 
 

@@ -7,7 +7,7 @@ one transaction each and plan the writes their decision implies, which the next 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -78,15 +78,30 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def find_customer(store: Store, who: str, *, identity_key: bytes) -> str:
-    """A customer id from an email, a phone or a customer id.
+def find_customer(store: Store, who: str, *, identity_key: bytes, apps: Collection[str] = ()) -> str:
+    """A customer id from a customer id, an app's record (`APP:RECORD_ID`), an email or a
+    phone.
+
+    `APP:RECORD_ID` finds the customer the app's record is linked to. `apps` are the configured
+    apps: for one of them, a record linked to nobody is not found, rather than read as an email
+    or a phone.
 
     Raises:
         NotFound: nobody matches.
     """
+    app, colon, record_id = who.partition(":")
     with store.transaction() as conn:
         if conn.execute(select(customers_t.c.customer_id).where(customers_t.c.customer_id == who)).first():
             return who
+        if colon and app and record_id:
+            linked = conn.execute(
+                select(links_t.c.customer_id)
+                .where(links_t.c.app == app, links_t.c.app_record_id == record_id)
+            ).scalars().first()
+            if linked is not None:
+                return str(linked)
+            if app in apps:
+                raise NotFound(f"no customer is linked to record {record_id!r} of {app}")
         for kind in ("email", "phone"):
             spec = field_spec(kind)
             assert spec is not None

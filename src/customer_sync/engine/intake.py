@@ -81,6 +81,8 @@ def _process_batch(engine: Engine, items: list[dict[str, Any]]) -> ProcessStats:
         stats = process_items(uow, items, engine.apps, engine.config.conflicts, now=now)
         uow.flush()
         conn.execute(delete(inbox_t).where(inbox_t.c.seq.in_([i["seq"] for i in items])))
+    apps = {i["app"] for i in items}  # counted once committed, by the app they came from
+    engine.metrics.decisions(apps.pop() if len(apps) == 1 else engine.metrics.MIXED, stats)
     return stats
 
 

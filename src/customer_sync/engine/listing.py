@@ -36,6 +36,7 @@ import structlog
 from customer_sync.engine._list_worker import ListSpec, main
 from customer_sync.errors import ConnectorError
 from customer_sync.sdk.connector import ChangePage, Connector, Cursor
+from customer_sync.sdk.http import count_api_call
 from customer_sync.sdk.ratelimit import MultiLimiter, RateLimiter
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ class ListingWorker:
         kind = message[0]
         if kind == "acquire":
             _, request, positions, n = message
+            count_api_call(self.app, "requests")  # the worker asks before each attempt it sends
             limiter = MultiLimiter(*(self._limiters[p] for p in positions))
             if limiter.try_acquire(n):  # the usual case: no need to wait for a turn of the loop
                 self._send(("granted", request))

@@ -94,6 +94,10 @@ async def poll_app(
     if not full:
         raw = await engine.db(_stored_cursor, engine, app)
         cursor = Cursor(value=raw) if raw is not None else None
+    # an initial pull says how far it is, across the rounds that take it in slices
+    progress = engine.pulls.get(app) if not full else None
+    if progress is None and cursor is None and not full:
+        progress = engine.pulls[app] = await engine.start_pull(app)
     # each page comes with its normalization: under way in a worker as soon as it was read,
     # or done already by the app's listing worker
     pages: asyncio.Queue[tuple[ChangePage, asyncio.Future[Any] | None] | None] = asyncio.Queue(
@@ -160,6 +164,8 @@ async def poll_app(
                     else:
                         fresh = engine._take_pages(app, taken, normalized, full)
                 count += fresh
+                if progress is not None:
+                    progress.add(size)
                 engine.faults("after_inbox")  # the pages are durable...
                 engine.faults("after_merge")  # ...and so is what was decided from them
                 log.debug("app.pages_taken", app=app, pages=len(group), count=size, fresh=fresh)
@@ -177,6 +183,9 @@ async def poll_app(
         raise failed[0]
     if complete and not full:
         await engine.db(app_state.mark_listed, engine.store, app, engine.clock())
+        if progress is not None:
+            engine.pulls.pop(app, None)
+            progress.finish()
     return PollResult(fresh=count, complete=complete)
 
 

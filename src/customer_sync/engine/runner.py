@@ -47,13 +47,15 @@ from customer_sync.engine.normalizing import Normalized, PageNormalizer, default
 from customer_sync.engine.poll import PollResult, poll_app, take_pages
 from customer_sync.engine.process import ProcessStats
 from customer_sync.engine.reconcile import due_for_reconcile, reconcile_app, scan_ids
-from customer_sync.errors import AuthError, RateLimited
+from customer_sync.errors import AuthError, ConnectorError, RateLimited, TransientError
+from customer_sync.progress import DEFAULT_EVERY_S, ProgressListener, PullProgress
 from customer_sync.sdk.connector import ChangePage, Connector
 from customer_sync.sdk.ratelimit import collecting
 from customer_sync.store import app_state
 
 if TYPE_CHECKING:
     from customer_sync.config import Config
+    from customer_sync.metrics import EngineMetrics
     from customer_sync.store.db import Store
 
 __all__ = ["Engine", "RoundResult", "RunSummary", "default_identity_key"]
@@ -186,6 +188,12 @@ class Engine:
         self._failing: set[str] = set()  # apps with an error recorded since they last succeeded
         self._wake: asyncio.Event | None = None  # set by `notify` while the daemon runs
         self.stopping: asyncio.Event | None = None  # the daemon's stop: polls end at a page
+        from customer_sync.metrics import EngineMetrics  # prometheus-client: not for `--help`
+
+        self.metrics: EngineMetrics = EngineMetrics(self.apps, clock)  # served at /metrics
+        self.pulls: dict[str, PullProgress] = {}  # app -> its initial pull under way
+        self.progress_every_s = DEFAULT_EVERY_S  # how often an initial pull logs its progress
+        self.progress_listeners: list[ProgressListener] = []  # e.g. the CLI's progress bar
 
     async def __aenter__(self) -> Engine:
         # One app that cannot open (bad credentials, a broken database) must not stop the
@@ -216,6 +224,7 @@ class Engine:
                 await worker.aclose()
             await self._stack.aclose()
         finally:
+            self.metrics.close()
             await asyncio.to_thread(self.normalizer.close)
 
     def live_apps(self) -> list[str]:
@@ -226,14 +235,37 @@ class Engine:
 
     async def poll(self, app: str, *, full: bool = False, slice_s: float | None = None) -> PollResult:
         """Read an app's changes since its cursor and decide them (see `engine.poll`)."""
-        return await poll_app(self, app, full=full, slice_s=slice_s)
+        started, t0 = self.clock(), time.perf_counter()
+        result = await poll_app(self, app, full=full, slice_s=slice_s)
+        self.metrics.polled(app, started=started, duration_s=time.perf_counter() - t0,
+                            fresh=result.fresh, complete=result.complete and not full)
+        return result
+
+    async def start_pull(self, app: str) -> PullProgress:
+        """The progress of an initial pull of `app` that starts now, with the app's record count
+        when its connector can tell. A refused count is no failure of the pull; an app that is
+        unreachable, rate limited or refusing the credentials fails the poll here as its
+        listing would (and so takes no more of the app's retries than the listing would)."""
+        total = None
+        try:
+            total = await self.connectors[app].count_records()
+        except (TransientError, AuthError):
+            raise
+        except ConnectorError as exc:
+            log.info("pull.count_unknown", app=app, reason=type(exc).__name__)
+        log.info("pull.started", app=app, total=total)
+        return PullProgress(app, total=total, every_s=self.progress_every_s,
+                            listeners=list(self.progress_listeners))
 
     def _take_pages(
         self, app: str, pages: Sequence[ChangePage], normalized: Mapping[int, Normalized] | None = None,
         full: bool = False,
     ) -> int:
         """Commit polled pages with their cursor (see `engine.poll.take_pages`)."""
-        return take_pages(self, app, pages, normalized, full)
+        before = _copy(self.intake)  # only one processor of changes runs at a time
+        fresh = take_pages(self, app, pages, normalized, full)
+        self.metrics.decisions(app, _since(self.intake, before))
+        return fresh
 
     async def reconcile(self, app: str) -> int:
         """Compare the whole app with the store: hard deletes and missed edits (see `engine.reconcile`)."""
@@ -250,12 +282,18 @@ class Engine:
     async def dispatch(self, app: str, *, creates: bool = True) -> DispatchStats:
         """Send one app's ready outbox rows (see `engine.dispatch`); creates only with
         `creates` (the round has just read the app to the end)."""
-        return await dispatch_app(
-            self.store, self.apps[app], self.connectors[app], now=self.clock, creates=creates,
-            identity_key=self.identity_key, run_id=self.run_id,
-            batch_size=min(self.config.daemon.batch_size, max(self.connectors[app].batch_size, 1) * 10),
-            max_attempts=self.config.daemon.max_attempts, faults=self.faults,
-        )
+        t0 = time.perf_counter()
+        stats: DispatchStats | None = None
+        try:
+            stats = await dispatch_app(
+                self.store, self.apps[app], self.connectors[app], now=self.clock, creates=creates,
+                identity_key=self.identity_key, run_id=self.run_id,
+                batch_size=min(self.config.daemon.batch_size, max(self.connectors[app].batch_size, 1) * 10),
+                max_attempts=self.config.daemon.max_attempts, faults=self.faults,
+            )
+        finally:
+            self.metrics.dispatched(app, stats, time.perf_counter() - t0)
+        return stats
 
     async def accept_webhook(
         self, app: str, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
@@ -263,6 +301,7 @@ class Engine:
         """Verify a webhook delivery and commit its changes to the inbox (see `engine.webhooks`);
         the daemon then runs a round soon instead of at its next tick."""
         count = await webhooks.accept_webhook(self, app, headers, body, url=url, method=method)
+        self.metrics.webhook(app, count)
         self.notify()
         return count
 

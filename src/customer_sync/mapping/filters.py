@@ -14,33 +14,26 @@ instants, and are refused on a date field (a date has no time of day to compare)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from customer_sync.canonical import NormalizeContext, field_spec, is_set_field, normalize_value, parse_datetime
+from customer_sync.canonical import (
+    NormalizeContext,
+    field_spec,
+    is_set_field,
+    normalize_value,
+    parse_datetime,
+)
+from customer_sync.durations import DURATION as _DURATION
+from customer_sync.durations import parse_duration
 from customer_sync.errors import MappingError
 
 __all__ = ["OPS", "Filter", "compile_filter", "parse_duration"]
 
 OPS = ("eq", "ne", "in", "not_in", "exists", "not_exists", "contains", "newer_than", "older_than")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 Predicate = Callable[[Mapping[str, Any], datetime], bool]
-
-
-def parse_duration(text: str) -> timedelta:
-    """"180d" -> 180 days. Units: s, m, h, d, w.
-
-    Raises:
-        ValueError: not a duration.
-    """
-    m = _DURATION.match(text) if isinstance(text, str) else None
-    if not m:
-        raise ValueError(f"not a duration like '180d' or '12h': {text!r}")
-    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
 
 
 def _whole_days(text: str) -> int | None:

@@ -67,6 +67,7 @@ from customer_sync.sdk.retry import (
 from customer_sync.sdk.settings import (
     ALLOW_PRIVATE_URLS,
     MAX_WEBHOOK_AGE_S,
+    Seconds,
     VendorUrl,
     WebhookMaxAge,
     check_vendor_url,
@@ -108,6 +109,7 @@ __all__ = [
     "RecordGone",
     "RecordRejected",
     "RetryTransient",
+    "Seconds",
     "StopBeforeBudget",
     "TransientError",
     "WebhookRefused",

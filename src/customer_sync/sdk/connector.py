@@ -299,6 +299,12 @@ class Connector(Generic[S]):
         """
         return settings
 
+    async def count_records(self) -> int | None:
+        """How many records a listing from no cursor will yield, when the app can tell cheaply
+        (one call); None when it cannot. Used only for the progress of an initial pull (its
+        estimate of the time left), so an approximate count is fine. The default: None."""
+        return None
+
     async def merge(self, survivor_id: str, merged_id: str) -> str:
         """Merge record `merged_id` into `survivor_id` with the app's own merge
         (Capability.MERGE); returns the surviving record's id (some apps give it a new one).

@@ -23,7 +23,7 @@ import email.utils
 import math
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -61,6 +61,24 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("customer_sync.http")
+
+# Calls of every app's clients in this process, for the daemon's metrics: attempts sent
+# ("requests"), 429 answers ("rate_limited") and attempts that repeated an earlier one
+# ("retries"). Only ever increased, so scrapes see monotonic counters.
+_API_COUNTS: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+
+def api_counts() -> dict[str, dict[str, int]]:
+    """A copy of the API call counts of this process, by app: `requests` (attempts sent,
+    retries included), `rate_limited` (429 answers) and `retries` (attempts after the first
+    of one call). A listing worker's calls are counted in its own process, not here."""
+    return {app: dict(counts) for app, counts in list(_API_COUNTS.items())}
+
+
+def count_api_call(app: str, what: str) -> None:
+    """Count a call made for `app` in another process (a listing worker asks the daemon's
+    rate limiter before each attempt): `what` is a key of `api_counts`."""
+    _API_COUNTS[app][what] += 1
 
 ErrorClass = type[ConnectorError]
 
@@ -447,8 +465,17 @@ class ApiClient:
                     retrying.retry, tenacity.retry_if_exception(_is_safe_to_resend)
                 )
             )
+        attempts = 0
+
+        async def attempt(*args: Any, **kw: Any) -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                _API_COUNTS[self.app]["retries"] += 1
+            return await self._send_once(*args, **kw)
+
         response: httpx.Response = await retrying(
-            self._send_once,
+            attempt,
             method,
             path,
             operation=operation,
@@ -498,6 +525,8 @@ class ApiClient:
             await limiter.acquire()
         log_path = redact_text(httpx.URL(path).path)
         self.request_count += 1
+        counts = _API_COUNTS[self.app]
+        counts["requests"] += 1
         started = self._clock()
         try:
             response = await self._http.request(
@@ -523,6 +552,8 @@ class ApiClient:
                 app_record_id=app_record_id,
             ) from exc
         self.status_counts[response.status_code] += 1
+        if response.status_code == 429:
+            counts["rate_limited"] += 1
         _log.debug(
             "http.request_finished",
             app=self.app,

@@ -12,6 +12,9 @@ so the check needs no network: it looks at literal addresses and well-known meta
 
 `WebhookMaxAge` is how old a signed webhook delivery may be and still be accepted: at most
 `MAX_WEBHOOK_AGE_S`.
+
+`Seconds` is any other duration setting (a key ending in `_s`): seconds as a number, or text
+with a unit, `"15s"`, `"10m"`, `"2h"`, `"180d"`, the one syntax of every duration in the config.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from typing import Annotated
 import httpx
 from pydantic import AfterValidator, Field, ValidationInfo
 
+from customer_sync.durations import Seconds
+
 __all__ = [
     "ALLOW_PRIVATE_URLS",
     "MAX_WEBHOOK_AGE_S",
+    "Seconds",
     "VendorUrl",
     "WebhookMaxAge",
     "check_vendor_url",
@@ -149,6 +155,6 @@ def check_webhook_max_age(value: float) -> float:
     return value
 
 
-WebhookMaxAge = Annotated[float, Field(gt=0), AfterValidator(check_webhook_max_age)]
+WebhookMaxAge = Annotated[Seconds, Field(gt=0), AfterValidator(check_webhook_max_age)]
 """Seconds a signed webhook delivery stays acceptable: more than 0, at most `MAX_WEBHOOK_AGE_S`.
 Use it for a settings model's `webhook_max_age_s`, with the vendor's advice as the default."""

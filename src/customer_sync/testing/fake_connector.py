@@ -150,6 +150,9 @@ class FakeConnector(Connector[FakeSettings]):
                 cursor = since or Cursor(value=json.dumps({"m": "", "id": ""}))
             yield ChangePage(records=[self._record(r) for r in chunk], cursor=cursor)
 
+    async def count_records(self) -> int | None:
+        return len(self.data.records)
+
     async def read(self, app_record_ids: Sequence[str]) -> list[AppRecord]:
         self.data._maybe_fail("read")
         return [self._record(r) for r in app_record_ids

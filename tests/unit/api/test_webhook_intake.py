@@ -81,13 +81,24 @@ async def test_verified_delivery_is_in_the_inbox_before_the_answer(client):
     ("/webhooks/crm", {"X-Signature": "0" * 64}, b"[]", 401),
     ("/webhooks/crm", {}, b"[]", 401),
     ("/webhooks/nope", {}, b"[]", 404),
-    ("/webhooks/desk", {}, b"[]", 400),
+    ("/webhooks/desk", {}, b"[]", 404),
 ], ids=["bad signature", "missing signature", "unknown app", "app without webhooks"])
 async def test_refused_deliveries_get_a_clear_status_and_store_nothing(client, path, headers, body, status):
     """Bad, unsigned, unknown-app and no-webhook deliveries are refused and leave the inbox empty."""
     http, store = client
     response = await http.post(path, content=body, headers=headers)
     assert status == response.status_code
+    assert [] == pending(store)
+
+
+async def test_an_app_without_webhooks_has_no_webhook_url(client):
+    """A POST or GET to the webhook URL of an app whose connector takes no webhooks is 404
+    (there is nothing there), not a 400 "malformed delivery" that blames the body."""
+    http, store = client
+    posted = await http.post("/webhooks/desk", content=b"[]")
+    checked = await http.get("/webhooks/desk")
+    assert (404, 404) == (posted.status_code, checked.status_code)
+    assert {"error": "app takes no webhooks"} == posted.json()
     assert [] == pending(store)
 
 
