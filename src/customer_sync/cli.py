@@ -43,6 +43,7 @@ from customer_sync.engine.runner import Engine, RunSummary, default_identity_key
 from customer_sync.errors import ConfigError, StoreError, SyncError
 
 if TYPE_CHECKING:
+    from customer_sync.api.auth import AdminAuth
     from customer_sync.config import Config
     from customer_sync.reload import Reloader
     from customer_sync.store.db import Store
@@ -245,6 +246,11 @@ def run(
         raise typer.BadParameter("--reconcile goes with --once (the daemon reconciles on its "
                                  "interval)", param_hint="--reconcile")
     config = _setup(config_path)
+    auth = None
+    if not (once or dry_run):
+        from customer_sync.api.auth import admin_auth
+
+        auth = admin_auth()  # a token too short to be safe ends the start, naming the variable
     signals = _DaemonSignals()
     if not (once or dry_run):
         signals.install()  # a stop that comes while the daemon starts is kept, not a traceback
@@ -266,7 +272,7 @@ def run(
             # bound before any app opens: a taken port ends the start at once, naming the setting
             sock = bind(config.daemon.listen)
             try:
-                asyncio.run(_run_daemon(config, config_path, store, sock, signals))
+                asyncio.run(_run_daemon(config, config_path, store, sock, signals, auth))
             finally:
                 sock.close()
                 signals.restore()
@@ -351,7 +357,7 @@ class _DaemonSignals:
 
 
 async def _run_daemon(config: Config, config_path: Path, store: Store, sock: socket.socket,
-                      signals: _DaemonSignals) -> None:
+                      signals: _DaemonSignals, auth: AdminAuth | None = None) -> None:
     """Run the daemon until stopped; a reload closes the apps and opens the new config's on the
     same store and socket."""
     from customer_sync.reload import Reloader
@@ -363,13 +369,13 @@ async def _run_daemon(config: Config, config_path: Path, store: Store, sock: soc
     try:
         while not stop.is_set():
             reloader.swapped.clear()
-            await _run_engine(reloader.config, store, sock, stop, reloader.swapped)
+            await _run_engine(reloader.config, store, sock, stop, reloader, auth)
     finally:
         signals.detach(loop)
 
 
 async def _run_engine(config: Config, store: Store, sock: socket.socket, stop: asyncio.Event,
-                      swapped: asyncio.Event) -> None:
+                      reloader: Reloader, auth: AdminAuth | None) -> None:
     """One engine and its HTTP server, until the daemon stops or a new config is swapped in."""
     from customer_sync.api.app import serve
     from customer_sync.engine.runner import log
@@ -379,9 +385,10 @@ async def _run_engine(config: Config, store: Store, sock: socket.socket, stop: a
         # uvicorn closes the socket it serves; a duplicate keeps the bound one for the next engine
         work = asyncio.ensure_future(asyncio.gather(
             engine.run_forever(ending),
-            serve(engine, sock.dup(), ending, public_url=config.daemon.public_url),
+            serve(engine, sock.dup(), ending, public_url=config.daemon.public_url, auth=auth,
+                  reloader=reloader),
         ))
-        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(swapped.wait())}
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reloader.swapped.wait())}
         await asyncio.wait({work, *waiters}, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()

@@ -41,7 +41,9 @@ from customer_sync.sdk.connector import Capability
 from customer_sync.sdk.http import redact_text
 
 if TYPE_CHECKING:
+    from customer_sync.api.auth import AdminAuth
     from customer_sync.engine.runner import Engine
+    from customer_sync.reload import Reloader
 
 __all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_S", "bind", "create_app", "serve"]
 
@@ -72,12 +74,17 @@ async def _read_body(request: Request, cap: int) -> bytes:
     return bytes(body)
 
 
-def create_app(engine: Engine, *, public_url: str | None = None) -> Starlette:
+def create_app(engine: Engine, *, public_url: str | None = None, auth: AdminAuth | None = None,
+               reloader: Reloader | None = None) -> Starlette:
     """The ASGI app over an opened engine.
 
     Args:
         public_url: the base URL vendors post to (e.g. behind a proxy); used to rebuild the
             exact URL a vendor signed. Default: the URL the request arrived on.
+        auth: the admin token's checker (`api.auth.admin_auth()`); None turns the admin API
+            and the dashboard off.
+        reloader: what `POST /api/config/reload` calls (the daemon's own, as SIGHUP does);
+            None when the engine runs without a config file to reload (tests).
     """
 
     def no_webhook_url(app: str) -> JSONResponse | None:
@@ -193,7 +200,8 @@ def bind(listen: str) -> socket.socket:
 
 
 async def serve(engine: Engine, sock: socket.socket, stop: asyncio.Event, *,
-                public_url: str | None = None) -> None:
+                public_url: str | None = None, auth: AdminAuth | None = None,
+                reloader: Reloader | None = None) -> None:
     """Serve the API on a socket from `bind` until `stop` is set."""
     import uvicorn
 
@@ -206,7 +214,8 @@ async def serve(engine: Engine, sock: socket.socket, stop: asyncio.Event, *,
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    config = uvicorn.Config(create_app(engine, public_url=public_url), log_config=None,
+    config = uvicorn.Config(create_app(engine, public_url=public_url, auth=auth, reloader=reloader),
+                            log_config=None,
                             access_log=False, lifespan="off")
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
