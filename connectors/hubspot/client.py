@@ -37,6 +37,9 @@ from customer_sync_connectors.hubspot.models import (
 __all__ = ["CONTACTS", "HubSpotClient"]
 
 CONTACTS = "/crm/v3/objects/contacts"
+#: HubSpot's Properties API, "Read all properties" of contacts. It is not among the shared
+#: specs; its path and `{"results": [{"name": ...}]}` answer follow HubSpot's public reference.
+CONTACT_PROPERTIES = "/crm/v3/properties/contacts"
 M = TypeVar("M", bound=ContactPage | BatchResponse)
 
 
@@ -189,6 +192,21 @@ class HubSpotClient:
         except RecordRejected:
             return False
         return True
+
+    async def property_names(self) -> set[str] | None:
+        """The internal names of the account's contact properties (Properties API, "Read all
+        properties"), or None when the token may not read them (403: the app lacks a schema
+        read scope), so the caller says it cannot tell rather than failing a working setup."""
+        response = await self.api.request("GET", CONTACT_PROPERTIES, operation="properties.list",
+                                          params={"archived": "false"}, accept=(403,))
+        if response.status_code == 403:
+            return None
+        try:
+            results = response.json()["results"]
+            return {str(item["name"]) for item in results}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._error(ConnectorError, "the properties list is not the documented shape",
+                              operation="properties.list") from exc
 
     async def batch(self, action: str, body: Any, *, idempotent: bool) -> BatchResponse:
         """A batch call (`batch/read`, `batch/upsert`...); 200, 201 and 207 are answers."""

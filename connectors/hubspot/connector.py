@@ -200,6 +200,12 @@ class HubSpotConnector(Connector[HubSpotSettings]):
                 "(docs/connectors.md, HubSpot)"
             )
 
+    async def app_fields(self) -> set[str] | None:
+        """The account's contact properties, by internal name (the Properties API), for
+        `check --connect` to catch a mapped property that does not exist; None when the token
+        may not read property definitions (a 403), which the check reports as "cannot tell"."""
+        return await self.client.property_names()
+
     # -- listing --------------------------------------------------------------------------------
 
     async def list_changes(self, since: Cursor | None) -> AsyncIterator[ChangePage]:

@@ -412,7 +412,12 @@ async def test_rate_limited_body_conforms(api: Contract, sim: HubSpotSimulator) 
 def test_every_simulated_route_is_a_spec_operation(
     spec: dict[str, Any], sim: HubSpotSimulator
 ) -> None:
-    """The simulator invents no endpoint: each of its routes is an operation in the spec."""
+    """The simulator invents no endpoint: each of its routes is an operation in the spec, but
+    for the Properties API's "Read all properties" (`check --connect` lists the account's
+    contact properties with it). No spec file here holds that API; its path and answer
+    (`{"results": [{"name", "label", "type", "fieldType", ...}]}`) follow HubSpot's public
+    reference (developers.hubspot.com, CRM API | Properties), and stay the only exception."""
+    outside_specs = {("/crm/v3/properties/contacts", "get")}
     simulated = {
         (route.path, method.lower())
         for route in sim.app.routes
@@ -422,8 +427,8 @@ def test_every_simulated_route_is_a_spec_operation(
     declared = {
         (path, method) for path, operations in spec["paths"].items() for method in operations
     }
-    assert set() == simulated - declared
-    assert 13 == len(simulated)
+    assert outside_specs == simulated - declared
+    assert 14 == len(simulated)
 
 
 async def test_validation_catches_a_broken_answer(

@@ -81,6 +81,23 @@ first_name = "{first_name}"
 """
 
 
+HUBSPOT = """\
+[daemon]
+store_url = "sqlite:///{tmp}/store.db"
+
+[apps.crm]
+connector = "hubspot"
+
+[apps.crm.settings]
+base_url = "{base_url}"
+access_token = "${{CS_TEST_HS_TOKEN}}"
+
+[apps.crm.fields]
+email = "email"
+first_name = "{first_name}"
+"""
+
+
 CHATWOOT = """\
 [daemon]
 store_url = "sqlite:///{tmp}/store.db"
@@ -210,5 +227,32 @@ def test_check_connect_catches_an_unknown_chatwoot_custom_attribute(
         code, out, err = _check(tmp_path, template, "custom_attributes.plan")
         assert 0 == code, (out, err)
         assert "ok app inbox: connected, every mapped field exists" in out.splitlines()
+    finally:
+        served.stop()
+
+
+def test_check_connect_catches_an_unknown_hubspot_property(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HubSpot: the account's contact properties by internal name (the Properties API, "Read
+    all properties", served by the simulator on loopback), custom ones included."""
+    from customer_sync.sandbox._common import serve
+    from customer_sync.sandbox.hubspot import HubSpotSimulator
+
+    sim = HubSpotSimulator(access_token="hs-check-token", custom_properties=["plan_tier"],
+                           rate_limit=None)
+    monkeypatch.setenv("CS_TEST_HS_TOKEN", "hs-check-token")
+    served = serve(sim.app)
+    try:
+        template = HUBSPOT.replace("{base_url}", served.base_url)
+        code, out, err = _check(tmp_path, template, "firstnme")
+        assert 1 == code, (out, err)
+        assert ("app crm: apps.crm.fields maps app field(s) the app does not have: "
+                "firstnme (it has: ") in err
+        assert "plan_tier" in err  # the custom property is listed among what it has
+
+        code, out, err = _check(tmp_path, template, "firstname")
+        assert 0 == code, (out, err)
+        assert "ok app crm: connected, every mapped field exists" in out.splitlines()
     finally:
         served.stop()

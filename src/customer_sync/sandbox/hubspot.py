@@ -52,6 +52,9 @@ _Handler = Callable[..., Response]
 _Source = tuple[str, str]  # (sourceType, sourceId) of a change
 
 CONTACTS = "/crm/v3/objects/contacts"
+# The Properties API (HubSpot's "Read all properties", GET /crm/v3/properties/{objectType}); it
+# is not among the shared specs, so its shape here follows HubSpot's public reference.
+CONTACT_PROPERTIES = "/crm/v3/properties/contacts"
 
 # Returned when a read names no `properties` (HubSpot's contact defaults).
 DEFAULT_PROPERTIES = (
@@ -823,6 +826,21 @@ class HubSpotSimulator:
             for ms, value, stype, sid in reversed(entries)  # newest first, as HubSpot lists them
         ]
 
+    def _properties(self, request: Request, body: Json | None) -> Response:
+        """Read all properties of contacts: `{"results": [property, ...]}`, each with at
+        least `name`, `label`, `type`, `fieldType`, `groupName` and `hidden`."""
+        results = [
+            {"name": name, "label": name, "type": "string", "fieldType": "text",
+             "groupName": "contactinformation", "hidden": False,
+             "hubspotDefined": name in STANDARD_PROPERTIES or name in READ_ONLY,
+             "hasUniqueValue": name in self.unique_properties,
+             "modificationMetadata": {"archivable": name not in READ_ONLY,
+                                      "readOnlyDefinition": name in READ_ONLY,
+                                      "readOnlyValue": name in READ_ONLY}}
+            for name in sorted(self._writable | READ_ONLY)
+        ]
+        return _json_response(200, {"results": results})
+
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _build_app(self) -> Starlette:
@@ -847,6 +865,7 @@ class HubSpotSimulator:
             route(f"{CONTACTS}/batch/update", "POST", self._batch_update),
             route(f"{CONTACTS}/batch/upsert", "POST", self._batch_upsert),
             route(f"{CONTACTS}/batch/archive", "POST", self._batch_archive),
+            route(CONTACT_PROPERTIES, "GET", self._properties),
             route(CONTACTS + "/{contactId}", "GET", self._get),
             route(CONTACTS + "/{contactId}", "PATCH", self._update),
             route(CONTACTS + "/{contactId}", "DELETE", self._delete),
