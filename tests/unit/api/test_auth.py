@@ -62,8 +62,13 @@ def test_the_session_cookie_is_derived_from_the_token_and_changes_with_it() -> N
 
 def test_the_daemon_refuses_a_short_token_at_start_with_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    config.write_text(f'[daemon]\nstore_url = "sqlite:///{tmp_path.as_posix()}/store.db"\n'
-                      'listen = "127.0.0.1:1"\n', encoding="utf-8")
+    tmp = tmp_path.as_posix()
+    apps = "".join(
+        f'[apps.{name}]\nconnector = "sql"\n[apps.{name}.settings]\nurl = "sqlite:///{tmp}/{name}.db"\n'
+        f'table = "contacts"\ncreate_table = true\ncolumn_types = {{ email = "text" }}\n'
+        f'[apps.{name}.fields]\nemail = "email"\n' for name in ("a", "b"))
+    config.write_text(f'[daemon]\nstore_url = "sqlite:///{tmp}/store.db"\nlisten = "127.0.0.1:1"\n'
+                      + apps, encoding="utf-8")
     env = {**os.environ, ADMIN_TOKEN_ENV: "tooshort"}
 
     result = subprocess.run([sys.executable, "-m", "customer_sync", "run", "--config", str(config)],
