@@ -10,6 +10,7 @@ HTTP intake (`create_app`), signed by the simulator for the URL they are posted 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -266,6 +267,61 @@ async def test_hubspot_webhook_with_a_bad_signature_is_refused(store):
     assert 0 == delivered
     assert 0 == stats.read
     assert v.hubspot.pending_webhooks  # refused, so HubSpot keeps them for a retry
+
+
+@pytest.mark.parametrize(("case", "status"), [
+    ("good", 200), ("bad signature", 401), ("stale", 401), ("malformed", 400),
+    ("oversized", 413), ("unknown app", 404),
+])
+async def test_every_answer_the_intake_gives_a_hubspot_delivery(store, case, status):
+    """HubSpot's own signed deliveries through the HTTP intake: a good one is in the inbox
+    before its 200; a bad signature, one signed longer ago than `webhook_max_age_s` (300 s by
+    default; CONTRACTS.md §1 asks for a replay window), a signed body that is not HubSpot's
+    event array, an oversized body and an unknown app are refused with their own status and
+    leave the inbox as it was. (An app whose connector takes no webhooks answers 404 too:
+    tests/unit/api/test_webhook_intake.py.)"""
+    from customer_sync.api.app import MAX_BODY_BYTES
+    from customer_sync.sandbox._common import epoch_ms
+    from customer_sync.sandbox.hubspot import sign_v3
+    from customer_sync.store.tables import InboxItem
+
+    v = Vendors(store)
+    seed_people(v)
+    async with v.engine() as engine:
+        await engine.run_once()
+        (cid, *_) = v.hubspot.contact_ids()
+        v.later()
+        v.hubspot.edit_contact(cid, {"firstname": "Ada"})
+        events = [e for e in v.hubspot.pending_webhooks if str(e["objectId"]) == str(cid)]
+        assert events
+        body = json.dumps(events, separators=(",", ":")).encode()
+        signed_at, path, secret = v.clock(), "/webhooks/crm", HUBSPOT_SECRET
+        if case == "stale":
+            signed_at -= timedelta(seconds=301)
+        elif case == "bad signature":
+            secret = "not-the-app-secret"
+        elif case == "malformed":
+            body = b'{"objectId": "not an event array"}'
+        elif case == "oversized":
+            body = b"[" + b" " * MAX_BODY_BYTES + b"]"
+        elif case == "unknown app":
+            path = "/webhooks/nope"
+        timestamp = str(epoch_ms(signed_at))
+        headers = {"Content-Type": "application/json", "X-HubSpot-Request-Timestamp": timestamp,
+                   "X-HubSpot-Signature-v3": sign_v3(secret, "POST", CRM_HOOK, body, timestamp)}
+        transport = httpx.ASGITransport(app=create_app(engine))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sync.test") as intake:
+            response = await intake.post(path, content=body, headers=headers)
+
+    assert status == response.status_code, response.text
+    assert "Ada" not in response.text and "Traceback" not in response.text
+    with store.transaction() as conn:
+        waiting = list(conn.execute(select(InboxItem.__table__.c.app_record_id)).scalars())
+    if case == "good":
+        assert len(events) > 1 and {"accepted": 1} == response.json()  # one contact's events: one change
+        assert [str(cid)] == sorted(set(waiting))
+    else:
+        assert [] == waiting
 
 
 @pytest.mark.parametrize("seen_by", ["poll", "webhook"])
