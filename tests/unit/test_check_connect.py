@@ -132,15 +132,29 @@ def _check(tmp: Path, template: str, first_name: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+XLSX = CSV.replace('connector = "csv"', 'connector = "xlsx"').replace("people.csv", "people.xlsx")
+
+
+def _workbook(path: Path, header: list[str]) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active.append(header)
+    book.save(path)
+
+
 @pytest.mark.parametrize(("template", "name", "prepare"), [
     (SQL, "crm", None),
-    (CSV, "sheet", "id,email,first_name\r\n"),
-], ids=["sql", "csv"])
+    (CSV, "sheet", "csv"),
+    (XLSX, "sheet", "xlsx"),
+], ids=["sql", "csv", "xlsx"])
 def test_check_connect_catches_an_unknown_app_field(
     tmp_path: Path, template: str, name: str, prepare: str | None,
 ) -> None:
-    if prepare is not None:
-        (tmp_path / "people.csv").write_text(prepare, encoding="utf-8")
+    if prepare == "csv":
+        (tmp_path / "people.csv").write_text("id,email,first_name\r\n", encoding="utf-8")
+    elif prepare == "xlsx":
+        _workbook(tmp_path / "people.xlsx", ["id", "email", "first_name"])
 
     code, out, err = _check(tmp_path, template, "first_nme")
 
