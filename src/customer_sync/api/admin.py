@@ -27,6 +27,7 @@ from fastapi import Body, Depends, FastAPI, Query
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -283,6 +284,7 @@ def admin_api(engine: Engine, *, auth: AdminAuth, reloader: Reloader | None) -> 
         description="Operate a running customer-sync daemon: app status, customers, conflicts, "
                     "dead letters, deletes waiting for approval, pause and resume, resync, reload.",
         dependencies=[Depends(require_admin)],
+        servers=[{"url": "/api", "description": "this daemon"}],
         openapi_url=None, docs_url=None, redoc_url=None,
     )
     api.state.auth = auth
@@ -290,6 +292,11 @@ def admin_api(engine: Engine, *, auth: AdminAuth, reloader: Reloader | None) -> 
     @api.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> JSONResponse:
         return JSONResponse({"error": exc.error}, status_code=exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, a method not allowed) in our shape
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
