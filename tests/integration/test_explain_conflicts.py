@@ -34,3 +34,24 @@ async def test_explain_reports_the_rule_and_the_conflict_that_decided_a_field(
     assert {"value": conflict["winner_value"], "app": conflict["winner_app"], "rule": rule,
             "conflict_id": conflict["id"]} == {k: explained.get(k) for k in ("value", "app", "rule", "conflict_id")}
     assert {w.by_email(app)["ann@example.com"]["first"] for app in w.apps} == {conflict["winner_value"]}
+
+
+async def test_explain_reports_the_rule_and_the_conflict_that_kept_a_primary_email(
+    world: Callable[..., World],
+) -> None:
+    """The primary email is merged by its own module; a primary a rule kept says so too."""
+    w = world(apps=("crm", "desk"), conflicts={"default": "priority", "priority": ["crm", "desk"]})
+    crm_id = w.apps["crm"].put({"email": "ann@example.com", "first": "Ann"})
+    await w.run()
+    [desk_id] = w.apps["desk"].live()
+    w.apps["crm"].edit(crm_id, email="ann.crm@example.com")
+    w.apps["desk"].edit(desk_id, email="ann.desk@example.com")
+    await w.run()
+
+    [conflict] = [c for c in w.conflicts() if c["kind"] == "field"]
+    assert ("email", "priority", "crm", "ann.crm@example.com") == (
+        conflict["field"], conflict["rule"], conflict["winner_app"], conflict["winner_value"])
+    [customer] = w.customers()
+    explained = admin.explain(w.store, customer["customer_id"])["fields"]["email"]
+    assert {"value": "ann.crm@example.com", "app": "crm", "rule": "priority", "conflict_id": conflict["id"]} == {
+        k: explained.get(k) for k in ("value", "app", "rule", "conflict_id")}
