@@ -318,7 +318,8 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
         states = {r["app"]: dict(r) for r in conn.execute(select(state_t)).mappings()}
         pending = dict(conn.execute(select(outbox_t.c.app, func.count()).where(
             outbox_t.c.state.in_(("pending", "sending"))).group_by(outbox_t.c.app)).all())
-        dead = dict(conn.execute(select(dead_t.c.app, func.count()).group_by(dead_t.c.app)).all())
+        dead = dict(conn.execute(select(dead_t.c.app, func.count()).where(dead_t.c.replayed_at.is_(None))
+                                 .group_by(dead_t.c.app)).all())  # a replayed one is back in the outbox
         inbox = dict(conn.execute(select(inbox_t.c.app, func.count()).group_by(inbox_t.c.app)).all())
         parked = conn.execute(select(func.count()).select_from(conflicts_t)
                               .where(conflicts_t.c.status == "parked")).scalar_one()

@@ -349,6 +349,9 @@ async def test_a_dead_letter_is_listed_and_its_replay_reaches_the_app(admin_env:
     assert [] == (await admin_env.get("/api/dead-letters?app=crm")).json()
     assert 404 == (await admin_env.get("/api/dead-letters?app=nope")).status_code
 
+    assert 1 == {r["app"]: r for r in (await admin_env.get("/api/status")).json()}["desk"]["dead_letters"]
+    assert 'customer_sync_dead_letters{app="desk"} 1.0' in (await admin_env.http.get("/metrics")).text
+
     # the operator fixes the table, then replays the write
     admin_env.execute("desk", "DROP TABLE people")
     admin_env.execute("desk", "CREATE TABLE people (id TEXT PRIMARY KEY, updated_at TIMESTAMP DEFAULT "
@@ -356,6 +359,8 @@ async def test_a_dead_letter_is_listed_and_its_replay_reaches_the_app(admin_env:
     replayed = await admin_env.post(f"/api/dead-letters/{dead['id']}/replay")
     assert 200 == replayed.status_code
     assert (True, 1) == (replayed.json()["replayed"], replayed.json()["planned"])
+    assert 0 == {r["app"]: r for r in (await admin_env.get("/api/status")).json()}["desk"]["dead_letters"]
+    assert 'customer_sync_dead_letters{app="desk"} 0.0' in (await admin_env.http.get("/metrics")).text
     again = await admin_env.post(f"/api/dead-letters/{dead['id']}/replay")
     assert (200, False, 0) == (again.status_code, again.json()["replayed"], again.json()["planned"])
     with admin_env.store.transaction() as conn:
