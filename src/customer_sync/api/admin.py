@@ -326,7 +326,7 @@ def admin_api(engine: Engine, *, auth: AdminAuth, reloader: Reloader | None) -> 
         rows = await call(admin.app_status, engine.store, engine.config, now=engine.clock())
         return [{**row, "state": state_word(row)} for row in rows]
 
-    @api.get("/customers/{who}", response_model=Customer, responses=_refusals(404), tags=["customers"])
+    @api.get("/customers/{who:path}", response_model=Customer, responses=_refusals(404), tags=["customers"])
     async def customer(who: Who, limit: Limit = 200) -> dict[str, Any]:
         """One customer: each field's value, app, time and rule (`explain`), its links, change
         log (oldest first) and rejected values."""

@@ -193,6 +193,11 @@ async def test_a_customer_by_id_email_or_record_with_links_log_and_explain(admin
     assert {"observed", "decided", "written"} <= {e["kind"] for e in by_id["log"]}
     assert [] == by_id["rejections"]
 
+    # a record id may hold a slash (a path-like id of some apps)
+    admin_env.insert("crm", "folder/c2", "bea@example.com", "Bea")
+    await admin_env.run()
+    assert "Bea" == (await admin_env.get("/api/customers/crm:folder/c2")).json()["fields"]["first_name"]["value"]
+
     for missing in ("nobody@example.com", "crm:c999", "no-such-id"):
         response = await admin_env.get(f"/api/customers/{missing}")
         assert 404 == response.status_code
