@@ -1,5 +1,6 @@
 """The `customer-sync` command: run the daemon, one pass or a dry run; check health; and the
-operator's actions (status, conflicts, errors, deletes, log, explain, resync, connectors).
+operator's actions (status, conflicts, errors, deletes, dead letters, pause and resume, log,
+explain, resync, connectors).
 
 Thin on purpose: every decision lives in `engine/` (the runner and `engine.admin`); a command
 loads the config, opens the store, calls one function and renders what it returns. Expected
@@ -62,8 +63,10 @@ app = typer.Typer(
 )
 conflicts_app = typer.Typer(help="Conflicts the rules could not decide, and resolving them.")
 deletes_app = typer.Typer(help='Deletes held for approval (apps with on_delete = "approve").')
+dead_letters_app = typer.Typer(help="Writes an app refused or that ran out of attempts, and replaying them.")
 app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(deletes_app, name="deletes")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 ConfigOption = Annotated[
     Path,
@@ -574,10 +577,13 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
 
 
 def _app_state(row: dict[str, Any]) -> str:
-    """PARKED (needs an operator), PAUSED until a time (the vendor asked to wait), "not listed
-    yet" (no create is sent to it before its first complete listing), or ok."""
+    """PARKED (needs an operator), "paused by operator" (`customer-sync pause`), PAUSED until a
+    time (the vendor asked to wait), "not listed yet" (no create is sent to it before its first
+    complete listing), or ok."""
     if row["parked"]:
         return "PARKED"
+    if row.get("paused_by_operator_at") is not None:
+        return "paused by operator"
     if row["paused_until"] is not None:
         return f"PAUSED until {format_time(row['paused_until'])}"
     if not row["listed"]:
@@ -792,6 +798,117 @@ def deletes_reject(
     )
 
 
+# -- dead letters --------------------------------------------------------------------------------
+
+
+@dead_letters_app.callback(invoke_without_command=True)
+@_expected_errors
+def dead_letters(
+    ctx: typer.Context,
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    show_all: Annotated[bool, typer.Option("--all", help="Also list those replayed already.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List dead letters (the default), or replay one."""
+    ctx.obj = _GroupOptions(config_path, show_all=show_all, as_json=as_json)
+    if ctx.invoked_subcommand is None:
+        _list_dead_letters(config_path, show_all=show_all, as_json=as_json)
+
+
+@dead_letters_app.command("list")
+@_expected_errors
+def dead_letters_list(
+    ctx: typer.Context,
+    config_path: SubConfigOption = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Also list those replayed already.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List dead letters, newest first (with --all: the replayed ones too)."""
+    group: _GroupOptions = ctx.obj
+    _list_dead_letters(config_path or group.config_path, show_all=show_all or group.show_all,
+                       as_json=as_json or group.as_json)
+
+
+def _list_dead_letters(config_path: Path, *, show_all: bool, as_json: bool) -> None:
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        rows = admin.list_dead_letters(store, include_replayed=show_all)
+        who = {cid: _customer_label(store, cid) for cid in {r["customer_id"] for r in rows} if cid}
+    if as_json:
+        _print_json([{**row, "customer": who.get(row["customer_id"])} for row in rows])
+        return
+    if not rows:
+        typer.echo("no dead letters")
+        return
+    typer.echo(table(
+        ["id", "app", "op", "customer", "record", "fields", "error", "at", "replayed"],
+        [[row["id"], row["app"], (row["payload"] or {}).get("op") or row["source"],
+          who.get(row["customer_id"]) or row["customer_id"] or EMPTY, row["app_record_id"] or EMPTY,
+          ", ".join((row["payload"] or {}).get("fields") or []) or EMPTY, row["error"],
+          format_time(row["at"]), format_time(row["replayed_at"]) if row["replayed_at"] else EMPTY]
+         for row in rows],
+    ))
+    if any(row["replayed_at"] is None for row in rows):
+        typer.echo("replay with: customer-sync dead-letters replay ID")
+
+
+@dead_letters_app.command("replay")
+@_expected_errors
+def dead_letters_replay(
+    ctx: typer.Context,
+    dead_letter_id: Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id.")],
+    config_path: SubConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Put a dead letter's write back in the outbox (attempts reset); the next run sends it."""
+    config = _setup(config_path or ctx.obj.config_path)
+    with _opened_store(config) as store:
+        result = admin.replay_dead_letter(store, config, dead_letter_id, identity_key=default_identity_key())
+    if as_json or ctx.obj.as_json:
+        _print_json(result)
+        return
+    if not result["replayed"]:
+        typer.echo(f"dead letter {dead_letter_id} was replayed already ({format_time(result['replayed_at'])}); "
+                   "nothing more planned")
+        return
+    typer.echo(f"dead letter {dead_letter_id} replayed: {result['planned']} write(s) to {result['app']} "
+               "planned for the next run")
+
+
+# -- pause, resume ------------------------------------------------------------------------------
+
+
+AppArgument = Annotated[str, typer.Argument(metavar="APP", help="A configured app.")]
+
+
+@app.command()
+@_expected_errors
+def pause(app_name: AppArgument, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
+    """Pause an app: the daemon neither polls it nor sends it writes (they wait) until `resume`."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        result = admin.pause_app(store, config, app_name)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{app_name} paused: neither polled nor written to until `customer-sync resume {app_name}`"
+               if result["changed"] else f"{app_name} was paused already")
+
+
+@app.command()
+@_expected_errors
+def resume(app_name: AppArgument, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
+    """Resume an app paused by `pause`: the next round polls it and sends what waited."""
+    config = _setup(config_path)
+    with _opened_store(config) as store:
+        result = admin.resume_app(store, config, app_name)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{app_name} resumed: the next round polls it and sends what waited"
+               if result["changed"] else f"{app_name} was not paused")
+
+
 # -- one customer --------------------------------------------------------------------------------
 
 
@@ -859,7 +976,7 @@ def explain(who: Who, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonO
     typer.echo(table(
         ["field", "value", "from app", "at", "rule"],
         [[name, format_value(f["value"]), f.get("app") or EMPTY, format_time(f.get("at")),
-          f.get("rule") or EMPTY] for name, f in found["fields"].items()],
+          _rule(f)] for name, f in found["fields"].items()],
     ))
     typer.echo("")
     if found["links"]:
@@ -867,6 +984,12 @@ def explain(who: Who, config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonO
                          [[lk["app"], lk["app_record_id"], lk["state"]] for lk in found["links"]]))
     else:
         typer.echo("no links")
+
+
+def _rule(source: dict[str, Any]) -> str:
+    """The rule a field's value stands by, and the conflict that decided it."""
+    rule = source.get("rule") or EMPTY
+    return f"{rule} (conflict {source['conflict_id']})" if source.get("conflict_id") else rule
 
 
 # -- resync, connectors --------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def read_depths(store: Store) -> StoreDepths:
             select(_rejections.c.app, func.count()).where(_rejections.c.status == "open")
             .group_by(_rejections.c.app)))
         depths.dead_letters = _counts(conn.execute(
-            select(_dead.c.app, func.count()).group_by(_dead.c.app)))
+            select(_dead.c.app, func.count()).where(_dead.c.replayed_at.is_(None))  # not replayed
+            .group_by(_dead.c.app)))
         conn.rollback()
     return depths
 
@@ -249,7 +250,7 @@ class _Scraped(Collector):
                      ("kind",))
         yield _gauge("customer_sync_rejections_open", "Values an app holds that normalization "
                      "refused (open rejections), by app.", _per_app(m.apps, d.rejections_open), ("app",))
-        yield _gauge("customer_sync_dead_letters", "Work that failed for good, by app.",
+        yield _gauge("customer_sync_dead_letters", "Work that failed for good and was not replayed, by app.",
                      _per_app(m.apps, d.dead_letters), ("app",))
         yield _gauge("customer_sync_sync_lag_seconds", "Seconds since the start of the app's last "
                      "complete poll (or since the daemon started, before its first).",

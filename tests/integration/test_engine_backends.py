@@ -53,6 +53,11 @@ async def test_sync_conflict_crash_and_delete_on_each_backend(make_world):
     names = {w.by_email(app)["ann@x.io"]["first"] for app in w.apps}
     assert {"Anne"} == names
     assert [("first_name", "decided")] == [(c["field"], c["status"]) for c in w.conflicts()]
+    # explain names the rule and the conflict (its id returned by the insert on either backend)
+    [conflict] = w.conflicts()
+    [customer] = w.customers()
+    assert {"rule": "last_writer", "conflict_id": conflict["id"]} == {
+        k: customer["provenance"]["first_name"].get(k) for k in ("rule", "conflict_id")}
 
     w.apps["crm"].remove(ann)
     await w.run()

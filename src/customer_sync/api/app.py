@@ -15,6 +15,9 @@ CONTRACTS.md does not say).
 `/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
 way intake uses it, with the same short lock wait, and says why it is not ready.
 
+`/api` is the admin API (`api.admin`, FastAPI, its OpenAPI document at `/api/openapi.json`),
+behind the admin token; with no token configured it answers 404 on every path (off, not open).
+
 `/metrics` serves the engine's metrics in the Prometheus text format (`customer_sync.metrics`);
 the store's depths are read off the event loop and waited for briefly, so a busy store makes the
 scrape serve the last depths read (with `customer_sync_store_read_ok 0`), never a stalled loop.
@@ -32,7 +35,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from customer_sync.engine.webhooks import parked_apps
 from customer_sync.errors import AuthError, ConfigError, ConnectorError, StoreBusy, StoreError
@@ -156,12 +159,15 @@ def create_app(engine: Engine, *, public_url: str | None = None, auth: AdminAuth
     async def metrics(request: Request) -> Response:
         return Response(await engine.metrics.render(engine.store), media_type=CONTENT_TYPE)
 
+    from customer_sync.api.admin import admin_api, admin_off
+
     return Starlette(routes=[
         Route("/webhooks/{app}", webhook, methods=["POST"]),
         Route("/webhooks/{app}", webhook_check, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Mount("/api", app=admin_off if auth is None else admin_api(engine, auth=auth, reloader=reloader)),
     ])
 
 

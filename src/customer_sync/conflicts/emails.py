@@ -124,6 +124,10 @@ def merge_emails(
                 primary, entry = new_p, _entry(app, stamp, decision.rule, kind)
             if new_p not in known:
                 out.decision = decision
+                if decision.winner is standing and not decision.parked:
+                    # the primary that stands now stands by the rule that decided (explain)
+                    entry = {**{k: v for k, v in holder.items() if k != "conflict_id"},
+                             "app": holder.get("app") or standing.app, "rule": decision.rule}
     if holder_kind == "address" and entry is None:
         # No app has claimed a primary: the first address in sort order, whoever brought it.
         first = min(emails) if emails else None

@@ -82,7 +82,8 @@ def merge_record(
 
     Args:
         base: the values last agreed with `app` (None: the record is new to this customer).
-        provenance: field -> {"app", "at", "rule"} of the current values.
+        provenance: field -> {"app", "at", "rule"} of the current values. A field a conflict
+            decided, whichever side won, gets the deciding rule (`priority`, `last_writer`, ...).
         modified_at / field_modified_at: the app's record and per-field modified times.
         address_apps: the apps whose record is an email address (`requires_email`): their
             address joins the customer's emails and never claims the primary.
@@ -222,6 +223,12 @@ def _merge_values(
         if decision.winner is incoming and not decision.parked:
             out.changes[name] = new
             out.provenance[name] = _prov(at, decision.rule)
+        elif not decision.parked:
+            # The current value won: it now stands by the rule that decided, not by how it
+            # first came in (`only_change`, `first_value`). The store adds the conflict's id.
+            kept = {k: v for k, v in holder.items() if k != "conflict_id"}
+            out.provenance[name] = {**kept, "app": holder.get("app") or decision.winner.app,
+                                    "rule": decision.rule}
         elif (name == CONSENT_FIELD and decision.parked
               and more_restrictive(cur, new) == new and not same_value(cur, new)):
             # Parked or not, consent never stands on the less restrictive of two values.

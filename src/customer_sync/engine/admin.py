@@ -1,7 +1,7 @@
 """Operator actions and read models: status, explain, change log, conflicts, rejections,
-deletes, resync.
+deletes, dead letters, pause and resume, resync.
 
-These are what the CLI (and later the admin API) call. Reads return plain dicts; actions run in
+These are what the CLI and the admin API (`api/admin.py`) call. Reads return plain dicts; actions run in
 one transaction each and plan the writes their decision implies, which the next dispatch sends.
 """
 
@@ -17,6 +17,7 @@ from customer_sync.canonical import field_spec, identity_hash, normalize_value
 from customer_sync.engine.plan import plan_customer
 from customer_sync.engine.process import propagate_delete
 from customer_sync.errors import ConfigError, SyncError
+from customer_sync.store import app_state as app_state_store
 from customer_sync.store.rejections import OPEN
 from customer_sync.store.tables import (
     AppState,
@@ -48,10 +49,14 @@ __all__ = [
     "explain",
     "find_customer",
     "list_conflicts",
+    "list_dead_letters",
     "list_pending_deletes",
     "list_rejections",
+    "pause_app",
     "reject_delete",
+    "replay_dead_letter",
     "resolve_conflict",
+    "resume_app",
     "resync",
     "summarize_values",
 ]
@@ -227,7 +232,8 @@ def resolve_conflict(
         old = customer["values"].get(row["field"])
         customer["values"] = {**customer["values"], row["field"]: sides[take]}
         customer["provenance"] = {**customer["provenance"],
-                                  row["field"]: {"app": take, "at": now.isoformat(), "rule": "operator"}}
+                                  row["field"]: {"app": take, "at": now.isoformat(), "rule": "operator",
+                                                 "conflict_id": conflict_id}}
         uow.touch_customer(cid)
         uow.log("decided", customer_id=cid, diff={row["field"]: [old, sides[take]]},
                 reason=f"conflict {conflict_id} resolved by operator: took {take}")
@@ -304,15 +310,16 @@ def resync(store: Store, config: Config, app: str) -> None:
 def app_status(store: Store, config: Config, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Per app: last poll, lag since the last successful poll, pending writes, errors, open
     rejections (values refused that the app still holds), conflicts, whether its first complete
-    listing is done, and until when it is paused (a vendor's `Retry-After` longer than the
-    daemon will sleep on one request)."""
+    listing is done, until when it is paused (a vendor's `Retry-After` longer than the
+    daemon will sleep on one request), and since when an operator paused it."""
     now = now or _now()
     out = []
     with store.transaction() as conn:
         states = {r["app"]: dict(r) for r in conn.execute(select(state_t)).mappings()}
         pending = dict(conn.execute(select(outbox_t.c.app, func.count()).where(
             outbox_t.c.state.in_(("pending", "sending"))).group_by(outbox_t.c.app)).all())
-        dead = dict(conn.execute(select(dead_t.c.app, func.count()).group_by(dead_t.c.app)).all())
+        dead = dict(conn.execute(select(dead_t.c.app, func.count()).where(dead_t.c.replayed_at.is_(None))
+                                 .group_by(dead_t.c.app)).all())  # a replayed one is back in the outbox
         inbox = dict(conn.execute(select(inbox_t.c.app, func.count()).group_by(inbox_t.c.app)).all())
         parked = conn.execute(select(func.count()).select_from(conflicts_t)
                               .where(conflicts_t.c.status == "parked")).scalar_one()
@@ -334,6 +341,8 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
             "enabled": config.apps[app].config.enabled,
             "listed": st.get("listed_at") is not None,
             "paused_until": resume_at if resume_at is not None and resume_at > now else None,
+            "paused_by_operator_at": (stored_utc(st["operator_paused_at"])
+                                      if st.get("operator_paused_at") is not None else None),
             "last_poll_at": st.get("last_poll_at"),
             "lag_s": round((now - last_ok).total_seconds(), 1) if last_ok else None,
             "linked": linked.get(app, 0),
@@ -347,6 +356,142 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
     for row in out:
         row["open_conflicts"] = parked
     return out
+
+
+def _known_app(config: Config, app: str) -> None:
+    if app not in config.apps:
+        raise ConfigError(f"unknown app {app!r} (configured: {', '.join(config.apps)})")
+
+
+def _note(store: Store, app: str, reason: str, now: datetime) -> None:
+    """An operator's decision about a whole app, in the change log."""
+    with store.transaction() as conn:
+        uow = UnitOfWork(conn, identity_key=b"", now=now, run_id="operator")
+        uow.log("decided", app=app, reason=reason)
+        uow.flush()
+
+
+def pause_app(store: Store, config: Config, app: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Pause an app for the operator: the engine neither polls it nor sends it writes (they
+    wait in the outbox) until `resume_app`, across restarts. Pausing a paused app changes
+    nothing.
+
+    Raises:
+        ConfigError: `app` is not a configured app.
+    """
+    _known_app(config, app)
+    now = now or _now()
+    changed = app_state_store.pause_by_operator(store, app, now)
+    if changed:
+        _note(store, app, f"{app} paused by operator", now)
+    return {"app": app, "paused": True, "changed": changed}
+
+
+def resume_app(store: Store, config: Config, app: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Lift the operator's pause of an app: the next round polls it and sends what waited.
+
+    Raises:
+        ConfigError: `app` is not a configured app.
+    """
+    _known_app(config, app)
+    now = now or _now()
+    changed = app_state_store.resume_by_operator(store, app)
+    if changed:
+        _note(store, app, f"{app} resumed by operator", now)
+    return {"app": app, "paused": False, "changed": changed}
+
+
+def list_dead_letters(store: Store, *, app: str | None = None, include_replayed: bool = False,
+                      limit: int = 200) -> list[dict[str, Any]]:
+    """Dead letters (writes an app refused, or that ran out of attempts), newest first; the
+    replayed ones only with `include_replayed`."""
+    q = select(dead_t).order_by(dead_t.c.id.desc()).limit(limit)
+    if app is not None:
+        q = q.where(dead_t.c.app == app)
+    if not include_replayed:
+        q = q.where(dead_t.c.replayed_at.is_(None))
+    with store.transaction() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def replay_dead_letter(store: Store, config: Config, dead_letter_id: int, *, identity_key: bytes,
+                       now: datetime | None = None) -> dict[str, Any]:
+    """Put a dead letter's write back in the outbox, as pending with its attempts reset, for the
+    next dispatch; the change log records the operator's decision.
+
+    The write is planned again from what the customer holds now (the values it was refused
+    with may have changed since), through the same planning as any change: only fields that
+    differ from the app's base, as one pending write per customer and app. A delete is planned
+    again while the customer stays deleted. Replaying a dead letter a second time plans
+    nothing (`replayed` is False).
+
+    Raises:
+        NotFound: no such dead letter.
+        ConfigError: it is not a write (`source` inbox), or its app is not configured.
+    """
+    now = now or _now()
+    with store.transaction() as conn:
+        row = conn.execute(select(dead_t).where(dead_t.c.id == dead_letter_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no dead letter {dead_letter_id}")
+        base = {"dead_letter_id": dead_letter_id, "app": row["app"], "customer_id": row["customer_id"]}
+        if row["replayed_at"] is not None:
+            return {**base, "replayed": False, "planned": 0, "replayed_at": stored_utc(row["replayed_at"])}
+        if row["source"] != "outbox" or row["customer_id"] is None:
+            raise ConfigError(f"dead letter {dead_letter_id} is not a write: only writes can be replayed")
+        app, cid = row["app"], row["customer_id"]
+        if app not in config.apps:
+            raise ConfigError(f"dead letter {dead_letter_id}: app {app!r} is no longer configured")
+        _revive_dead_rows(conn, cid, app)
+        uow = UnitOfWork(conn, identity_key=identity_key, now=now, run_id="operator")
+        customer = uow.customer(cid)
+        reason = f"dead letter {dead_letter_id} replayed by operator"
+        op = (row["payload"] or {}).get("op")
+        planned = 0
+        if customer is not None and customer["deleted_at"] is not None:
+            link = uow.link_for(cid, app)
+            if op == "delete" and link is not None and link["state"] in ("active", "gone"):
+                uow.plan_write(cid, app, op="delete", fields={}, app_record_id=link["app_record_id"],
+                               reason=reason)
+                planned = 1
+        elif customer is not None:
+            planned = plan_customer(uow, cid, {app: config.apps[app]}, now=now, reason=reason)
+        uow.log("decided", app=app, app_record_id=row["app_record_id"], customer_id=cid,
+                diff={"fields": list((row["payload"] or {}).get("fields") or [])},
+                reason=f"{reason}: {planned} write(s) planned")
+        uow.flush()
+        # Planned writes start afresh: no attempts spent, ready now.
+        conn.execute(update(outbox_t).where(outbox_t.c.customer_id == cid, outbox_t.c.app == app,
+                                            outbox_t.c.state == "pending")
+                     .values(attempts=0, next_attempt_at=None, error=None))
+        conn.execute(update(dead_t).where(dead_t.c.id == dead_letter_id).values(replayed_at=now))
+    return {**base, "replayed": True, "planned": planned, "replayed_at": now}
+
+
+def _revive_dead_rows(conn: Any, cid: str, app: str) -> None:
+    """A write out of attempts stays in the outbox as `dead`: put it back as the pair's pending
+    write (or fold it into the pending one), before the replay plans it up to date. A create
+    sent without a clear answer keeps `sent_at`, so that dispatch looks for what it may have
+    made before creating again (never a second record)."""
+    dead = [dict(r) for r in conn.execute(select(outbox_t).where(
+        outbox_t.c.customer_id == cid, outbox_t.c.app == app, outbox_t.c.state == "dead")
+        .order_by(outbox_t.c.seq.desc())).mappings()]
+    if not dead:
+        return
+    pending = conn.execute(select(outbox_t).where(
+        outbox_t.c.customer_id == cid, outbox_t.c.app == app, outbox_t.c.state == "pending")
+        .order_by(outbox_t.c.seq)).mappings().first()
+    sent_at = next((r["sent_at"] for r in dead if r["op"] == "create" and r["sent_at"] is not None), None)
+    drop = [r["seq"] for r in dead]
+    if pending is None:
+        keep = dead[0]
+        drop.remove(keep["seq"])
+        conn.execute(update(outbox_t).where(outbox_t.c.seq == keep["seq"]).values(
+            state="pending", sent_at=keep["sent_at"] or sent_at))
+    elif sent_at is not None and pending["op"] == "create" and pending["sent_at"] is None:
+        conn.execute(update(outbox_t).where(outbox_t.c.seq == pending["seq"]).values(sent_at=sent_at))
+    if drop:
+        conn.execute(delete(outbox_t).where(outbox_t.c.seq.in_(drop)))
 
 
 def summarize_values(values: Mapping[str, Any]) -> str:

@@ -384,7 +384,8 @@ class Engine:
         self.rounds += 1
         summary.rounds += 1
         result = RoundResult(number=self.rounds, started_at=time.monotonic())
-        paused = await self.db(app_state.paused_until, self.store, self.clock())
+        # paused by the operator, or until the vendor's Retry-After: neither polled nor dispatched
+        paused = await self.db(app_state.held_apps, self.store, self.clock())
         live = [a for a in self.live_apps() if a not in paused]
         slice_s = self.config.daemon.poll_slice_s
         intake_before = _copy(self.intake)

@@ -9,6 +9,8 @@ reconciliation, and a pause the vendor asked for.
 - **reconciled** (`mark_reconciled`): when the app was last compared whole against the base.
 - **paused** (`pause_until`, `paused_until`): the vendor asked to wait longer than one request
   may sleep (a long `Retry-After`); the app is left alone until then.
+- **paused by the operator** (`pause_by_operator`, `resume_by_operator`, `held_apps`): neither
+  polled nor dispatched until the operator resumes it, across restarts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from customer_sync.store.bulk import upsert_row
 from customer_sync.store.tables import AppState, stored_utc
@@ -26,14 +28,17 @@ if TYPE_CHECKING:
     from customer_sync.store.db import Store
 
 __all__ = [
+    "held_apps",
     "listed_apps",
     "mark_listed",
     "mark_reconciled",
+    "pause_by_operator",
     "pause_until",
     "paused_until",
     "read",
     "record_error",
     "record_ok",
+    "resume_by_operator",
 ]
 
 state_t = AppState.__table__
@@ -44,7 +49,8 @@ def read(store: Store) -> dict[str, dict[str, Any]]:
     with store.transaction() as conn:
         rows = [dict(r) for r in conn.execute(select(state_t)).mappings()]
     for row in rows:
-        for key in ("last_poll_at", "last_success_at", "listed_at", "reconciled_at", "resume_at"):
+        for key in ("last_poll_at", "last_success_at", "listed_at", "reconciled_at", "resume_at",
+                    "operator_paused_at"):
             if row[key] is not None:
                 row[key] = stored_utc(row[key])
     return {row["app"]: row for row in rows}
@@ -120,3 +126,38 @@ def mark_reconciled(store: Store, app: str, now: datetime) -> None:
     """The app was just compared whole against the base."""
     with store.transaction() as conn:
         upsert_row(conn, state_t, {"app": app}, {"reconciled_at": now})
+
+
+def pause_by_operator(store: Store, app: str, now: datetime) -> bool:
+    """Pause the app for the operator: the engine neither polls nor dispatches it until
+    `resume_by_operator`. Returns False when it was paused already (the first time stands)."""
+    with store.transaction() as conn:
+        row = conn.execute(select(state_t.c.operator_paused_at).where(state_t.c.app == app)).first()
+        if row is not None and row[0] is not None:
+            return False
+        if row is None:
+            upsert_row(conn, state_t, {"app": app}, {
+                "operator_paused_at": now, "parked": False, "consecutive_failures": 0})
+        else:
+            conn.execute(update(state_t).where(state_t.c.app == app).values(operator_paused_at=now))
+        return True
+
+
+def resume_by_operator(store: Store, app: str) -> bool:
+    """Lift the operator's pause; returns False when the app was not paused by the operator."""
+    with store.transaction() as conn:
+        done = conn.execute(update(state_t).where(state_t.c.app == app,
+                                                  state_t.c.operator_paused_at.is_not(None))
+                            .values(operator_paused_at=None))
+        return bool(done.rowcount)
+
+
+def held_apps(store: Store, now: datetime) -> set[str]:
+    """The apps a round leaves alone at `now`: paused by the operator, or until a time the
+    vendor asked for."""
+    with store.transaction() as conn:
+        rows = conn.execute(select(state_t.c.app, state_t.c.resume_at, state_t.c.operator_paused_at)
+                            .where(or_(state_t.c.resume_at.is_not(None),
+                                       state_t.c.operator_paused_at.is_not(None)))).all()
+    return {app for app, resume_at, by_operator in rows
+            if by_operator is not None or (resume_at is not None and stored_utc(resume_at) > now)}

@@ -231,6 +231,8 @@ class DeadLetter(SQLModel, table=True):
     payload: dict[str, Any] | None = _json(nullable=True)
     error: str = Field(sa_column=Column(String(1000), nullable=False))
     at: datetime = _ts(nullable=False)
+    # when an operator put the write back in the outbox (`dead-letters replay`); set once
+    replayed_at: datetime | None = _ts(nullable=True)
 
 
 class RejectionRow(SQLModel, table=True):
@@ -277,7 +279,8 @@ class AppState(SQLModel, table=True):
     """Per-app health for `status` and `check` (last poll, last error, parked), and what the
     daemon must remember about an app across restarts: when its first complete listing was
     processed (`listed_at`: no create is sent to it before), when it was last reconciled, and
-    until when it is paused (`resume_at`: the vendor asked to wait)."""
+    until when it is paused (`resume_at`: the vendor asked to wait), and whether an operator
+    paused it (`operator_paused_at`: neither polled nor dispatched until resumed)."""
 
     __tablename__ = "app_state"
     app: str = Field(sa_column=Column(String(64), primary_key=True))
@@ -289,3 +292,4 @@ class AppState(SQLModel, table=True):
     listed_at: datetime | None = _ts(nullable=True)
     reconciled_at: datetime | None = _ts(nullable=True)
     resume_at: datetime | None = _ts(nullable=True)
+    operator_paused_at: datetime | None = _ts(nullable=True)

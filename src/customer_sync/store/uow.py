@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 
 from customer_sync.canonical import identity_hash
 from customer_sync.logs import REDACTED
@@ -526,6 +526,7 @@ class UnitOfWork:
     def flush(self) -> int:
         """Write everything back in the caller's transaction; returns the outbox rows planned."""
         c = self.conn
+        self._insert_decided_conflicts()
         if self._dropped_identities:
             for chunk in _chunks(sorted(self._dropped_identities)):
                 c.execute(delete(identities_t).where(identities_t.c.customer_id.in_(chunk)))
@@ -573,6 +574,27 @@ class UnitOfWork:
             insert_rows(c, outbox_t, self._outbox_new)
         self.rejections.flush(c)
         return len(self._outbox_new) + len(self._outbox_update)
+
+    def _insert_decided_conflicts(self) -> None:
+        """Insert the field conflicts a rule decided, first, and name each in the provenance of
+        the field it decided (`conflict_id`, what `explain` shows), before customers are written."""
+        decided = [r for r in self._conflicts
+                   if r["kind"] == "field" and r["status"] == "decided" and r["customer_id"]]
+        if not decided:
+            return
+        taken = {id(r) for r in decided}
+        self._conflicts = [r for r in self._conflicts if id(r) not in taken]
+        ids = self.conn.execute(insert(conflicts_t).returning(conflicts_t.c.id, sort_by_parameter_order=True),
+                                decided).scalars().all()
+        for row, conflict_id in zip(decided, ids, strict=True):
+            customer = self.customers.get(row["customer_id"])
+            if customer is None:
+                continue
+            held = customer["provenance"].get(row["field"])
+            if held and held.get("rule") == row["rule"] and held.get("app") == row["winner_app"]:
+                customer["provenance"] = {**customer["provenance"],
+                                          row["field"]: {**held, "conflict_id": conflict_id}}
+                self.touch_customer(row["customer_id"])
 
     def _flush_snapshots(self) -> None:
         c = self.conn

@@ -150,7 +150,9 @@ def test_both_changed_is_decided_by_last_writer(
         provenance = {"company": _held_by("crm", incoming.at, "last_writer")}
     else:
         decision = Decision(current, incoming, "last_writer", parked=parked)
-        changes, provenance = {}, {}
+        # a current value the rule kept now stands by that rule (a parked one by what it was)
+        changes = {}
+        provenance = {} if parked else {"company": _held_by("shop", current_at, "last_writer")}
     assert MergeResult(
         changes=changes,
         provenance=provenance,

@@ -170,3 +170,21 @@ def test_rejections_table_comes_and_goes_with_0005(store: Store) -> None:
     assert {"ix_rejections_status_app", "ix_rejections_customer"} <= indexes
     assert ["app", "app_record_id", "field"] == primary
     assert [] == diffs
+
+
+def test_operator_pause_and_replay_columns_come_and_go_with_0006(store: Store) -> None:
+    """0006 adds app_state.operator_paused_at and dead_letters.replayed_at, keeping the rows
+    there; its downgrade drops exactly those columns, and upgrading again gives tables.py."""
+    with store.transaction() as conn:
+        conn.execute(insert(tables.AppState.__table__).values(app="crm", parked=False, consecutive_failures=0))
+        _migrate(conn, "downgrade", "0005")
+        before = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("app_state", "dead_letters")}
+        _migrate(conn, "upgrade", "head")
+        after = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("app_state", "dead_letters")}
+        kept = conn.execute(select(tables.AppState.__table__.c.app)).scalars().all()
+        diffs = _schema_diffs(conn)
+
+    assert {"operator_paused_at"} == after["app_state"] - before["app_state"]
+    assert {"replayed_at"} == after["dead_letters"] - before["dead_letters"]
+    assert ["crm"] == kept
+    assert [] == diffs
