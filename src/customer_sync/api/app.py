@@ -15,6 +15,9 @@ CONTRACTS.md does not say).
 `/healthz` says the process answers and touches nothing else. `/readyz` checks the store the
 way intake uses it, with the same short lock wait, and says why it is not ready.
 
+`/` and the pages under it are the dashboard (`api.dashboard`), behind the admin token; with
+no token set, `/` says the dashboard is off and how to turn it on.
+
 `/metrics` serves the engine's metrics in the Prometheus text format (`customer_sync.metrics`);
 the store's depths are read off the event loop and waited for briefly, so a busy store makes the
 scrape serve the last depths read (with `customer_sync_store_read_ok 0`), never a stalled loop.
@@ -156,12 +159,16 @@ def create_app(engine: Engine, *, public_url: str | None = None, auth: AdminAuth
     async def metrics(request: Request) -> Response:
         return Response(await engine.metrics.render(engine.store), media_type=CONTENT_TYPE)
 
+    from customer_sync.api.dashboard import dashboard_routes
+
     return Starlette(routes=[
         Route("/webhooks/{app}", webhook, methods=["POST"]),
         Route("/webhooks/{app}", webhook_check, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        # last: the dashboard's pages sit at the root (`/`, `/login`, `/customers/...`)
+        *dashboard_routes(engine, auth),
     ])
 
 
