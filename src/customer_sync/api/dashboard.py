@@ -99,11 +99,14 @@ def _show(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A table cell holding data: its direction follows its own text (RTL names read right)."""
+    """A table cell holding data. `dir="auto"` gives the cell the direction of its own first
+    strong character and isolates it from its neighbours: a Persian or Arabic value reads and
+    aligns right to left inside the LTR table. (A `<bdi>` inside would hide the text from the
+    cell's own `auto`, leaving it LTR-aligned; `<bdi>` is for values inside running text.)"""
     text = _show(value)
     if not text:
         return '<td class="muted">—</td>'
-    return f'<td dir="auto"><bdi dir="auto">{_e(text)}</bdi></td>'
+    return f'<td dir="auto">{_e(text)}</td>'
 
 
 def _when(value: Any) -> str:
@@ -215,7 +218,8 @@ def _overview(engine: Engine, now: datetime) -> dict[str, Any]:
     return {
         "status": admin.app_status(store, config, now=now),
         "activity": admin.activity(store, until=until, buckets=CHART_HOURS),
-        "conflicts": admin.list_conflicts(store, status="parked", limit=100),
+        "conflicts": (conflicts := admin.list_conflicts(store, status="parked", limit=100)),
+        "who": admin.customer_summaries(store, [c["customer_id"] for c in conflicts]),
         "rejections": admin.list_rejections(store, config, limit=50),
     }
 
@@ -225,7 +229,8 @@ def _customer(engine: Engine, who: str) -> dict[str, Any]:
     cid = admin.find_customer(store, who, identity_key=engine.identity_key, apps=engine.config.apps)
     return {"explain": admin.explain(store, cid), "log": admin.customer_log(store, cid, limit=100),
             "rejections": admin.customer_rejections(store, cid),
-            "conflicts": admin.list_conflicts(store, status="parked", customer_id=cid)}
+            "conflicts": (conflicts := admin.list_conflicts(store, status="parked", customer_id=cid)),
+            "who": admin.customer_summaries(store, [cid] if conflicts else [])}
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -258,7 +263,7 @@ def _overview_body(engine: Engine, data: Mapping[str, Any], auth: AdminAuth, fla
                            {"conflicts": "#c9344d"}))
     if act["truncated"]:
         charts += '<p class="muted">The busiest part of the window was counted in part only.</p>'
-    conflicts = _conflicts_table(data["conflicts"], auth, back="/")
+    conflicts = _conflicts_table(data["conflicts"], data["who"], auth, back="/")
     rejection_rows = [
         f'<tr><td>{_e(r["app"])}</td><td><a href="/customers/{quote(r["app"] + ":" + r["app_record_id"], safe="")}">'
         f'<bdi dir="auto">{_e(r["app_record_id"])}</bdi></a></td><td>{_e(r["field"])}</td>'
@@ -298,7 +303,7 @@ def _customer_body(data: Mapping[str, Any], auth: AdminAuth, *, back: str, flash
                         f'{_cell(entry["reason"])}</tr>')
     changelog = _table(["when", "kind", "app", "change", "why"], log_rows, empty="Nothing logged.")
     deleted = f'<p class="error">Deleted {_e(_when(ex["deleted_at"]))}</p>' if ex["deleted_at"] else ""
-    conflicts = (f"<h2>Conflicts waiting</h2>{_conflicts_table(data['conflicts'], auth, back=back)}"
+    conflicts = (f"<h2>Conflicts waiting</h2>{_conflicts_table(data['conflicts'], data['who'], auth, back=back)}"
                  if data["conflicts"] else "")
     return (f'<h1>Customer <bdi>{_e(ex["customer_id"])}</bdi></h1>{flash}{deleted}'
             f'<p class="muted">created {_e(_when(ex["created_at"]))}, updated {_e(_when(ex["updated_at"]))}</p>'
@@ -306,13 +311,19 @@ def _customer_body(data: Mapping[str, Any], auth: AdminAuth, *, back: str, flash
             f"<h2>Change log (newest first)</h2>{changelog}")
 
 
-def _conflicts_table(rows: Sequence[Mapping[str, Any]], auth: AdminAuth, *, back: str) -> str:
-    """Conflicts waiting, a resolve form per side of a field conflict (the form comes back to
-    `back`)."""
+def _conflicts_table(rows: Sequence[Mapping[str, Any]], who: Mapping[str, Mapping[str, Any]],
+                     auth: AdminAuth, *, back: str) -> str:
+    """Conflicts waiting, with the customer's name and email (`who`, by customer id) and a
+    resolve form per side of a field conflict (the form comes back to `back`)."""
     out = []
     for c in rows:
-        who = c["customer_id"]
-        customer = f'<td><a href="/customers/{quote(who, safe="")}">{_e(who)}</a></td>' if who else "<td>—</td>"
+        cid = c["customer_id"]
+        customer = "<td>—</td>"
+        if cid:
+            known = who.get(cid, {})
+            label = "".join(f'<div dir="auto">{_e(known[k])}</div>'
+                            for k in ("name", "email") if known.get(k)) or _e(cid)
+            customer = f'<td><a href="/customers/{quote(cid, safe="")}">{label}</a></td>'
         if c["kind"] == "field":
             sides = [(c["winner_app"], c["winner_value"]), (c["loser_app"], c["loser_value"])]
             values = "".join(f'<div><strong>{_e(app)}</strong>: <bdi dir="auto">{_e(_show(v))}</bdi></div>'

@@ -48,6 +48,7 @@ __all__ = [
     "approve_delete",
     "customer_log",
     "customer_rejections",
+    "customer_summaries",
     "explain",
     "find_customer",
     "list_conflicts",
@@ -142,6 +143,20 @@ def explain(store: Store, customer_id: str) -> dict[str, Any]:
         "deleted_at": row["deleted_at"], "fields": fields,
         "links": [{"app": lk["app"], "app_record_id": lk["app_record_id"], "state": lk["state"]} for lk in links],
     }
+
+
+def customer_summaries(store: Store, customer_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The name and email of each customer named (for listings): {customer_id: {"name",
+    "email"}}; customers that no longer exist are left out."""
+    ids = sorted({c for c in customer_ids if c})
+    out: dict[str, dict[str, Any]] = {}
+    with store.transaction() as conn:
+        for start in range(0, len(ids), 500):
+            for cid, values in conn.execute(select(customers_t.c.customer_id, customers_t.c["values"])
+                                            .where(customers_t.c.customer_id.in_(ids[start:start + 500]))):
+                name = " ".join(str(v) for v in (values.get("first_name"), values.get("last_name")) if v)
+                out[cid] = {"name": name or None, "email": values.get("email")}
+    return out
 
 
 def customer_log(store: Store, customer_id: str, *, limit: int = 200) -> list[dict[str, Any]]:
