@@ -5,14 +5,17 @@ page, escaping, the busy store, and that no personal value reaches a log line.""
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 import structlog
+from sqlalchemy import event
 
 from customer_sync.api.app import create_app
 from customer_sync.api.auth import SESSION_COOKIE, AdminAuth
@@ -271,6 +274,32 @@ async def test_a_busy_store_is_a_503_page(site: Site, monkeypatch: pytest.Monkey
     response = await site.http.get("/")
     assert 503 == response.status_code and "Retry-After" in response.headers
     assert "store is busy" in response.text
+
+
+async def test_a_store_lock_wait_running_out_is_a_503_page(site: Site) -> None:
+    """SQLite's `database is locked` after the store's own wait is a busy page, not a 500."""
+    await site.login()
+    conn = sqlite3.connect(site.world.folder / "store.db", isolation_level=None, timeout=0)
+    conn.execute("BEGIN EXCLUSIVE")  # held by another program, as a backup tool would
+    engine = site.world.store.engine
+
+    def short_wait(dbapi_conn: Any, _record: Any) -> None:  # after the store's own 10 s
+        dbapi_conn.execute("PRAGMA busy_timeout = 50")
+
+    engine.dispose()
+    event.listen(engine, "connect", short_wait)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            response = await site.http.get("/")
+    finally:
+        conn.rollback()
+        conn.close()
+        event.remove(engine, "connect", short_wait)
+        engine.dispose()
+    assert 503 == response.status_code and "store is busy" in response.text
+    assert "5" == response.headers["retry-after"]
+    assert [("dashboard.store_unavailable", "busy")] == [
+        (e["event"], e.get("reason")) for e in logs if e["event"].startswith("dashboard.")]
 
 
 async def test_no_personal_value_reaches_the_logs(site: Site) -> None:

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import structlog
+from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from customer_sync._cli_render import ARROW, format_value
 from customer_sync.engine import admin
+from customer_sync.engine.webhooks import is_store_busy as is_busy
 from customer_sync.errors import ConfigError, StoreBusy, StoreError
 from customer_sync.store.tables import stored_utc
 
@@ -405,9 +407,14 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
                 request.state.form = form
             try:
                 return await handler(request)
-            except StoreBusy:
-                response = _page("Store busy", '<p class="error">The store is busy; try again in a '
-                                 'few seconds.</p>', auth=auth, status_code=503)
+            except (StoreBusy, OperationalError) as exc:
+                # the store's own lock wait ran out (SQLite `database is locked`, a PostgreSQL lock
+                # or statement timeout), or it cannot be reached: the page, not a 500
+                busy = isinstance(exc, StoreBusy) or is_busy(exc)
+                log.warning("dashboard.store_unavailable", reason="busy" if busy else type(exc).__name__)
+                response = _page("Store busy" if busy else "Store unavailable", (
+                    '<p class="error">The store is busy; try again in a few seconds.</p>' if busy else
+                    '<p class="error">The store cannot be reached.</p>'), auth=auth, status_code=503)
                 response.headers["Retry-After"] = "5"
                 return response
             except StoreError as exc:
