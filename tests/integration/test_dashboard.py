@@ -71,13 +71,17 @@ async def test_no_token_means_the_dashboard_is_off(world: DashboardWorld) -> Non
     assert 404 == customer.status_code and "maryam" not in customer.text
 
 
-@pytest.mark.parametrize("path", ["/", "/customers/maryam@example.com", "/customers?q=x", "/logout"],
-                         ids=["overview", "customer", "search", "logout"])
+@pytest.mark.parametrize("path", ["/", "/customers/maryam@example.com", "/customers?q=x", "/logout",
+                                  "/customers/Mary%20Smith"],
+                         ids=["overview", "customer", "search", "logout", "space"])
 async def test_a_page_without_a_session_redirects_to_login(site: Site, path: str) -> None:
-    """Every page needs the session: without it, a redirect to `/login` that comes back here."""
+    """Every page needs the session: without it, a redirect to `/login` that comes back here
+    once logged in."""
     response = await site.http.get(path)
     assert 303 == response.status_code
     assert "/login?" + "next=" + quote(path, safe="") == response.headers["location"]
+    login = await site.http.post("/login", data={"token": TOKEN, "next": path})
+    assert path == login.headers["location"]
 
 
 async def test_a_wrong_token_is_refused(site: Site) -> None:
@@ -102,9 +106,12 @@ async def test_the_right_token_sets_a_strict_httponly_session(site: Site) -> Non
     assert 200 == (await site.http.get("/customers/maryam@example.com")).status_code
 
 
-async def test_login_never_redirects_off_site(site: Site) -> None:
+@pytest.mark.parametrize("target", ["//evil.example/x", "/\\evil.example", "/\t/evil.example",
+                                    "https://evil.example/", "javascript:alert(1)"],
+                         ids=["scheme-relative", "backslash", "tab", "absolute", "javascript"])
+async def test_login_never_redirects_off_site(site: Site, target: str) -> None:
     """A `next` naming another site is replaced by the overview."""
-    response = await site.http.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
+    response = await site.http.post("/login", data={"token": TOKEN, "next": target})
     assert "/" == response.headers["location"]
 
 

@@ -2,7 +2,7 @@
 system's chromedriver, against the daemon's HTTP app served by uvicorn on a loopback port,
 over a real engine (the daemon loop running) on a real SQLite store with two `sql` apps.
 
-An operator logs in through the form, sees both apps and the parked conflict, the Persian
+With JavaScript turned off in the browser, an operator logs in through the form, sees both apps and the parked conflict, the Persian
 name reads right to left, resolves the conflict with one click (and the daemon writes the
 value taken to the other app), and opens a customer page; screenshots of the overview and of
 the customer page are checked to show a rendered page with data. Their paths are printed
@@ -108,6 +108,9 @@ def chromium() -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,1300", "--lang=en-US", "--no-first-run"):
         options.add_argument(arg)
+    # JavaScript off for the pages (WebDriver's own calls still run): the dashboard must work
+    # without it, every action being a form
+    options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
     try:
@@ -151,6 +154,7 @@ def test_an_operator_logs_in_resolves_a_conflict_and_reads_a_customer(tmp_path: 
         driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
         wait_for(lambda: driver.title.startswith("Overview"), what="the overview after login")
 
+        assert not driver.find_elements(By.TAG_NAME, "script")
         for app in ("crm", "shop"):
             state = driver.find_element(By.CSS_SELECTOR, f"tr[data-app='{app}'] .state").text
             assert state in {"in sync", "lagging"}, (app, state)

@@ -171,8 +171,10 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _safe_next(target: str | None) -> str:
-    """A redirect target on this site only (no `//host` or `scheme:`)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A redirect target on this site only (no `//host`, `/\\host` or `scheme:`; no control
+    characters or spaces, which browsers drop before they read `//`)."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(c.isspace() or not c.isprintable() for c in target)):
         return "/"
     return target
 
@@ -395,7 +397,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
                 if request.method != "GET":
                     return _page("Log in", '<p class="error">Your session has ended. '
                                  '<a href="/login">Log in</a> again.</p>', status_code=401)
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                target = quote(request.url.path, safe="/:@") + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
             if post:
                 form = await _form(request)
