@@ -15,13 +15,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 import structlog
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 
 from customer_sync.api.app import create_app
 from customer_sync.api.auth import SESSION_COOKIE, AdminAuth
 from customer_sync.engine import admin
 from customer_sync.engine.runner import Engine
 from customer_sync.errors import StoreBusy
+from customer_sync.store.tables import CustomerRow
 from tests.integration.dashboard_world import ARABIC, HOSTILE, PERSIAN, TOKEN, DashboardWorld
 
 BASE_URL = "http://sync.test"
@@ -236,6 +237,22 @@ async def test_the_customer_page_shows_each_field_with_its_origin(site: Site) ->
     assert "Change log" in page
     assert f'first_name: <bdi dir="auto">(none)</bdi> → <bdi dir="auto">{PERSIAN[0]}</bdi>' in page
     assert "fields: email, first_name, last_name, phone" in page  # a list of names, not old → new
+
+
+async def test_a_field_a_conflict_decided_names_the_rule_and_the_conflict(site: Site) -> None:
+    """A field whose provenance names the conflict that decided it (`conflict_id`, as the engine
+    records a rule's decision) shows the rule and the conflict's number."""
+    await site.login()
+    customers = CustomerRow.__table__
+    cid = admin.find_customer(site.world.store, "fatima@example.com", identity_key=site.engine.identity_key)
+    with site.world.store.transaction() as conn:
+        provenance = conn.execute(select(customers.c.provenance).where(customers.c.customer_id == cid)).scalar_one()
+        provenance["last_name"] = {**provenance["last_name"], "rule": "last_writer", "conflict_id": 7}
+        conn.execute(update(customers).where(customers.c.customer_id == cid).values(provenance=provenance))
+    page = (await site.http.get(f"/customers/{cid}")).text
+    row = re.search(r'<tr data-field="last_name">(.*?)</tr>', page)
+    assert row is not None
+    assert '<td>last_writer <span class="muted">(conflict #7)</span></td>' in row.group(1)
 
 
 async def test_a_customer_is_found_by_app_record_and_search(site: Site) -> None:

@@ -286,8 +286,9 @@ def _customer_body(data: Mapping[str, Any], auth: AdminAuth, *, back: str, flash
     field_rows = []
     for name, f in ex["fields"].items():
         rule = _e(f.get("rule") or "—")
-        if f.get("conflict") is not None:
-            rule += f' <span class="muted">(conflict #{_e(f["conflict"])})</span>'
+        decided_by = f.get("conflict_id", f.get("conflict"))  # a conflict's rule decided it
+        if decided_by is not None:
+            rule += f' <span class="muted">(conflict #{_e(decided_by)})</span>'
         if name in waiting:
             rule += f' <strong>conflict #{waiting[name]} waiting</strong>'
         field_rows.append(f'<tr data-field="{_e(name)}"><td>{_e(name)}</td>{_cell(f.get("value"))}'

@@ -440,8 +440,9 @@ def app_health(status: Mapping[str, Any], *, poll_interval_s: float, written: in
     Checked in that order, from one row of `app_status` and the app's recent change-log counts
     (`written`, `errors`: e.g. the last hour of `activity`):
 
-    - **paused**: the app is disabled in the config, or its vendor asked the daemon to wait
-      (a `Retry-After` longer than one request may sleep) and the wait is not over;
+    - **paused**: the app is disabled in the config, an operator paused it
+      (`paused_by_operator_at`, when the status carries it), or its vendor asked the daemon to
+      wait (a `Retry-After` longer than one request may sleep) and the wait is not over;
     - **failing**: its credentials were refused (the app is parked until they are fixed), its
       last poll or dispatch failed, or at least half of its recent changes ended in an error
       (and there were at least 5);
@@ -452,6 +453,8 @@ def app_health(status: Mapping[str, Any], *, poll_interval_s: float, written: in
     """
     if not status.get("enabled", True):
         return "paused", "disabled in the config"
+    if status.get("paused_by_operator_at") is not None:
+        return "paused", f"paused by an operator since {status['paused_by_operator_at']:%Y-%m-%d %H:%M:%S} UTC"
     if status.get("paused_until") is not None:
         return "paused", f"the app asked to wait until {status['paused_until']:%Y-%m-%d %H:%M:%S} UTC"
     if status.get("parked"):

@@ -77,6 +77,7 @@ def test_activity_reads_at_most_its_row_cap(store: Store, monkeypatch: pytest.Mo
     ({}, (10, 0), "in sync"),
     ({"enabled": False}, (0, 0), "paused"),
     ({"paused_until": T0}, (0, 0), "paused"),
+    ({"paused_by_operator_at": T0}, (0, 0), "paused"),
     ({"parked": True}, (0, 0), "failing"),
     ({"consecutive_failures": 2}, (0, 0), "failing"),
     ({}, (5, 5), "failing"),
@@ -87,7 +88,7 @@ def test_activity_reads_at_most_its_row_cap(store: Store, monkeypatch: pytest.Mo
     ({"lag_s": 179.0}, (0, 0), "in sync"),
     ({"pending_writes": 100}, (0, 0), "lagging"),
     ({"parked": True, "enabled": False}, (0, 0), "paused"),
-], ids=["healthy", "disabled", "vendor asked to wait", "credentials refused", "last passes failed",
+], ids=["healthy", "disabled", "vendor asked to wait", "operator paused", "credentials refused", "last passes failed",
         "half the changes failed", "few errors", "never polled", "first listing", "lag over 3 polls",
         "lag under 3 polls", "writes piling up", "paused wins"])
 def test_app_health(status: dict[str, Any], counts: tuple[int, int], state: str) -> None:
