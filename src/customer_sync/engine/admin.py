@@ -380,6 +380,7 @@ def summarize_values(values: Mapping[str, Any]) -> str:
 #: The most change-log rows `activity` reads: a window busier than this is counted up to it (the
 #: oldest buckets then read low, and `activity` says so with `truncated`).
 ACTIVITY_MAX_ROWS = 500_000
+_ACTIVITY_CHUNK = 5000
 
 
 def activity(store: Store, *, until: datetime, buckets: int = 24,
@@ -387,9 +388,10 @@ def activity(store: Store, *, until: datetime, buckets: int = 24,
     """Changes written, errors and conflicts per app and per time bucket, oldest bucket first:
     what the dashboard's charts and error rates are drawn from.
 
-    The change log is read newest first by its sequence (the order it was appended in) and the
-    read stops at the first entry older than the window, so a long history costs nothing; the
-    change log has no index on its time.
+    The change log is read newest first by its sequence (the order it was appended in), in
+    chunks of short transactions, and the read stops at the first entry older than the window,
+    so a long history costs nothing (the change log has no index on its time) and writers never
+    wait long behind it.
 
     Returns:
         `starts` (each bucket's start), `written` and `errors` ({app: [count per bucket]}),
@@ -406,26 +408,29 @@ def activity(store: Store, *, until: datetime, buckets: int = 24,
     written: dict[str, list[int]] = {}
     errors: dict[str, list[int]] = {}
     conflicts = [0] * buckets
-    truncated = False
+    truncated, seen, before = False, 0, None
+    while True:
+        # A short transaction per chunk: on SQLite every transaction holds the write lock, and
+        # webhook intake must not wait behind a long read.
+        q = (select(changelog_t.c.seq, changelog_t.c.at, changelog_t.c.kind, changelog_t.c.app)
+             .order_by(changelog_t.c.seq.desc()).limit(_ACTIVITY_CHUNK))
+        if before is not None:
+            q = q.where(changelog_t.c.seq < before)
+        with store.transaction() as conn:
+            chunk = conn.execute(q).all()
+        for seq, at, kind, app in chunk:
+            if stored_utc(at) < since:
+                break
+            if kind in ("written", "error") and app is not None and (i := index(at)) is not None:
+                (written if kind == "written" else errors).setdefault(app, [0] * buckets)[i] += 1
+            before = seq
+        else:
+            seen += len(chunk)
+            if len(chunk) == _ACTIVITY_CHUNK and seen < ACTIVITY_MAX_ROWS:
+                continue
+            truncated = len(chunk) == _ACTIVITY_CHUNK
+        break
     with store.transaction() as conn:
-        rows = conn.execute(
-            select(changelog_t.c.at, changelog_t.c.kind, changelog_t.c.app)
-            .where(changelog_t.c.kind.in_(("written", "error")))
-            .order_by(changelog_t.c.seq.desc()))
-        seen = 0
-        while chunk := rows.fetchmany(2000):
-            for at, kind, app in chunk:
-                if stored_utc(at) < since:
-                    break
-                if (i := index(at)) is not None and app is not None:
-                    (written if kind == "written" else errors).setdefault(app, [0] * buckets)[i] += 1
-            else:
-                seen += len(chunk)
-                if seen < ACTIVITY_MAX_ROWS:
-                    continue
-                truncated = True
-            break
-        rows.close()
         for (at,) in conn.execute(select(conflicts_t.c.created_at).where(conflicts_t.c.created_at >= since)):
             if (i := index(at)) is not None:
                 conflicts[i] += 1

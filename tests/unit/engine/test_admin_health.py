@@ -67,10 +67,22 @@ def test_activity_counts_writes_errors_and_conflicts_per_hour(store: Store) -> N
 def test_activity_reads_at_most_its_row_cap(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A window busier than the cap is counted up to the cap and says it was cut."""
     monkeypatch.setattr(admin, "ACTIVITY_MAX_ROWS", 2000)
-    _log(store, T0, "written", "crm", 2500)
+    monkeypatch.setattr(admin, "_ACTIVITY_CHUNK", 500)
+    _log(store, T0, "written", "crm", 2300)
     act = admin.activity(store, until=T0 + timedelta(hours=1), buckets=2)
     assert act["truncated"] is True
     assert 2000 == sum(act["written"]["crm"])
+
+
+def test_activity_reads_in_chunks_to_the_window_start(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks smaller than the window still count every entry in it, and nothing before it."""
+    monkeypatch.setattr(admin, "_ACTIVITY_CHUNK", 7)
+    _log(store, T0 - timedelta(hours=3), "written", "crm", 30)
+    _log(store, T0, "observed", "crm", 20)
+    _log(store, T0, "written", "shop", 23)
+    act = admin.activity(store, until=T0 + timedelta(hours=1), buckets=2)
+    assert act["truncated"] is False
+    assert {"shop": [0, 23]} == act["written"]
 
 
 @pytest.mark.parametrize(("status", "counts", "state"), [
