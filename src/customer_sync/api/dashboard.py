@@ -1,9 +1,10 @@
 """The dashboard at `/`: server-rendered HTML pages for an operator, behind the admin token.
 
 Plain HTML and a little inline CSS, no JavaScript: every action is a form. Pages are built
-with f-strings in which every value goes through `_e` (`html.escape`); a hostile name shows
-as text. Every value cell is `dir="auto"` and isolated with `<bdi>`, so a Persian or Arabic
-name reads right to left inside the left-to-right tables.
+from `api._html`'s pieces, in which every value goes through `e` (`html.escape`): a hostile
+name shows as text. Every value cell is `dir="auto"` (values inside running text are isolated
+with `<bdi>`), so a Persian or Arabic name reads right to left inside the left-to-right
+tables.
 
 - `/login` (a form that posts the token; a correct one sets the session cookie, `HttpOnly`
   and `SameSite=Strict`, from `AdminAuth.session_value`), `/logout`;
@@ -20,9 +21,7 @@ pages and never logged.
 
 from __future__ import annotations
 
-import html
-import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -30,14 +29,24 @@ from urllib.parse import parse_qs, quote, urlencode
 import structlog
 from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from customer_sync._cli_render import ARROW, format_value
+from customer_sync.api._html import (
+    bar_chart,
+    cell,
+    csrf_field,
+    diff_html,
+    duration,
+    e,
+    page,
+    show,
+    table,
+    when,
+)
 from customer_sync.engine import admin
 from customer_sync.engine.webhooks import is_store_busy as is_busy
 from customer_sync.errors import ConfigError, StoreBusy, StoreError
-from customer_sync.store.tables import stored_utc
 
 if TYPE_CHECKING:
     from customer_sync.api.auth import AdminAuth
@@ -51,113 +60,8 @@ log = structlog.get_logger("customer_sync.dashboard")
 MAX_FORM_BYTES = 16_384
 #: Hours the charts cover, one bar each.
 CHART_HOURS = 24
-_HEADERS = {
-    # personal data: never cached; no scripts at all; forms post to this origin only
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 _STATE_CLASS = {"in sync": "ok", "lagging": "warn", "failing": "bad", "paused": "off"}
 _APP_COLOURS = ("#2f6fde", "#e07b00", "#2a9d5b", "#9b4dca", "#c9344d", "#00838f", "#8d6e00")
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
-header{display:flex;gap:1rem;align-items:center;padding:.6rem 1.2rem;background:#1d2330;color:#fff}
-header a{color:#fff;text-decoration:none;font-weight:600}header form{margin:0}
-main{padding:1rem 1.2rem;max-width:78rem}
-h1{font-size:1.3rem;margin:.2rem 0 1rem}h2{font-size:1.05rem;margin:1.4rem 0 .5rem}
-table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:.5rem}
-th,td{border:1px solid #d9dde5;padding:.3rem .5rem;text-align:start;vertical-align:top}
-th{background:#eceff4;font-weight:600}
-.state{display:inline-block;padding:.05rem .5rem;border-radius:.7rem;color:#fff;font-weight:600}
-.ok{background:#2a9d5b}.warn{background:#d08a00}.bad{background:#c9344d}.off{background:#7a8190}
-.muted{color:#7a8190}.error{background:#fde8eb;border:1px solid #c9344d;padding:.5rem;margin:.5rem 0}
-.note{background:#e8f4ec;border:1px solid #2a9d5b;padding:.5rem;margin:.5rem 0}
-.charts{display:flex;flex-wrap:wrap;gap:1rem}.chart{background:#fff;border:1px solid #d9dde5;padding:.5rem}
-.legend span{margin-inline-end:1rem}.swatch{display:inline-block;width:.8rem;height:.8rem;margin-inline-end:.3rem}
-button{cursor:pointer;padding:.2rem .6rem}form.inline{display:inline;margin:0 .3rem 0 0}
-input[type=search],input[type=password]{padding:.25rem .4rem;min-width:18rem}
-"""
-
-
-def _e(value: Any) -> str:
-    """Text escaped for HTML (element content and quoted attribute values)."""
-    return html.escape(str(value), quote=True)
-
-
-def _show(value: Any) -> str:
-    """A canonical value as text: lists joined, objects as JSON, nothing as an empty string."""
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return ", ".join(_show(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def _cell(value: Any) -> str:
-    """A table cell holding data. `dir="auto"` gives the cell the direction of its own first
-    strong character and isolates it from its neighbours: a Persian or Arabic value reads and
-    aligns right to left inside the LTR table. (A `<bdi>` inside would hide the text from the
-    cell's own `auto`, leaving it LTR-aligned; `<bdi>` is for values inside running text.)"""
-    text = _show(value)
-    if not text:
-        return '<td class="muted">—</td>'
-    return f'<td dir="auto">{_e(text)}</td>'
-
-
-def _when(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    return f"{stored_utc(value):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _page(title: str, body: str, *, auth: AdminAuth | None = None, status_code: int = 200,
-          search: str = "") -> HTMLResponse:
-    nav = ""
-    if auth is not None:
-        nav = (f'<form method="get" action="/customers" role="search">'
-               f'<input type="search" name="q" value="{_e(search)}" aria-label="Find a customer" '
-               f'placeholder="customer id, email, phone or APP:RECORD_ID"> <button>Find</button></form>'
-               f'<form method="post" action="/logout">{_csrf(auth)}<button>Log out</button></form>')
-    doc = (f'<!doctype html><html lang="en" dir="ltr"><head><meta charset="utf-8">'
-           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-           f'<title>{_e(title)} · customer-sync</title><style>{_CSS}</style></head>'
-           f'<body><header><a href="/">customer-sync</a>{nav}</header><main>{body}</main></body></html>')
-    return HTMLResponse(doc, status_code=status_code, headers=_HEADERS)
-
-
-def _csrf(auth: AdminAuth) -> str:
-    return f'<input type="hidden" name="csrf" value="{_e(auth.csrf_value)}">'
-
-
-def _table(headers: Sequence[str], rows: Iterable[str], *, empty: str) -> str:
-    rows = list(rows)
-    if not rows:
-        return f'<p class="muted">{_e(empty)}</p>'
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
 
 async def _form(request: Request) -> dict[str, str]:
     """A posted urlencoded form (the only kind these pages send), first value of each field."""
@@ -177,41 +81,6 @@ def _safe_next(target: str | None) -> str:
             or any(c.isspace() or not c.isprintable() for c in target)):
         return "/"
     return target
-
-
-# -- charts -------------------------------------------------------------------------------------
-
-def _bar_chart(title: str, starts: Sequence[datetime], series: Mapping[str, Sequence[int]],
-               colours: Mapping[str, str]) -> str:
-    """Stacked bars, one per bucket, as inline SVG (drawn on the server; no script)."""
-    width, height, left, bottom, top = 560, 170, 34, 22, 8
-    n = len(starts)
-    totals = [sum(s[i] for s in series.values()) for i in range(n)]
-    peak = max(totals, default=0) or 1
-    slot = (width - left - 4) / max(n, 1)
-    plot_h = height - bottom - top
-    parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 4}" y2="{height - bottom}" stroke="#9aa1ad"/>',
-             f'<text x="{left - 4}" y="{top + 9}" font-size="10" text-anchor="end">{peak}</text>',
-             f'<text x="{left - 4}" y="{height - bottom}" font-size="10" text-anchor="end">0</text>']
-    for i, start in enumerate(starts):
-        x = left + i * slot + 1
-        y = float(height - bottom)
-        for name, counts in series.items():
-            if not counts[i]:
-                continue
-            h = counts[i] / peak * plot_h
-            y -= h
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(slot - 2, 1):.1f}" height="{h:.1f}" '
-                         f'fill="{colours[name]}"><title>{_e(name)}: {counts[i]} in the hour from '
-                         f'{start:%H:%M} UTC</title></rect>')
-        if i % 6 == 0:
-            parts.append(f'<text x="{x:.1f}" y="{height - 6}" font-size="10">{start:%H:%M}</text>')
-    legend = "".join(f'<span><i class="swatch" style="background:{colours[name]}"></i>{_e(name)}: '
-                     f'{sum(counts)}</span>' for name, counts in series.items())
-    return (f'<figure class="chart"><figcaption><strong>{_e(title)}</strong> '
-            f'<span class="legend">{legend}</span></figcaption>'
-            f'<svg role="img" aria-label="{_e(title)}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg></figure>')
 
 
 # -- reads (in a worker thread) -----------------------------------------------------------------
@@ -252,28 +121,28 @@ def _overview_body(engine: Engine, data: Mapping[str, Any], auth: AdminAuth, fla
                                       written=written, errors=errors)
         rate = f"{errors / (written + errors):.0%}" if written + errors else "—"
         health_rows.append(
-            f'<tr data-app="{_e(app)}"><td>{_e(app)} <span class="muted">{_e(row["connector"])}</span></td>'
-            f'<td><span class="state {_STATE_CLASS[state]}">{_e(state)}</span> '
-            f'<span class="muted">{_e(why)}</span></td>'
-            f'<td>{_e(_when(row["last_poll_at"]))}</td><td>{_e(_duration(row["lag_s"]))}</td>'
-            f'<td>{row["pending_writes"]}</td><td>{_e(rate)} <span class="muted">({errors} of '
+            f'<tr data-app="{e(app)}"><td>{e(app)} <span class="muted">{e(row["connector"])}</span></td>'
+            f'<td><span class="state {_STATE_CLASS[state]}">{e(state)}</span> '
+            f'<span class="muted">{e(why)}</span></td>'
+            f'<td>{e(when(row["last_poll_at"]))}</td><td>{e(duration(row["lag_s"]))}</td>'
+            f'<td>{row["pending_writes"]}</td><td>{e(rate)} <span class="muted">({errors} of '
             f'{written + errors}, 2 h)</span></td><td>{row["linked"]}</td><td>{row["rejections"]}</td>'
-            f'<td>{row["dead_letters"]}</td>{_cell(row["last_error"])}</tr>')
-    health = _table(["app", "state", "last poll", "lag", "pending writes", "error rate", "linked",
+            f'<td>{row["dead_letters"]}</td>{cell(row["last_error"])}</tr>')
+    health = table(["app", "state", "last poll", "lag", "pending writes", "error rate", "linked",
                      "rejections", "dead letters", "last error"], health_rows, empty="No apps configured.")
     written_series = {app: act["written"].get(app, [0] * len(act["starts"])) for app in engine.config.apps}
-    charts = (_bar_chart("Changes written per hour (24 h)", act["starts"], written_series, colours)
-              + _bar_chart("Conflicts per hour (24 h)", act["starts"], {"conflicts": act["conflicts"]},
+    charts = (bar_chart("Changes written per hour (24 h)", act["starts"], written_series, colours)
+              + bar_chart("Conflicts per hour (24 h)", act["starts"], {"conflicts": act["conflicts"]},
                            {"conflicts": "#c9344d"}))
     if act["truncated"]:
         charts += '<p class="muted">The busiest part of the window was counted in part only.</p>'
     conflicts = _conflicts_table(data["conflicts"], data["who"], auth, back="/")
     rejection_rows = [
-        f'<tr><td>{_e(r["app"])}</td><td><a href="/customers/{quote(r["app"] + ":" + r["app_record_id"], safe="")}">'
-        f'<bdi dir="auto">{_e(r["app_record_id"])}</bdi></a></td><td>{_e(r["field"])}</td>'
-        f'{_cell(r["raw_value"])}{_cell(r["reason"])}<td>{_e(_when(r["last_seen_at"]))}</td></tr>'
+        f'<tr><td>{e(r["app"])}</td><td><a href="/customers/{quote(r["app"] + ":" + r["app_record_id"], safe="")}">'
+        f'<bdi dir="auto">{e(r["app_record_id"])}</bdi></a></td><td>{e(r["field"])}</td>'
+        f'{cell(r["raw_value"])}{cell(r["reason"])}<td>{e(when(r["last_seen_at"]))}</td></tr>'
         for r in data["rejections"]]
-    rejections = _table(["app", "record", "field", "value", "reason", "last seen"], rejection_rows,
+    rejections = table(["app", "record", "field", "value", "reason", "last seen"], rejection_rows,
                         empty="No open rejections.")
     return (f"<h1>Overview</h1>{flash}<h2>Apps</h2>{health}<h2>Activity</h2><div class=\"charts\">{charts}</div>"
             f"<h2>Conflicts waiting ({len(data['conflicts'])})</h2>{conflicts}"
@@ -285,33 +154,33 @@ def _customer_body(data: Mapping[str, Any], auth: AdminAuth, *, back: str, flash
     waiting = {c["field"]: c["id"] for c in data["conflicts"] if c["field"]}
     field_rows = []
     for name, f in ex["fields"].items():
-        rule = _e(f.get("rule") or "—")
+        rule = e(f.get("rule") or "—")
         decided_by = f.get("conflict_id", f.get("conflict"))  # a conflict's rule decided it
         if decided_by is not None:
-            rule += f' <span class="muted">(conflict #{_e(decided_by)})</span>'
+            rule += f' <span class="muted">(conflict #{e(decided_by)})</span>'
         if name in waiting:
             rule += f' <strong>conflict #{waiting[name]} waiting</strong>'
-        field_rows.append(f'<tr data-field="{_e(name)}"><td>{_e(name)}</td>{_cell(f.get("value"))}'
-                          f'<td>{_e(f.get("app") or "—")}</td><td>{_e(_when(f.get("at")))}</td><td>{rule}</td></tr>')
-    fields = _table(["field", "value", "from app", "when", "rule"], field_rows, empty="No values.")
-    links = _table(["app", "record", "state"], (
-        f'<tr><td>{_e(lk["app"])}</td>{_cell(lk["app_record_id"])}<td>{_e(lk["state"])}</td></tr>'
+        field_rows.append(f'<tr data-field="{e(name)}"><td>{e(name)}</td>{cell(f.get("value"))}'
+                          f'<td>{e(f.get("app") or "—")}</td><td>{e(when(f.get("at")))}</td><td>{rule}</td></tr>')
+    fields = table(["field", "value", "from app", "when", "rule"], field_rows, empty="No values.")
+    links = table(["app", "record", "state"], (
+        f'<tr><td>{e(lk["app"])}</td>{cell(lk["app_record_id"])}<td>{e(lk["state"])}</td></tr>'
         for lk in ex["links"]), empty="Linked to no app.")
-    rejections = _table(["app", "record", "field", "value", "reason", "status"], (
-        f'<tr><td>{_e(r["app"])}</td>{_cell(r["app_record_id"])}<td>{_e(r["field"])}</td>'
-        f'{_cell(r["raw_value"])}{_cell(r["reason"])}<td>{_e(r["status"])}</td></tr>'
+    rejections = table(["app", "record", "field", "value", "reason", "status"], (
+        f'<tr><td>{e(r["app"])}</td>{cell(r["app_record_id"])}<td>{e(r["field"])}</td>'
+        f'{cell(r["raw_value"])}{cell(r["reason"])}<td>{e(r["status"])}</td></tr>'
         for r in data["rejections"]), empty="No rejections.")
     log_rows = []
     for entry in reversed(data["log"]):  # newest first
-        log_rows.append(f'<tr><td>{_e(_when(entry["at"]))}</td><td>{_e(entry["kind"])}</td>'
-                        f'<td>{_e(entry["app"] or "")}</td><td>{_diff_html(entry["diff"])}</td>'
-                        f'{_cell(entry["reason"])}</tr>')
-    changelog = _table(["when", "kind", "app", "change", "why"], log_rows, empty="Nothing logged.")
-    deleted = f'<p class="error">Deleted {_e(_when(ex["deleted_at"]))}</p>' if ex["deleted_at"] else ""
+        log_rows.append(f'<tr><td>{e(when(entry["at"]))}</td><td>{e(entry["kind"])}</td>'
+                        f'<td>{e(entry["app"] or "")}</td><td>{diff_html(entry["diff"])}</td>'
+                        f'{cell(entry["reason"])}</tr>')
+    changelog = table(["when", "kind", "app", "change", "why"], log_rows, empty="Nothing logged.")
+    deleted = f'<p class="error">Deleted {e(when(ex["deleted_at"]))}</p>' if ex["deleted_at"] else ""
     conflicts = (f"<h2>Conflicts waiting</h2>{_conflicts_table(data['conflicts'], data['who'], auth, back=back)}"
                  if data["conflicts"] else "")
-    return (f'<h1>Customer <bdi>{_e(ex["customer_id"])}</bdi></h1>{flash}{deleted}'
-            f'<p class="muted">created {_e(_when(ex["created_at"]))}, updated {_e(_when(ex["updated_at"]))}</p>'
+    return (f'<h1>Customer <bdi>{e(ex["customer_id"])}</bdi></h1>{flash}{deleted}'
+            f'<p class="muted">created {e(when(ex["created_at"]))}, updated {e(when(ex["updated_at"]))}</p>'
             f"<h2>Fields</h2>{fields}{conflicts}<h2>Links</h2>{links}<h2>Rejections</h2>{rejections}"
             f"<h2>Change log (newest first)</h2>{changelog}")
 
@@ -326,51 +195,32 @@ def _conflicts_table(rows: Sequence[Mapping[str, Any]], who: Mapping[str, Mappin
         customer = "<td>—</td>"
         if cid:
             known = who.get(cid, {})
-            label = "".join(f'<div dir="auto">{_e(known[k])}</div>'
-                            for k in ("name", "email") if known.get(k)) or _e(cid)
+            label = "".join(f'<div dir="auto">{e(known[k])}</div>'
+                            for k in ("name", "email") if known.get(k)) or e(cid)
             customer = f'<td><a href="/customers/{quote(cid, safe="")}">{label}</a></td>'
         if c["kind"] == "field":
             sides = [(c["winner_app"], c["winner_value"]), (c["loser_app"], c["loser_value"])]
-            values = "".join(f'<div><strong>{_e(app)}</strong>: <bdi dir="auto">{_e(_show(v))}</bdi></div>'
+            values = "".join(f'<div><strong>{e(app)}</strong>: <bdi dir="auto">{e(show(v))}</bdi></div>'
                              for app, v in sides)
             actions = "".join(
-                f'<form class="inline" method="post" action="/conflicts/{c["id"]}/resolve">{_csrf(auth)}'
-                f'<input type="hidden" name="back" value="{_e(back)}">'
-                f'<input type="hidden" name="take" value="{_e(app)}">'
-                f'<button name="resolve" value="{_e(app)}">Take {_e(app)}</button></form>' for app, _ in sides)
+                f'<form class="inline" method="post" action="/conflicts/{c["id"]}/resolve">{csrf_field(auth)}'
+                f'<input type="hidden" name="back" value="{e(back)}">'
+                f'<input type="hidden" name="take" value="{e(app)}">'
+                f'<button name="resolve" value="{e(app)}">Take {e(app)}</button></form>' for app, _ in sides)
         else:
-            values = f'<div dir="auto">{_e(c["app"] or "")} {_e(c["app_record_id"] or "")}</div>'
+            values = f'<div dir="auto">{e(c["app"] or "")} {e(c["app_record_id"] or "")}</div>'
             actions = '<span class="muted">resolve in the app (link or merge the records)</span>'
         out.append(
-            f'<tr data-conflict="{c["id"]}"><td>{c["id"]}</td><td>{_e(c["kind"])}</td>{customer}'
-            f'<td>{_e(c["field"] or "")}</td><td dir="auto">{values}</td><td>{_e(_when(c["created_at"]))}</td>'
+            f'<tr data-conflict="{c["id"]}"><td>{c["id"]}</td><td>{e(c["kind"])}</td>{customer}'
+            f'<td>{e(c["field"] or "")}</td><td dir="auto">{values}</td><td>{e(when(c["created_at"]))}</td>'
             f'<td>{actions}</td></tr>')
-    return _table(["#", "kind", "customer", "field", "values", "since", "resolve"], out,
+    return table(["#", "kind", "customer", "field", "values", "since", "resolve"], out,
                   empty="No conflicts waiting.")
-
-
-def _diff_html(diff: Any) -> str:
-    """A change-log diff, one line per field, each value isolated (a Persian value beside an
-    English field name keeps its own direction). The shapes are those `_cli_render.diff_lines`
-    reads: `{field: [old, new]}`, or `{"fields": [name, ...]}` alone."""
-    if not isinstance(diff, dict) or not diff:
-        return ""
-    lines = []
-    for name, change in diff.items():
-        if name == "fields" and len(diff) == 1 and isinstance(change, list) and all(isinstance(n, str) for n in change):
-            lines.append(f"fields: {_e(', '.join(change))}")
-        elif isinstance(change, list) and len(change) == 2:
-            old, new = format_value(change[0]), format_value(change[1])
-            if old != new:
-                lines.append(f'{_e(name)}: <bdi dir="auto">{_e(old)}</bdi> {ARROW} <bdi dir="auto">{_e(new)}</bdi>')
-        else:
-            lines.append(f'{_e(name)}: <bdi dir="auto">{_e(format_value(change))}</bdi>')
-    return "".join(f"<div>{line}</div>" for line in lines)
 
 
 def _flash(request: Request) -> str:
     if (done := request.query_params.get("resolved")) and (took := request.query_params.get("took")):
-        return f'<p class="note" role="status">Conflict {_e(done)} resolved: took {_e(took)}.</p>'
+        return f'<p class="note" role="status">Conflict {e(done)} resolved: took {e(took)}.</p>'
     return ""
 
 
@@ -379,7 +229,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
     `/login` answer 404 saying how to turn the dashboard on."""
     if auth is None:
         async def off(request: Request) -> Response:
-            return _page("Dashboard off", (
+            return page("Dashboard off", (
                 "<h1>The dashboard is off</h1><p>No admin token is set. Set the environment variable "
                 "<code>CUSTOMER_SYNC_ADMIN_TOKEN</code> to a secret of 16 characters or more "
                 "(e.g. <code>openssl rand -hex 32</code>) and restart the daemon; then log in here "
@@ -396,7 +246,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
             assert auth is not None
             if not auth.allows(request):
                 if request.method != "GET":
-                    return _page("Log in", '<p class="error">Your session has ended. '
+                    return page("Log in", '<p class="error">Your session has ended. '
                                  '<a href="/login">Log in</a> again.</p>', status_code=401)
                 target = quote(request.url.path, safe="/:@") + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
@@ -404,7 +254,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
                 form = await _form(request)
                 if not auth.check_csrf(form.get("csrf")):
                     log.warning("dashboard.csrf_refused", path=request.url.path)
-                    return _page("Refused", '<p class="error">This form is stale or was not sent by '
+                    return page("Refused", '<p class="error">This form is stale or was not sent by '
                                  'this dashboard. <a href="/">Back to the overview</a>.</p>',
                                  auth=auth, status_code=403)
                 request.state.form = form
@@ -415,14 +265,14 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
                 # or statement timeout), or it cannot be reached: the page, not a 500
                 busy = isinstance(exc, StoreBusy) or is_busy(exc)
                 log.warning("dashboard.store_unavailable", reason="busy" if busy else type(exc).__name__)
-                response = _page("Store busy" if busy else "Store unavailable", (
+                response = page("Store busy" if busy else "Store unavailable", (
                     '<p class="error">The store is busy; try again in a few seconds.</p>' if busy else
                     '<p class="error">The store cannot be reached.</p>'), auth=auth, status_code=503)
                 response.headers["Retry-After"] = "5"
                 return response
             except StoreError as exc:
                 log.warning("dashboard.store_unavailable", reason=type(exc).__name__)
-                return _page("Store unavailable", '<p class="error">The store cannot be reached.</p>',
+                return page("Store unavailable", '<p class="error">The store cannot be reached.</p>',
                              auth=auth, status_code=503)
 
         return endpoint
@@ -443,9 +293,9 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
                 return response
             log.warning("dashboard.login_refused")
             error, status = '<p class="error" role="alert">That is not the admin token.</p>', 401
-        return _page("Log in", (
+        return page("Log in", (
             f'<h1>Log in</h1>{error}<form method="post" action="/login">'
-            f'<input type="hidden" name="next" value="{_e(_safe_next(target))}">'
+            f'<input type="hidden" name="next" value="{e(_safe_next(target))}">'
             f'<label>Admin token <input type="password" name="token" autocomplete="current-password" '
             f'required autofocus></label> <button>Log in</button></form>'
             f'<p class="muted">The token is the value of <code>CUSTOMER_SYNC_ADMIN_TOKEN</code> in the '
@@ -453,7 +303,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
 
     async def logout_page(request: Request) -> Response:
         assert auth is not None
-        return _page("Log out", f'<form method="post" action="/logout">{_csrf(auth)}'
+        return page("Log out", f'<form method="post" action="/logout">{csrf_field(auth)}'
                      f'<button>Log out</button></form>', auth=auth)
 
     async def logout(request: Request) -> Response:
@@ -464,7 +314,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
     async def overview(request: Request) -> Response:
         assert auth is not None
         data = await engine.db(_overview, engine, engine.clock())
-        return _page("Overview", _overview_body(engine, data, auth, _flash(request)), auth=auth)
+        return page("Overview", _overview_body(engine, data, auth, _flash(request)), auth=auth)
 
     async def resolve(request: Request) -> Response:
         assert auth is not None
@@ -474,10 +324,10 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
             await engine.db(admin.resolve_conflict, engine.store, engine.config, conflict_id, take=take,
                             identity_key=engine.identity_key, now=engine.clock())
         except admin.NotFound as exc:
-            return _page("Not found", f'<p class="error">{_e(exc)}</p><p><a href="/">Back</a></p>',
+            return page("Not found", f'<p class="error">{e(exc)}</p><p><a href="/">Back</a></p>',
                          auth=auth, status_code=404)
         except ConfigError as exc:
-            return _page("Not resolved", f'<p class="error">{_e(exc)}</p><p><a href="/">Back</a></p>',
+            return page("Not resolved", f'<p class="error">{e(exc)}</p><p><a href="/">Back</a></p>',
                          auth=auth, status_code=409)
         log.info("dashboard.conflict_resolved", conflict_id=conflict_id, app=take)
         engine.notify()  # the writes it planned go out soon, not at the next tick
@@ -489,7 +339,7 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
         who = request.query_params.get("q", "").strip()
         if who:
             return RedirectResponse(f"/customers/{quote(who, safe='')}", status_code=303)
-        return _page("Find a customer", "<h1>Find a customer</h1><p>By customer id, email, phone or "
+        return page("Find a customer", "<h1>Find a customer</h1><p>By customer id, email, phone or "
                      "<code>APP:RECORD_ID</code>, in the box above.</p>", auth=auth)
 
     async def customer(request: Request) -> Response:
@@ -498,10 +348,10 @@ def dashboard_routes(engine: Engine, auth: AdminAuth | None) -> list[BaseRoute]:
         try:
             data = await engine.db(_customer, engine, who)
         except admin.NotFound:
-            return _page("Not found", f'<h1>No customer found</h1><p>Nobody matches '
-                         f'<bdi dir="auto">{_e(who)}</bdi>.</p>', auth=auth, status_code=404, search=who)
+            return page("Not found", f'<h1>No customer found</h1><p>Nobody matches '
+                         f'<bdi dir="auto">{e(who)}</bdi>.</p>', auth=auth, status_code=404, search=who)
         back = "/customers/" + quote(who, safe="")
-        return _page("Customer", _customer_body(data, auth, back=back, flash=_flash(request)),
+        return page("Customer", _customer_body(data, auth, back=back, flash=_flash(request)),
                      auth=auth, search=who)
 
     return [
