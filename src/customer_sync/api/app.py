@@ -17,6 +17,8 @@ way intake uses it, with the same short lock wait, and says why it is not ready.
 
 `/api` is the admin API (`api.admin`, FastAPI, its OpenAPI document at `/api/openapi.json`),
 behind the admin token; with no token configured it answers 404 on every path (off, not open).
+`/` and the pages under it are the dashboard (`api.dashboard`), behind the same token; with
+no token set, `/` says the dashboard is off and how to turn it on.
 
 `/metrics` serves the engine's metrics in the Prometheus text format (`customer_sync.metrics`);
 the store's depths are read off the event loop and waited for briefly, so a busy store makes the
@@ -160,6 +162,7 @@ def create_app(engine: Engine, *, public_url: str | None = None, auth: AdminAuth
         return Response(await engine.metrics.render(engine.store), media_type=CONTENT_TYPE)
 
     from customer_sync.api.admin import admin_api, admin_off
+    from customer_sync.api.dashboard import dashboard_routes
 
     return Starlette(routes=[
         Route("/webhooks/{app}", webhook, methods=["POST"]),
@@ -168,6 +171,8 @@ def create_app(engine: Engine, *, public_url: str | None = None, auth: AdminAuth
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Mount("/api", app=admin_off if auth is None else admin_api(engine, auth=auth, reloader=reloader)),
+        # last: the dashboard's pages sit at the root (`/`, `/login`, `/customers/...`)
+        *dashboard_routes(engine, auth),
     ])
 
 

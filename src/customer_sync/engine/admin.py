@@ -8,7 +8,7 @@ one transaction each and plan the writes their decision implies, which the next 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
@@ -41,11 +41,15 @@ if TYPE_CHECKING:
     from customer_sync.store.db import Store
 
 __all__ = [
+    "ACTIVITY_MAX_ROWS",
     "NotFound",
+    "activity",
+    "app_health",
     "app_status",
     "approve_delete",
     "customer_log",
     "customer_rejections",
+    "customer_summaries",
     "explain",
     "find_customer",
     "list_conflicts",
@@ -146,6 +150,20 @@ def explain(store: Store, customer_id: str) -> dict[str, Any]:
     }
 
 
+def customer_summaries(store: Store, customer_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The name and email of each customer named (for listings): {customer_id: {"name",
+    "email"}}; customers that no longer exist are left out."""
+    ids = sorted({c for c in customer_ids if c})
+    out: dict[str, dict[str, Any]] = {}
+    with store.transaction() as conn:
+        for start in range(0, len(ids), 500):
+            for cid, values in conn.execute(select(customers_t.c.customer_id, customers_t.c["values"])
+                                            .where(customers_t.c.customer_id.in_(ids[start:start + 500]))):
+                name = " ".join(str(v) for v in (values.get("first_name"), values.get("last_name")) if v)
+                out[cid] = {"name": name or None, "email": values.get("email")}
+    return out
+
+
 def customer_log(store: Store, customer_id: str, *, limit: int = 200) -> list[dict[str, Any]]:
     """The change log of one customer, oldest first."""
     with store.transaction() as conn:
@@ -189,11 +207,14 @@ def list_rejections(
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def list_conflicts(store: Store, *, status: str | None = "parked", limit: int = 200) -> list[dict[str, Any]]:
-    """Conflicts, newest first; `status=None` lists all."""
+def list_conflicts(store: Store, *, status: str | None = "parked", limit: int = 200,
+                   customer_id: str | None = None) -> list[dict[str, Any]]:
+    """Conflicts, newest first; `status=None` lists all, `customer_id` one customer's."""
     q = select(conflicts_t).order_by(conflicts_t.c.id.desc()).limit(limit)
     if status is not None:
         q = q.where(conflicts_t.c.status == status)
+    if customer_id is not None:
+        q = q.where(conflicts_t.c.customer_id == customer_id)
     with store.transaction() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
@@ -351,6 +372,7 @@ def app_status(store: Store, config: Config, *, now: datetime | None = None) -> 
             "dead_letters": dead.get(app, 0),
             "rejections": rejected.get(app, 0),
             "parked": bool(st.get("parked")),
+            "consecutive_failures": st.get("consecutive_failures") or 0,
             "last_error": st.get("last_error"),
         })
     for row in out:
@@ -498,3 +520,106 @@ def summarize_values(values: Mapping[str, Any]) -> str:
     """A short one-line view of a customer for listings: email or phone or id-less name."""
     return str(values.get("email") or values.get("phone") or
                " ".join(v for v in (values.get("first_name"), values.get("last_name")) if v) or "?")
+
+
+#: The most change-log rows `activity` reads: a window busier than this is counted up to it (the
+#: oldest buckets then read low, and `activity` says so with `truncated`).
+ACTIVITY_MAX_ROWS = 500_000
+_ACTIVITY_CHUNK = 5000
+
+
+def activity(store: Store, *, until: datetime, buckets: int = 24,
+             bucket: timedelta = timedelta(hours=1)) -> dict[str, Any]:
+    """Changes written, errors and conflicts per app and per time bucket, oldest bucket first:
+    what the dashboard's charts and error rates are drawn from.
+
+    The change log is read newest first by its sequence (the order it was appended in), in
+    chunks of short transactions, and the read stops at the first entry older than the window,
+    so a long history costs nothing (the change log has no index on its time) and writers never
+    wait long behind it.
+
+    Returns:
+        `starts` (each bucket's start), `written` and `errors` ({app: [count per bucket]}),
+        `conflicts` ([count per bucket], every kind and outcome), and `truncated`.
+    """
+    since = until - bucket * buckets
+
+    def index(at: datetime) -> int | None:
+        at = stored_utc(at)
+        if at < since or at >= until:
+            return None
+        return min(int((at - since) / bucket), buckets - 1)
+
+    written: dict[str, list[int]] = {}
+    errors: dict[str, list[int]] = {}
+    conflicts = [0] * buckets
+    truncated, seen, before = False, 0, None
+    while True:
+        # A short transaction per chunk: on SQLite every transaction holds the write lock, and
+        # webhook intake must not wait behind a long read.
+        q = (select(changelog_t.c.seq, changelog_t.c.at, changelog_t.c.kind, changelog_t.c.app)
+             .order_by(changelog_t.c.seq.desc()).limit(_ACTIVITY_CHUNK))
+        if before is not None:
+            q = q.where(changelog_t.c.seq < before)
+        with store.transaction() as conn:
+            chunk = conn.execute(q).all()
+        for seq, at, kind, app in chunk:
+            if stored_utc(at) < since:
+                break
+            if kind in ("written", "error") and app is not None and (i := index(at)) is not None:
+                (written if kind == "written" else errors).setdefault(app, [0] * buckets)[i] += 1
+            before = seq
+        else:
+            seen += len(chunk)
+            if len(chunk) == _ACTIVITY_CHUNK and seen < ACTIVITY_MAX_ROWS:
+                continue
+            truncated = len(chunk) == _ACTIVITY_CHUNK
+        break
+    with store.transaction() as conn:
+        for (at,) in conn.execute(select(conflicts_t.c.created_at).where(conflicts_t.c.created_at >= since)):
+            if (i := index(at)) is not None:
+                conflicts[i] += 1
+    return {"starts": [since + bucket * i for i in range(buckets)], "written": written,
+            "errors": errors, "conflicts": conflicts, "truncated": truncated}
+
+
+def app_health(status: Mapping[str, Any], *, poll_interval_s: float, written: int = 0,
+               errors: int = 0) -> tuple[str, str]:
+    """An app's health in one word, and why: `paused`, `failing`, `lagging` or `in sync`.
+
+    Checked in that order, from one row of `app_status` and the app's recent change-log counts
+    (`written`, `errors`: e.g. the last hour of `activity`):
+
+    - **paused**: the app is disabled in the config, an operator paused it
+      (`paused_by_operator_at`, when the status carries it), or its vendor asked the daemon to
+      wait (a `Retry-After` longer than one request may sleep) and the wait is not over;
+    - **failing**: its credentials were refused (the app is parked until they are fixed), its
+      last poll or dispatch failed, or at least half of its recent changes ended in an error
+      (and there were at least 5);
+    - **lagging**: its first complete listing is not done, it has never been polled
+      successfully, its last successful poll is older than three poll intervals (and at least
+      2 minutes), or 100 writes or more wait to be sent to it;
+    - **in sync**: none of these.
+    """
+    if not status.get("enabled", True):
+        return "paused", "disabled in the config"
+    if status.get("paused_by_operator_at") is not None:
+        return "paused", f"paused by an operator since {status['paused_by_operator_at']:%Y-%m-%d %H:%M:%S} UTC"
+    if status.get("paused_until") is not None:
+        return "paused", f"the app asked to wait until {status['paused_until']:%Y-%m-%d %H:%M:%S} UTC"
+    if status.get("parked"):
+        return "failing", "credentials refused: parked until they are fixed"
+    if status.get("consecutive_failures"):
+        return "failing", f"{status['consecutive_failures']} failed passes in a row"
+    if errors >= 5 and errors * 2 >= errors + written:
+        return "failing", f"{errors} of {errors + written} recent changes failed"
+    lag = status.get("lag_s")
+    if lag is None:
+        return "lagging", "never polled successfully yet"
+    if not status.get("listed", True):
+        return "lagging", "initial listing under way"
+    if lag > max(3 * poll_interval_s, 120):
+        return "lagging", f"last successful poll {lag:.0f} s ago"
+    if status.get("pending_writes", 0) >= 100:
+        return "lagging", f"{status['pending_writes']} writes waiting"
+    return "in sync", "polled recently, nothing waiting"

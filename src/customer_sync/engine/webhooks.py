@@ -45,6 +45,7 @@ __all__ = [
     "LOCK_WAIT_S",
     "QUEUE_WAIT_S",
     "accept_webhook",
+    "is_store_busy",
     "parked_apps",
 ]
 
@@ -198,6 +199,12 @@ def _brief_transaction(store: Store) -> Iterator[Connection]:
                 driver.execute(f"PRAGMA busy_timeout = {int(usual_ms)}")
             except sqlite3.Error:
                 conn.invalidate()  # never hand the pool a connection with the short wait
+
+
+def is_store_busy(exc: DBAPIError) -> bool:
+    """Whether a database error means a lock was not had in time: the store is busy, and the
+    same work succeeds later (the dashboard answers such a read with a 503 page)."""
+    return _is_busy(exc)
 
 
 def _is_busy(exc: DBAPIError) -> bool:
