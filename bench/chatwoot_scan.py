@@ -138,8 +138,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None) -> dict[str, Any]:
                 await phase("reconcile", engine.reconcile("inbox"))
             except Exception as exc:  # noqa: BLE001 - a failed run is a result too
                 error = f"{type(exc).__name__}: {exc}"
-            pool = engine.normalizer._pool
-            pids = [*(pool._processes if pool is not None and pool._processes else [])]
+            pids = engine.normalizer.pids
             worker_rss = [r for r in (_vm_hwm_mb(p) for p in pids) if r is not None]
     finally:
         ours.send("stop")

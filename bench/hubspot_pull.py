@@ -160,9 +160,8 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
                     await lister.wait_ready()
             worker_start_s = time.perf_counter() - t_start
             # the workers started above (none yet with --cold-worker, which reports no CPU)
-            pool = engine.normalizer._pool
             lister_pids = [w._process.pid for w in engine.listing.values() if w._process is not None]
-            worker_pids = [*(pool._processes if pool is not None and pool._processes else []), *lister_pids]
+            worker_pids = [*engine.normalizer.pids, *lister_pids]
             wcpu0, lcpu0 = _cpu_s_of(worker_pids), _cpu_s_of(lister_pids)
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:
