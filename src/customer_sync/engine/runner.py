@@ -341,7 +341,10 @@ class Engine:
         writes and the inbox every `dispatch_interval_s`, at once after a webhook."""
         # The workers take about a second to spawn and import; started now, the initial pull's
         # first pages find them ready instead of being read and normalized in this process.
-        await self.normalizer.start()
+        # The normalizing worker serves only apps listed here: none when every app has a
+        # listing worker (which normalizes its own pages); it starts later if one fails.
+        if any(app not in self.listing for app in self.live_apps()):
+            await self.normalizer.start()
         for worker in self.listing.values():
             await worker.wait_ready()
         self.stopping = stop
