@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -50,12 +49,17 @@ class Normalized(NamedTuple):
 
 
 def default_workers() -> int:
-    """One worker when this process may run on two or more cores, else none."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return 1 if cores >= 2 else 0
+    """No worker process unless `daemon.normalize_workers` asks for some.
+
+    Measured as a user measures it (`bench/pull_tree.py`: `run --once`, wall time from start to
+    exit, peak RSS of the whole process tree), on HubSpot pulls on a 2-core machine, workers
+    on against off: a 10k pull's tree peaked at 192 against 133 MB, for no wall time saved on
+    plain pages (off/on 0.96, off faster in 4 of 5 pairs) and 9% with property history (off
+    slower in 3 of 4); at 50k, 13% with history and none on plain pages. The worker also stays
+    resident for the daemon's life while only big pulls use it. So it is off by default, and
+    worth turning on for big initial pulls with property history.
+    """
+    return 0
 
 
 class PageNormalizer:
