@@ -109,7 +109,9 @@ def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, hi
     calls, window = rate_limit or (1_000_000, 1.0)  # no limit: a client limiter that never waits
     sql_cols = ("email", "first_name", "last_name", "phone", "company")
     data = {
-        "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning"},
+        "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning",
+                   # the workers this script reports on (off by default since issue 16)
+                   "normalize_workers": 1},
         "apps": {
             "hubspot": {"connector": "hubspot", "settings": {
                 "base_url": base_url, "access_token": "${HUBSPOT_TOKEN}",

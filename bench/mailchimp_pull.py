@@ -89,7 +89,7 @@ def _simulator(n: int, conn: Any) -> None:
 def config(tmp: Path, base_url: str) -> dict[str, Any]:
     return {
         "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000,
-                   "log_level": "warning"},
+                   "log_level": "warning", "normalize_workers": 1},  # the workers it reports on
         "apps": {"list": {"connector": "mailchimp", "settings": {
             "base_url": f"{base_url}/3.0", "list_id": LIST_ID, "api_key": "${MAILCHIMP_KEY}",
             "page_size": 1000}}},
