@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
@@ -190,22 +190,27 @@ class _Worker:
         self.process = process
         self.jobs: dict[int, Future[Wire]] = {}
         self._on_ready, self._on_gone = on_ready, on_gone
-        self._lock = threading.Lock()  # jobs and the pipe's writing end
+        # Two locks: the reader takes only `_lock` (the jobs), never while a send may block, so
+        # a worker blocked sending a big answer is always read, and can then read what we send.
+        self._lock = threading.Lock()  # the jobs
+        self._sending = threading.Lock()  # the pipe's writing end
         self.reader = threading.Thread(target=self._read, name="customer-sync-normalize-reader",
                                        daemon=True)
         self.reader.start()
 
     def submit(self, job: int, mapping: AppMapping, fields: list[Any], identity_key: bytes | None) -> Future[Wire]:
+        if not self.process.is_alive():
+            raise RuntimeError("the normalizing worker has ended")
         done: Future[Wire] = Future()
         with self._lock:
-            if not self.process.is_alive():
-                raise RuntimeError("the normalizing worker has ended")
             self.jobs[job] = done
-            try:
+        try:
+            with self._sending:
                 self.process.conn.send(("normalize", job, mapping, fields, identity_key))
-            except BaseException:
-                del self.jobs[job]
-                raise
+        except BaseException:
+            with self._lock:
+                self.jobs.pop(job, None)
+            raise
         return done
 
     def _read(self) -> None:
@@ -219,19 +224,20 @@ class _Worker:
                     continue
                 with self._lock:
                     done = self.jobs.pop(message[1], None)
-                if done is None or done.done():
+                if done is None:
                     continue
-                if kind == "done":
-                    done.set_result(message[2])
-                else:
-                    done.set_exception(message[2])
+                with contextlib.suppress(InvalidStateError):  # cancelled by `close` meanwhile
+                    if kind == "done":
+                        done.set_result(message[2])
+                    else:
+                        done.set_exception(message[2])
         except (EOFError, OSError) as exc:  # the worker ended (or we closed its pipe)
             gone = RuntimeError(f"the normalizing worker ended (exit code {self.process.exitcode}): "
                                 f"{type(exc).__name__}")
             with self._lock:
                 pending, self.jobs = list(self.jobs.values()), {}
             for done in pending:
-                if not done.done():
+                with contextlib.suppress(InvalidStateError):
                     done.set_exception(gone)
             self._on_gone(gone)
 
@@ -241,5 +247,10 @@ class _Worker:
             pending = list(self.jobs.values())
         for done in pending:
             done.cancel()
-        with contextlib.suppress(Exception):
-            self.process.stop(5)
+        sending = self._sending.acquire(timeout=5)  # not in the middle of a job's message
+        try:
+            with contextlib.suppress(Exception):
+                self.process.stop(5)
+        finally:
+            if sending:
+                self._sending.release()
