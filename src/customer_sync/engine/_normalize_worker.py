@@ -95,10 +95,10 @@ def serve(conn: Connection) -> None:
         _, job, mapping, records, identity_key = message
         try:
             wire = normalize_fields(mapping, records, identity_key)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - sent back: the daemon normalizes that page in place
             try:
                 error: BaseException = pickle.loads(pickle.dumps(exc))
-            except Exception:
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: named instead
                 error = RuntimeError(f"{type(exc).__name__}: {exc}")
             conn.send(("failed", job, error))
         else:

@@ -90,7 +90,7 @@ class ListingWorker:
         # fork: the daemon has threads whose locks a forked child would inherit
         try:
             process = WorkerProcess("list", *self._log_settings)
-        except Exception as exc:  # no processes here
+        except Exception as exc:  # noqa: BLE001 - no processes here: list in place
             self._fail(exc)
             return
         try:

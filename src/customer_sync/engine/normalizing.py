@@ -114,7 +114,7 @@ class PageNormalizer:
         try:
             for _ in range(self.workers):
                 self._procs.append(_Worker(WorkerProcess("normalize"), on_ready, on_gone))
-        except Exception as exc:  # no processes here
+        except Exception as exc:  # noqa: BLE001 - no processes here: normalize in place
             on_gone(exc)
 
     async def start(self) -> None:

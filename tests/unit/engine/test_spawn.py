@@ -96,12 +96,12 @@ def test_a_worker_ends_when_its_parent_is_killed(kind: str) -> None:
     """SIGKILL of the process that started a worker ends the worker too (no orphan)."""
     parent = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\n"
-         "from customer_sync.engine._spawn import WorkerProcess\n"
-         f"w = WorkerProcess({kind!r}, *{ARGS[kind]!r})\n"
-         "assert w.conn.recv() == ('ready',)\n"
-         "print(w.pid, flush=True)\n"
-         "time.sleep(600)\n"],
+         ("import sys, time\n"
+          "from customer_sync.engine._spawn import WorkerProcess\n"
+          f"w = WorkerProcess({kind!r}, *{ARGS[kind]!r})\n"
+          "assert w.conn.recv() == ('ready',)\n"
+          "print(w.pid, flush=True)\n"
+          "time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
