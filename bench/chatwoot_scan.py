@@ -87,7 +87,8 @@ def config(tmp: Path, base_url: str, rate_limit: tuple[int, float] | None) -> di
     calls, window = rate_limit or (1_000_000, 1.0)
     return {
         "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000,
-                   "log_level": "warning", "default_region": "IR"},
+                   "log_level": "warning", "default_region": "IR",
+                   "normalize_workers": 1},  # the worker this script reports on (default 0)
         "apps": {"inbox": {"connector": "chatwoot", "settings": {
             "base_url": base_url, "account_id": 1, "api_access_token": "${CW_TOKEN}",
             "rate_limit": calls, "rate_limit_window_s": window}}},
@@ -138,8 +139,7 @@ async def run(n: int, rate_limit: tuple[int, float] | None) -> dict[str, Any]:
                 await phase("reconcile", engine.reconcile("inbox"))
             except Exception as exc:  # noqa: BLE001 - a failed run is a result too
                 error = f"{type(exc).__name__}: {exc}"
-            pool = engine.normalizer._pool
-            pids = [*(pool._processes if pool is not None and pool._processes else [])]
+            pids = engine.normalizer.pids
             worker_rss = [r for r in (_vm_hwm_mb(p) for p in pids) if r is not None]
     finally:
         ours.send("stop")

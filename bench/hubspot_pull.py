@@ -109,7 +109,9 @@ def config(tmp: Path, base_url: str, *, rate_limit: tuple[int, float] | None, hi
     calls, window = rate_limit or (1_000_000, 1.0)  # no limit: a client limiter that never waits
     sql_cols = ("email", "first_name", "last_name", "phone", "company")
     data = {
-        "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning"},
+        "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning",
+                   # the workers this script reports on (off by default since issue 16)
+                   "normalize_workers": 1},
         "apps": {
             "hubspot": {"connector": "hubspot", "settings": {
                 "base_url": base_url, "access_token": "${HUBSPOT_TOKEN}",
@@ -160,9 +162,8 @@ async def run(n: int, rate_limit: tuple[int, float] | None, history: bool,
                     await lister.wait_ready()
             worker_start_s = time.perf_counter() - t_start
             # the workers started above (none yet with --cold-worker, which reports no CPU)
-            pool = engine.normalizer._pool
             lister_pids = [w._process.pid for w in engine.listing.values() if w._process is not None]
-            worker_pids = [*(pool._processes if pool is not None and pool._processes else []), *lister_pids]
+            worker_pids = [*engine.normalizer.pids, *lister_pids]
             wcpu0, lcpu0 = _cpu_s_of(worker_pids), _cpu_s_of(lister_pids)
             t0, cpu0 = time.perf_counter(), time.process_time()
             try:

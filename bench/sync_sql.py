@@ -56,7 +56,8 @@ def config(tmp: Path) -> dict:
         "address.country": "country", "tags": {"field": "tags", "transform": "csv"},
     }
     return {
-        "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning"},
+        "daemon": {"store_url": f"sqlite:///{tmp}/store.db", "batch_size": 1000, "log_level": "warning",
+                   "normalize_workers": 1},  # as measured before the default became 0
         "apps": {
             "source": {"connector": "sql", "fields": fields, "settings": {
                 "url": f"sqlite:///{tmp}/source.db", "table": "people", "page_size": 2000}},

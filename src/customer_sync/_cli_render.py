@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
-
-from customer_sync.store.tables import stored_utc
 
 __all__ = [
     "EMPTY",
@@ -27,6 +25,12 @@ __all__ = [
 
 EMPTY = "(none)"
 ARROW = "→"
+
+
+def stored_utc(value: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite hands them back naive); `store.tables.stored_utc`,
+    repeated here so that rendering does not import the store's tables."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _json_default(value: Any) -> Any:

@@ -38,18 +38,25 @@ from customer_sync._cli_render import (
     table,
     to_json,
 )
-from customer_sync.config import load_config
-from customer_sync.engine import admin
-from customer_sync.engine.runner import Engine, RunSummary, default_identity_key
+from customer_sync._lazy import lazy_module
+from customer_sync.engine._identity import default_identity_key
 from customer_sync.errors import ConfigError, StoreError, SyncError
 
 if TYPE_CHECKING:
     from customer_sync.api.auth import AdminAuth
     from customer_sync.config import Config
+    from customer_sync.engine import admin
+    from customer_sync.engine.runner import RunSummary
     from customer_sync.reload import Reloader
     from customer_sync.store.db import Store
 
 __all__ = ["app", "main"]
+
+# Every command pays for what this module imports, `--help` included: the engine, the store
+# (SQLAlchemy) and the config (pydantic-settings, the connectors) are imported by the commands
+# that use them, and `admin` is loaded on its first use.
+if not TYPE_CHECKING:
+    admin = lazy_module("customer_sync.engine.admin")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -130,6 +137,7 @@ def _setup(config_path: Path) -> Config:
     Raises:
         ConfigError: with one problem line per error.
     """
+    from customer_sync.config import load_config
     from customer_sync.logs import configure_logging
 
     config = load_config(config_path)
@@ -282,12 +290,15 @@ def run(
 
 
 async def _dry_run(config: Config, store: Store) -> list[dict[str, Any]]:
+    from customer_sync.engine.runner import Engine
+
     async with Engine(config, store) as engine:
         return await engine.dry_run()
 
 
 async def _run_once(config: Config, store: Store, *, reconcile: bool | None) -> RunSummary:
     from customer_sync._cli_progress import progress_bar
+    from customer_sync.engine.runner import Engine
 
     async with Engine(config, store) as engine:
         with progress_bar(engine):  # on a terminal only
@@ -381,7 +392,7 @@ async def _run_engine(config: Config, store: Store, sock: socket.socket, stop: a
                       reloader: Reloader, auth: AdminAuth | None) -> None:
     """One engine and its HTTP server, until the daemon stops or a new config is swapped in."""
     from customer_sync.api.app import serve
-    from customer_sync.engine.runner import log
+    from customer_sync.engine.runner import Engine, log
 
     ending = asyncio.Event()  # this engine's stop: the daemon's, or a reload
     async with Engine(config, store) as engine:

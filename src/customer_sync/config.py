@@ -144,7 +144,7 @@ class DaemonConfig(_Block):
     max_attempts: int = Field(8, ge=1, description="write attempts before a dead letter")
     normalize_workers: int | None = Field(
         None, ge=0, le=32,
-        description="processes normalizing large polled pages; default 1 on 2+ cores, 0 turns it off",
+        description="processes normalizing large polled pages; default 0 (none): see docs/configuration.md",
     )
     list_in_worker: bool | None = Field(
         None,

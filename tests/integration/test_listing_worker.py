@@ -113,7 +113,11 @@ def stored(store: Store) -> dict[str, Any]:
         for r in conn.execute(select(LinkRow.__table__)):
             linked.setdefault(r.customer_id, []).append(r.app_record_id)
         links = {customer: tuple(sorted(ids)) for customer, ids in linked.items()}
-        customers = {links[r.customer_id]: (r.values, r.provenance)
+        # a decided field names its conflict's id, which the store numbers in the order the
+        # pull met the conflicts (as random as customer ids across two pulls): compared without it
+        customers = {links[r.customer_id]: (r.values, {
+            field: {k: v for k, v in source.items() if k != "conflict_id"}
+            for field, source in r.provenance.items()})
                      for r in conn.execute(select(CustomerRow.__table__))}
         snapshots = {(links[r.customer_id], r.app): (r.values, r.app_fingerprint, r.source_modified_at)
                      for r in conn.execute(select(SnapshotRow.__table__))}

@@ -52,10 +52,8 @@ class ListSpec:
 
 
 def main(conn: Connection, log_level: str, log_format: str, redact: bool) -> None:
-    """The worker process: serve listings until told to exit or the daemon goes away."""
-    from customer_sync.engine._orphan import die_with_parent
-
-    die_with_parent()
+    """The worker process (started by `engine._worker`, which has made it die with the
+    daemon): serve listings until told to exit or the daemon goes away."""
     from customer_sync.logs import configure_logging
 
     configure_logging(level=log_level, fmt=log_format, redact=redact)

@@ -3,6 +3,16 @@
 Kept apart, with nothing imported at module level beyond the standard library, so that a worker
 starts quickly: it loads only the canonical schema and the field maps it is sent, not the
 engine, the store or the logging stack.
+
+The messages on the pipe (`serve`), as tuples whose first item names them:
+
+daemon -> worker
+    ("normalize", job, mapping, records, identity_key)   normalize these records' app fields
+    ("exit",)                                            end
+worker -> daemon
+    ("ready",)                                           warmed up: send work
+    ("done", job, wire)                                  the `Wire` of job's records
+    ("failed", job, error)                               normalizing raised `error`
 """
 
 from __future__ import annotations
@@ -12,9 +22,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from customer_sync.mapping.compile import AppMapping
 
-__all__ = ["Wire", "fields_fingerprint", "normalize_fields", "warm_up"]
+__all__ = ["Wire", "fields_fingerprint", "normalize_fields", "serve", "warm_up"]
 
 # What crosses the process boundary, per record: the canonical values; the field errors as
 # (field, message, raw value) triples, since exceptions pickle poorly; the fingerprint of the
@@ -64,3 +76,30 @@ def warm_up() -> bool:
     normalize_value(FIELDS["email"], "warm.up@example.com")
     normalize_value(FIELDS["phone"], "+14155552671")
     return True
+
+
+def serve(conn: Connection) -> None:
+    """The worker process (started by `engine._worker`, which has made it die with the
+    daemon): normalize what the daemon sends until it says exit or goes away."""
+    import pickle
+
+    warm_up()
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the daemon is gone
+        if message[0] != "normalize":
+            return
+        _, job, mapping, records, identity_key = message
+        try:
+            wire = normalize_fields(mapping, records, identity_key)
+        except Exception as exc:  # noqa: BLE001 - sent back: the daemon normalizes that page in place
+            try:
+                error: BaseException = pickle.loads(pickle.dumps(exc))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: named instead
+                error = RuntimeError(f"{type(exc).__name__}: {exc}")
+            conn.send(("failed", job, error))
+        else:
+            conn.send(("done", job, wire))

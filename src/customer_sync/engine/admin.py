@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select, update
 
 from customer_sync.canonical import field_spec, identity_hash, normalize_value
-from customer_sync.engine.plan import plan_customer
-from customer_sync.engine.process import propagate_delete
 from customer_sync.errors import ConfigError, SyncError
 from customer_sync.store import app_state as app_state_store
 from customer_sync.store.rejections import OPEN
@@ -34,7 +32,6 @@ from customer_sync.store.tables import (
     RejectionRow,
     stored_utc,
 )
-from customer_sync.store.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from customer_sync.config import Config
@@ -230,6 +227,9 @@ def resolve_conflict(
         NotFound: no such conflict.
         ConfigError: `take` is not one of the conflict's two apps.
     """
+    from customer_sync.engine.plan import plan_customer
+    from customer_sync.store.uow import UnitOfWork
+
     now = now or _now()
     with store.transaction() as conn:
         row = conn.execute(select(conflicts_t).where(conflicts_t.c.id == conflict_id)).mappings().first()
@@ -294,6 +294,9 @@ def reject_delete(store: Store, config: Config, request_id: int, *, identity_key
 
 def _decide_delete(store: Store, config: Config, request_id: int, *, approve: bool,
                    identity_key: bytes, now: datetime) -> dict[str, Any]:
+    from customer_sync.engine.process import propagate_delete
+    from customer_sync.store.uow import UnitOfWork
+
     with store.transaction() as conn:
         row = conn.execute(select(pending_t).where(pending_t.c.id == request_id)).mappings().first()
         if row is None or row["status"] != "pending":
@@ -387,6 +390,8 @@ def _known_app(config: Config, app: str) -> None:
 
 def _note(store: Store, app: str, reason: str, now: datetime) -> None:
     """An operator's decision about a whole app, in the change log."""
+    from customer_sync.store.uow import UnitOfWork
+
     with store.transaction() as conn:
         uow = UnitOfWork(conn, identity_key=b"", now=now, run_id="operator")
         uow.log("decided", app=app, reason=reason)
@@ -451,6 +456,9 @@ def replay_dead_letter(store: Store, config: Config, dead_letter_id: int, *, ide
         NotFound: no such dead letter.
         ConfigError: it is not a write (`source` inbox), or its app is not configured.
     """
+    from customer_sync.engine.plan import plan_customer
+    from customer_sync.store.uow import UnitOfWork
+
     now = now or _now()
     with store.transaction() as conn:
         row = conn.execute(select(dead_t).where(dead_t.c.id == dead_letter_id)).mappings().first()

@@ -25,21 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 from collections.abc import AsyncIterator, Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from customer_sync.engine._list_worker import ListSpec, main
+from customer_sync.engine._spawn import WorkerProcess
 from customer_sync.errors import ConnectorError
 from customer_sync.sdk.connector import ChangePage, Connector, Cursor
 from customer_sync.sdk.http import count_api_call
 from customer_sync.sdk.ratelimit import MultiLimiter, RateLimiter
 
 if TYPE_CHECKING:
+    from customer_sync.engine._list_worker import ListSpec
     from customer_sync.engine._normalize_worker import Wire
 
 __all__ = ["ListingWorker", "WorkerGone"]
@@ -66,7 +65,7 @@ class ListingWorker:
         self.app = spec.app
         self._limiters = list(limiters)
         self._log_settings = log_settings
-        self._process: BaseProcess | None = None
+        self._process: WorkerProcess | None = None
         self._conn: Connection | None = None
         self._ready: asyncio.Future[bool] | None = None
         self._seq = 0
@@ -86,22 +85,23 @@ class ListingWorker:
         if self.failed or self._process is not None:
             return
         loop = asyncio.get_running_loop()
-        ours, theirs = multiprocessing.Pipe()
-        # spawn, not fork: the daemon has threads whose locks a forked child would inherit
-        process = multiprocessing.get_context("spawn").Process(
-            target=main, args=(theirs, *self._log_settings), name=f"customer-sync-list-{self.app}",
-            daemon=True)
         self._ready = loop.create_future()
+        # a fresh interpreter running the worker's own small module (`engine._spawn`), not a
+        # fork: the daemon has threads whose locks a forked child would inherit
         try:
-            process.start()
-            loop.add_reader(ours.fileno(), self._readable)
-        except Exception as exc:  # no processes here, or a loop without add_reader
-            ours.close()
+            process = WorkerProcess("list", *self._log_settings)
+        except Exception as exc:  # noqa: BLE001 - no processes here: list in place
             self._fail(exc)
             return
-        finally:
-            theirs.close()
-        self._process, self._conn = process, ours
+        try:
+            loop.add_reader(process.conn.fileno(), self._readable)
+        except Exception as exc:  # a loop without add_reader
+            process.kill()
+            process.join(5)
+            process.close()
+            self._fail(exc)
+            return
+        self._process, self._conn = process, process.conn
 
     async def wait_ready(self) -> bool:
         """Start the worker if needed and wait until it can list; False when it cannot."""
@@ -225,8 +225,7 @@ class ListingWorker:
             if process.is_alive():
                 process.kill()  # it ignores SIGTERM (see `_orphan`)
                 await asyncio.to_thread(process.join, 5)
-        if conn is not None:
-            conn.close()
+            process.close()
 
 
 def can_list_in_worker(connector: Connector) -> bool:  # type: ignore[type-arg]

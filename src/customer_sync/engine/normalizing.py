@@ -11,22 +11,24 @@ cost more than it saves. Until the worker has started, and if it ever fails, pag
 normalized in place too: the worker makes a pull faster, never different.
 
 `daemon.normalize_workers` sets the number of worker processes; by default one when the
-machine has two or more cores, none otherwise.
+machine has two or more cores, none otherwise. Each is `python -m customer_sync.engine._worker
+normalize` (`engine._spawn`): it imports the canonical schema and the field maps, nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
-from customer_sync.engine._normalize_worker import Wire, normalize_fields, warm_up
-from customer_sync.engine._orphan import die_with_parent
+from customer_sync.engine._normalize_worker import Wire, normalize_fields
+from customer_sync.engine._spawn import WorkerProcess
 from customer_sync.errors import MappingError
 
 if TYPE_CHECKING:
@@ -47,12 +49,17 @@ class Normalized(NamedTuple):
 
 
 def default_workers() -> int:
-    """One worker when this process may run on two or more cores, else none."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return 1 if cores >= 2 else 0
+    """No worker process unless `daemon.normalize_workers` asks for some.
+
+    Measured as a user measures it (`bench/pull_tree.py`: `run --once`, wall time from start to
+    exit, peak RSS of the whole process tree), on HubSpot pulls on a 2-core machine, workers
+    on against off: a 10k pull's tree peaked at 192 against 133 MB, for no wall time saved on
+    plain pages (off/on 0.96, off faster in 4 of 5 pairs) and 9% with property history (off
+    slower in 3 of 4); at 50k, 13% with history and none on plain pages. The worker also stays
+    resident for the daemon's life while only big pulls use it. So it is off by default, and
+    worth turning on for big initial pulls with property history.
+    """
+    return 0
 
 
 class PageNormalizer:
@@ -68,9 +75,10 @@ class PageNormalizer:
         self.workers = workers
         self.min_records = min_records
         self.identity_key = identity_key  # identities are hashed with it in the worker too
-        self._pool: ProcessPoolExecutor | None = None
+        self._procs: list[_Worker] | None = None
         self._warm: Future[bool] | None = None
         self._failed = False
+        self._jobs = itertools.count()
 
     @property
     def ready(self) -> bool:
@@ -78,19 +86,43 @@ class PageNormalizer:
         return (not self._failed and self._warm is not None and self._warm.done()
                 and self._warm.exception() is None)
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (none before they start)."""
+        return [w.process.pid for w in self._procs or []]
+
     def _start(self) -> None:
-        # spawn, not fork: the daemon has threads (scheduler, HTTP server, store workers) and a
-        # forked child would inherit their locks in whatever state they were in.
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=die_with_parent)
-        self._warm = self._pool.submit(warm_up)
+        # A fresh interpreter, not a fork: the daemon has threads (scheduler, HTTP server, store
+        # workers) and a forked child would inherit their locks in whatever state they were in.
+        warm: Future[bool] = Future()  # done when every worker is ready, or one failed
+        waiting = [self.workers]
+        lock = threading.Lock()
+
+        def on_ready() -> None:
+            with lock:
+                waiting[0] -= 1
+                if waiting[0] == 0 and not warm.done():
+                    warm.set_result(True)
+
+        def on_gone(exc: BaseException) -> None:
+            with lock:
+                if not warm.done():
+                    warm.set_exception(exc)
+
+        self._warm = warm
+        self._procs = []
+        try:
+            for _ in range(self.workers):
+                self._procs.append(_Worker(WorkerProcess("normalize"), on_ready, on_gone))
+        except Exception as exc:  # noqa: BLE001 - no processes here: normalize in place
+            on_gone(exc)
 
     async def start(self) -> None:
         """Start the workers and wait until they can take pages (`submit` starts them too,
         without waiting)."""
         if self.workers <= 0 or self._failed:
             return
-        if self._pool is None:
+        if self._procs is None:
             self._start()
         assert self._warm is not None
         try:
@@ -102,18 +134,19 @@ class PageNormalizer:
         """Start normalizing these records in a worker, or return None (normalize in place)."""
         if self.workers <= 0 or self._failed or len(records) < self.min_records:
             return None
-        if self._pool is None:
+        if self._procs is None:
             self._start()  # this page is normalized in place while the worker starts
             return None
         if not self.ready:
             if self._warm is not None and self._warm.done():
                 self._fail(self._warm.exception())
             return None
-        assert self._pool is not None
+        assert self._procs
+        worker = min(self._procs, key=lambda w: len(w.jobs))  # the least busy
         try:
-            return asyncio.wrap_future(self._pool.submit(
-                normalize_fields, mapping, [r.fields for r in records], self.identity_key))
-        except Exception as exc:  # a broken pool refuses new work
+            return asyncio.wrap_future(worker.submit(
+                next(self._jobs), mapping, [r.fields for r in records], self.identity_key))
+        except Exception as exc:  # a value that cannot be pickled, or a worker gone
             self._fail(exc)
             return None
 
@@ -143,6 +176,81 @@ class PageNormalizer:
 
     def close(self) -> None:
         """Stop the workers (pages not yet taken are dropped: their polls were cancelled)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        procs, self._procs = self._procs, None
+        for worker in procs or []:
+            worker.close()
+            worker.reader.join(5)
+
+
+class _Worker:
+    """One normalizing process, the jobs sent to it, and the thread that reads its answers."""
+
+    def __init__(self, process: WorkerProcess, on_ready: Callable[[], None],
+                 on_gone: Callable[[BaseException], None]) -> None:
+        self.process = process
+        self.jobs: dict[int, Future[Wire]] = {}
+        self._on_ready, self._on_gone = on_ready, on_gone
+        # Two locks: the reader takes only `_lock` (the jobs), never while a send may block, so
+        # a worker blocked sending a big answer is always read, and can then read what we send.
+        self._lock = threading.Lock()  # the jobs
+        self._sending = threading.Lock()  # the pipe's writing end
+        self.reader = threading.Thread(target=self._read, name="customer-sync-normalize-reader",
+                                       daemon=True)
+        self.reader.start()
+
+    def submit(self, job: int, mapping: AppMapping, fields: list[Any], identity_key: bytes | None) -> Future[Wire]:
+        if not self.process.is_alive():
+            raise RuntimeError("the normalizing worker has ended")
+        done: Future[Wire] = Future()
+        with self._lock:
+            self.jobs[job] = done
+        try:
+            with self._sending:
+                self.process.conn.send(("normalize", job, mapping, fields, identity_key))
+        except BaseException:
+            with self._lock:
+                self.jobs.pop(job, None)
+            raise
+        return done
+
+    def _read(self) -> None:
+        conn = self.process.conn
+        try:
+            while True:
+                message = conn.recv()
+                kind = message[0]
+                if kind == "ready":
+                    self._on_ready()
+                    continue
+                with self._lock:
+                    done = self.jobs.pop(message[1], None)
+                if done is None:
+                    continue
+                with contextlib.suppress(InvalidStateError):  # cancelled by `close` meanwhile
+                    if kind == "done":
+                        done.set_result(message[2])
+                    else:
+                        done.set_exception(message[2])
+        except (EOFError, OSError) as exc:  # the worker ended (or we closed its pipe)
+            gone = RuntimeError(f"the normalizing worker ended (exit code {self.process.exitcode}): "
+                                f"{type(exc).__name__}")
+            with self._lock:
+                pending, self.jobs = list(self.jobs.values()), {}
+            for done in pending:
+                with contextlib.suppress(InvalidStateError):
+                    done.set_exception(gone)
+            self._on_gone(gone)
+
+    def close(self) -> None:
+        """Ask the worker to exit and wait for it (then kill it); jobs not answered are cancelled."""
+        with self._lock:
+            pending = list(self.jobs.values())
+        for done in pending:
+            done.cancel()
+        sending = self._sending.acquire(timeout=5)  # not in the middle of a job's message
+        try:
+            with contextlib.suppress(Exception):
+                self.process.stop(5)
+        finally:
+            if sending:
+                self._sending.release()

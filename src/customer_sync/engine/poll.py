@@ -219,9 +219,14 @@ async def _listed(
             except WorkerGone:
                 pass  # go on here from the last page the worker sent
         listed = connector.list_changes(cursor)
+        # An app with a listing worker has its pages normalized there: the few read here while
+        # it starts are normalized in place, rather than starting a normalizing worker (a
+        # process, ~35-55 MB) that would have nothing to do once the listing worker is ready.
+        # One whose listing worker failed goes on here, and uses the normalizing worker.
+        normalize_here = worker is not None and not worker.failed
         try:
             async for page in listed:
-                yield page, normalizer.submit(mapping, page.records)
+                yield page, None if normalize_here else normalizer.submit(mapping, page.records)
                 cursor = page.cursor
                 if worker is not None:
                     if len(page.records) >= normalizer.min_records:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from customer_sync.engine import webhooks
+from customer_sync.engine._identity import default_identity_key
 from customer_sync.engine._list_worker import ListSpec
 from customer_sync.engine.dispatch import DispatchStats, creating_apps, dispatch_app, ready_writes
 from customer_sync.engine.dry_run import dry_run
@@ -64,14 +64,6 @@ log = structlog.get_logger("customer_sync.engine")
 T = TypeVar("T")
 # The longest an app is paused for a vendor's Retry-After: a day's quota resets within one.
 _LONGEST_PAUSE_S = 86_400.0
-
-
-def default_identity_key() -> bytes:
-    """The key of identity hashes: `CUSTOMER_SYNC_IDENTITY_KEY`, else a fixed default.
-
-    Changing it makes existing identities unmatchable, so set it once, before the first run.
-    """
-    return os.environ.get("CUSTOMER_SYNC_IDENTITY_KEY", "customer-sync/identity/v1").encode()
 
 
 def _utcnow() -> datetime:
@@ -349,7 +341,10 @@ class Engine:
         writes and the inbox every `dispatch_interval_s`, at once after a webhook."""
         # The workers take about a second to spawn and import; started now, the initial pull's
         # first pages find them ready instead of being read and normalized in this process.
-        await self.normalizer.start()
+        # The normalizing worker serves only apps listed here: none when every app has a
+        # listing worker (which normalizes its own pages); it starts later if one fails.
+        if any(app not in self.listing for app in self.live_apps()):
+            await self.normalizer.start()
         for worker in self.listing.values():
             await worker.wait_ready()
         self.stopping = stop

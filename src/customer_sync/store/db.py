@@ -20,12 +20,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from customer_sync.errors import StoreError
-from customer_sync.store._alembic import (
-    current_revisions,
-    head_revisions,
-    unknown_revisions,
-    upgrade_to_head,
-)
+from customer_sync.store._revisions import current_revisions, head_revisions, known_revisions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -183,7 +178,7 @@ def check_store(url: str) -> None:
         raise StoreError(
             f"the store at {shown} has no schema yet: start the daemon once to create it"
         )
-    if unknown_revisions(current):
+    if set(current) - known_revisions():
         raise StoreError(
             f"the store at {shown} is at schema revision {', '.join(current)}, which this version "
             "of customer-sync does not know: a newer version migrated it; upgrade customer-sync"
@@ -195,9 +190,19 @@ def check_store(url: str) -> None:
 
 
 def _migrate(engine: Engine) -> None:
-    """Bring the schema to head, in one transaction; StoreError on any failure."""
+    """Bring the schema to head, in one transaction; StoreError on any failure.
+
+    Alembic is imported only here, and only when the store is not at head: checking a store's
+    revision (`_revisions`) needs none of it.
+    """
     shown = _display(engine.url)
     try:
+        # A store at head (every start but the first after an upgrade) needs no Alembic.
+        with engine.connect() as conn:
+            if current_revisions(conn) == head_revisions():
+                return
+        from customer_sync.store._alembic import upgrade_to_head
+
         with engine.begin() as conn:
             before, after = upgrade_to_head(conn)
     except StoreError as exc:

@@ -3,6 +3,7 @@ any failure of the worker falls back to normalizing in place."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
@@ -100,6 +101,25 @@ async def test_a_worker_normalizes_big_pages_exactly_as_in_place(mapping):
         assert all(isinstance(e, MappingError) for got_one in got.values() for e in got_one.errors)
         refused = [e.raw_value for r in recs for e in got[id(r)].errors]
         assert refused and {"not an address"} == set(refused), "the raw value comes back from the worker"
+    finally:
+        normalizer.close()
+
+
+async def test_many_big_pages_in_flight_all_come_back(mapping):
+    """Pages whose answers are bigger than a pipe's buffer, sent before any answer is read,
+    all come back, each with its own records' results (the worker never waits on a daemon
+    that waits on it)."""
+    normalizer = PageNormalizer(1, min_records=10, identity_key=KEY)
+    try:
+        await normalizer.start()
+        pages = [records(3000) for _ in range(4)]
+        pending = [normalizer.submit(mapping, page) for page in pages]
+        assert all(p is not None for p in pending)
+        got = [await asyncio.wait_for(normalizer.collect("crm", page, p), timeout=120)
+               for page, p in zip(pages, pending, strict=True)]
+        assert [len(page) for page in pages] == [len(g) for g in got]
+        assert as_comparable(in_place(mapping, pages[3])) == as_comparable(got[3][id(r)] for r in pages[3])
+        assert normalizer.ready
     finally:
         normalizer.close()
 
