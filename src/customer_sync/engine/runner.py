@@ -204,7 +204,7 @@ class Engine:
         self._round_done = asyncio.Condition()
         self._failing: set[str] = set()  # apps with an error recorded since they last succeeded
         self._waker: Callable[[str], None] | None = None  # the daemon's schedule, while it runs
-        self.passes: dict[str, int] = dict.fromkeys(sorted(STAGES), 0)  # stage -> rounds that ran it
+        self.passes: dict[str, int] = dict.fromkeys(sorted(STAGES), 0)  # stage -> rounds that started it
         self.stopping: asyncio.Event | None = None  # the daemon's stop: polls end at a page
         from customer_sync.metrics import EngineMetrics  # prometheus-client: not for `--help`
 
@@ -453,8 +453,8 @@ class Engine:
 
         stats = ProcessStats()
         if "inbox" in due.stages:
-            stats = await self.process_inbox(limit=due.inbox_limit)
             self.passes["inbox"] += 1
+            stats = await self.process_inbox(limit=due.inbox_limit)
         stats.add(_since(self.intake, intake_before))
         result.process = stats
         summary.process.add(stats)
@@ -465,6 +465,7 @@ class Engine:
         if "dispatch" in due.stages or polls or result.reconciled or stats.planned:
             # Creates go only to an app this round has read to the end: a record added there
             # since it was last read is then linked instead of created a second time.
+            self.passes["dispatch"] += 1
             targets = [a for a in live if a not in summary.failed_apps]
             read = result.polled - result.more
             sent = await asyncio.gather(*(
@@ -474,7 +475,6 @@ class Engine:
                 if outcome is not None:
                     result.dispatch.add(outcome)
             summary.dispatch.add(result.dispatch)
-            self.passes["dispatch"] += 1
 
         ready = [a for a in live if a not in summary.failed_apps]
         result.waiting = (await self.db(ready_writes, self.store, ready, self.clock())
