@@ -160,6 +160,12 @@ class DaemonConfig(_Block):
         DEFAULT_MAX_RETRY_AFTER_S, gt=0,
         description="longest vendor Retry-After a call waits for; a longer one parks the app",
     )
+    coalesce_s: Seconds = Field(
+        0.25, ge=0,
+        description="the daemon starts a round at most this often: the webhooks of a burst are "
+                    "processed together (one read of their records from the app), not one "
+                    "round each; 0 starts a round at every wake",
+    )
 
 
 class Condition(_Block):

@@ -12,9 +12,17 @@ There is one loop that runs rounds (`Engine._loop`), and two schedules that tell
 - `run_once()` (`customer-sync run --once`, cron, tests): every app is due in every round, and
   the loop ends at the first quiet round (nothing read that changed anything, nothing planned or
   written, no write ready, nothing waiting in the inbox);
-- `run_forever()` (`customer-sync run`, the daemon): APScheduler marks each app due at its poll
-  interval, and a tick every `dispatch_interval_s` sends ready writes and the inbox; the first
-  round at start polls every app. A round that did something is followed by another at once.
+- `run_forever()` (`customer-sync run`, the daemon): the loop sleeps until something wakes it.
+  A webhook committed to the inbox wakes it for the inbox stage (`Engine.wake("inbox")`), and
+  an operator's action that plans writes for dispatch (`Engine.wake("dispatch")`); a round that
+  processes the inbox and plans writes dispatches them in the same round. APScheduler marks
+  each app due at its poll interval, and a tick every `dispatch_interval_s` runs every stage: a
+  safety net, so nothing depends on a wake being delivered. Wakes coalesce: a wake while a
+  round runs makes one more round after it, and rounds start at most every
+  `daemon.coalesce_s`, so a burst of webhooks is one or a few rounds (each taking at most
+  `daemon.batch_size` inbox items) and one read of their records, not one of each per
+  delivery. The first round at start polls every app. A round that did something is followed
+  by another (every stage) as soon as the gap allows.
 So the daemon and `run --once` decide, order and commit the same work the same way.
 
 A failure in one app is caught in `_guarded` (the one place that catches broad exceptions),
@@ -58,12 +66,14 @@ if TYPE_CHECKING:
     from customer_sync.metrics import EngineMetrics
     from customer_sync.store.db import Store
 
-__all__ = ["Engine", "RoundResult", "RunSummary", "default_identity_key"]
+__all__ = ["STAGES", "Engine", "RoundResult", "RunSummary", "default_identity_key"]
 
 log = structlog.get_logger("customer_sync.engine")
 T = TypeVar("T")
 # The longest an app is paused for a vendor's Retry-After: a day's quota resets within one.
 _LONGEST_PAUSE_S = 86_400.0
+#: The stages a wake can ask for (`Engine.wake`): process the inbox, dispatch ready writes.
+STAGES: frozenset[str] = frozenset({"inbox", "dispatch"})
 
 
 def _utcnow() -> datetime:
@@ -97,10 +107,17 @@ class RunSummary:
 
 @dataclass
 class Due:
-    """What a round is to do: the apps to poll and to reconcile (every app is dispatched)."""
+    """What a round is to do: the apps to poll and to reconcile, and the stages to run.
+
+    A round without the inbox stage leaves the inbox for the next; a round without the dispatch
+    stage still dispatches when it polled an app or planned a write (every app is dispatched
+    then). `inbox_limit` bounds the inbox items one round takes (None: all of them).
+    """
 
     polls: set[str] = field(default_factory=set)
     reconciles: set[str] = field(default_factory=set)
+    stages: frozenset[str] = STAGES
+    inbox_limit: int | None = None
 
 
 @dataclass
@@ -178,7 +195,8 @@ class Engine:
         self.last_round: RoundResult | None = None
         self._round_done = asyncio.Condition()
         self._failing: set[str] = set()  # apps with an error recorded since they last succeeded
-        self._wake: asyncio.Event | None = None  # set by `notify` while the daemon runs
+        self._waker: Callable[[str], None] | None = None  # the daemon's schedule, while it runs
+        self.passes: dict[str, int] = dict.fromkeys(sorted(STAGES), 0)  # stage -> rounds that started it
         self.stopping: asyncio.Event | None = None  # the daemon's stop: polls end at a page
         from customer_sync.metrics import EngineMetrics  # prometheus-client: not for `--help`
 
@@ -291,10 +309,11 @@ class Engine:
         self, app: str, headers: Mapping[str, str], body: bytes, *, url: str = "", method: str = "POST"
     ) -> int:
         """Verify a webhook delivery and commit its changes to the inbox (see `engine.webhooks`);
-        the daemon then runs a round soon instead of at its next tick."""
+        once committed, the daemon's inbox stage is woken (`wake("inbox")`)."""
         count = await webhooks.accept_webhook(self, app, headers, body, url=url, method=method)
         self.metrics.webhook(app, count)
-        self.notify()
+        if count:
+            self.wake("inbox")
         return count
 
     async def dry_run(self) -> list[dict[str, Any]]:
@@ -309,10 +328,32 @@ class Engine:
             return await asyncio.to_thread(fn, *args, **kw)
         return fn(*args, **kw)
 
+    def wake(self, stage: str) -> None:
+        """Ask the running daemon for a round of `stage` now instead of at its next tick.
+
+        Call it on the event loop, after committing what the stage is to find:
+        - `"inbox"`: items committed to the inbox (`accept_webhook` does this itself);
+        - `"dispatch"`: writes planned in the outbox outside a round, e.g. by an operator
+          resolving a conflict or replaying a dead letter (`engine.admin`).
+
+        Wakes coalesce: wakes that arrive while a round runs, or within `daemon.coalesce_s`
+        of its start, make one more round, which takes everything committed by then. The wake
+        is a hint, never the only way the work is found: the daemon's tick (`dispatch_interval_s`)
+        runs every stage anyway. Outside the daemon (`run --once`, a stopped daemon) and once
+        the daemon's stop is set, a wake does nothing: the work waits in the store.
+
+        Raises:
+            ValueError: `stage` is not one of `STAGES`.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
+        if self._waker is not None:
+            self._waker(stage)
+
     def notify(self) -> None:
-        """Something arrived (a webhook): the daemon runs a round soon instead of at its tick."""
-        if self._wake is not None:
-            self._wake.set()
+        """Wake every stage of the running daemon (see `wake`)."""
+        for stage in sorted(STAGES):
+            self.wake(stage)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -337,8 +378,9 @@ class Engine:
         return summary
 
     async def run_forever(self, stop: asyncio.Event, *, dispatch_interval_s: float = 2.0) -> None:
-        """Run rounds on a clock until `stop` is set: each app polled at its interval, ready
-        writes and the inbox every `dispatch_interval_s`, at once after a webhook."""
+        """Run rounds until `stop` is set: each app polled at its interval, the inbox at once
+        after a webhook, ready writes at once after they are planned (see `wake`), and every
+        stage every `dispatch_interval_s` in any case (the safety net)."""
         # The workers take about a second to spawn and import; started now, the initial pull's
         # first pages find them ready instead of being read and normalized in this process.
         # The normalizing worker serves only apps listed here: none when every app has a
@@ -405,24 +447,30 @@ class Engine:
                 result.reconciled.add(app)
                 result.found += found
 
-        stats = await self.process_inbox()
+        stats = ProcessStats()
+        if "inbox" in due.stages:
+            self.passes["inbox"] += 1
+            stats = await self.process_inbox(limit=due.inbox_limit)
         stats.add(_since(self.intake, intake_before))
         result.process = stats
         summary.process.add(stats)
 
         if self._stopped():
             return result
-        # Creates go only to an app this round has read to the end: a record added there since
-        # it was last read is then linked instead of created a second time.
-        targets = [a for a in live if a not in summary.failed_apps]
-        read = result.polled - result.more
-        sent = await asyncio.gather(*(
-            self._guarded(a, summary, self.dispatch(a, creates=a in read), record_ok=False)
-            for a in targets))
-        for outcome in sent:
-            if outcome is not None:
-                result.dispatch.add(outcome)
-        summary.dispatch.add(result.dispatch)
+        # A write planned in this round (by a poll or the inbox) is dispatched in it.
+        if "dispatch" in due.stages or polls or result.reconciled or stats.planned:
+            # Creates go only to an app this round has read to the end: a record added there
+            # since it was last read is then linked instead of created a second time.
+            self.passes["dispatch"] += 1
+            targets = [a for a in live if a not in summary.failed_apps]
+            read = result.polled - result.more
+            sent = await asyncio.gather(*(
+                self._guarded(a, summary, self.dispatch(a, creates=a in read), record_ok=False)
+                for a in targets))
+            for outcome in sent:
+                if outcome is not None:
+                    result.dispatch.add(outcome)
+            summary.dispatch.add(result.dispatch)
 
         ready = [a for a in live if a not in summary.failed_apps]
         result.waiting = (await self.db(ready_writes, self.store, ready, self.clock())
@@ -518,16 +566,22 @@ class _UntilQuiet:
 
 
 class _OnClock:
-    """The daemon: APScheduler marks apps due at their poll intervals and ticks the dispatcher;
-    the loop waits between rounds for one of those, a webhook, or the stop."""
+    """The daemon: APScheduler marks apps due at their poll intervals and ticks every stage; the
+    loop waits between rounds for one of those, a wake (`Engine.wake`), or the stop."""
 
     def __init__(self, engine: Engine, stop: asyncio.Event, *, dispatch_interval_s: float) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         self.summary = RunSummary()
         self.stop = stop
-        self.wake = engine._wake = asyncio.Event()
+        self.wake = asyncio.Event()
+        engine._waker = self._request
         self.due: set[str] = set(engine.live_apps())  # the first round polls every app at start
+        self.stages: set[str] = set(STAGES)  # the stages asked for since the last round started
+        self.gap_s = engine.config.daemon.coalesce_s
+        self.inbox_limit = engine.config.daemon.batch_size
+        self.started_at: float | None = None  # time.monotonic() of the last round's start
+        self._engine = engine
         self.wake.set()
         self._jobs: set[asyncio.Task[Any]] = set()  # the scheduler's job tasks not yet done
         # The jobs only mark work due and wake the loop; they never do the work themselves, so
@@ -546,11 +600,20 @@ class _OnClock:
     async def _mark_due(self, app: str) -> None:
         self._track()
         self.due.add(app)
-        self.wake.set()
+        self._request_all()
 
     async def _tick(self) -> None:
         self._track()
-        self.wake.set()
+        self._request_all()
+
+    def _request(self, stage: str) -> None:
+        if not self.stop.is_set():  # the daemon drains: nothing new is started
+            self.stages.add(stage)
+            self.wake.set()
+
+    def _request_all(self) -> None:
+        for stage in STAGES:
+            self._request(stage)
 
     def _track(self) -> None:
         task = asyncio.current_task()
@@ -563,21 +626,29 @@ class _OnClock:
             waker = asyncio.ensure_future(self.wake.wait())
             await asyncio.wait({waker, self._stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
             waker.cancel()
+        # Coalesce: a round starts at most every `coalesce_s`; what is woken meanwhile joins it.
+        if self.started_at is not None and not self.stop.is_set():
+            rest = self.started_at + self.gap_s - time.monotonic()
+            if rest > 0:
+                await asyncio.wait({self._stop_waiter}, timeout=rest)
         if self.stop.is_set():
             return None
+        self.started_at = time.monotonic()
         self.wake.clear()
         self.summary = RunSummary()  # a round's failures keep an app out of that round only
         due, self.due = self.due, set()
+        stages, self.stages = frozenset(self.stages), set()
         apps = engine.live_apps()
         # an app about to receive creates is read first, in the same round (see `dispatch`)
         due |= await engine.db(creating_apps, engine.store, apps, engine.clock())
         reconciles = await engine.db(due_for_reconcile, engine, apps, engine.clock())
-        return Due(polls=due & set(apps), reconciles=reconciles)
+        return Due(polls=due & set(apps), reconciles=reconciles, stages=stages,
+                   inbox_limit=self.inbox_limit)
 
     def finished(self, engine: Engine, result: RoundResult) -> None:
         self.due |= result.more  # a listing cut at its slice goes on in the next round
         if result.active:
-            self.wake.set()
+            self._request_all()  # what the round left ready goes next, every stage
 
     async def aclose(self) -> None:
         """Stop the scheduler once the jobs it started have finished: its shutdown cancels a
@@ -590,6 +661,8 @@ class _OnClock:
         await asyncio.sleep(0)  # APScheduler's done callbacks run before it forgets the tasks
         self.scheduler.shutdown(wait=False)
         self._stop_waiter.cancel()
+        if self._engine._waker == self._request:
+            self._engine._waker = None
 
 
 def _copy(stats: ProcessStats) -> ProcessStats:
