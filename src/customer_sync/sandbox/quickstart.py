@@ -179,6 +179,8 @@ default_region = "US"
 # 40 customers: no worker processes needed
 normalize_workers = 0
 list_in_worker = false
+# "info" logs every page read and every webhook; the dashboard and `customer-sync log` show them
+log_level = "warning"
 
 [conflicts]
 default = "last_writer"
