@@ -43,13 +43,16 @@ __all__ = [
     "CONFIG_NAME",
     "ENV_NAME",
     "MARK",
+    "STORE_NAME",
     "SandboxRefused",
     "Simulators",
+    "Urls",
     "check_port",
     "claim_dir",
     "render_config",
     "run_sandbox",
     "sandbox_env",
+    "write_files",
 ]
 
 #: The first line of every config the sandbox writes; a config without it is not a sandbox's.
