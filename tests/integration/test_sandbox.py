@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from customer_sync.sandbox.seed import APPS, Expected, expected
 from customer_sync.store.db import open_store
-from customer_sync.store.tables import CustomerRow, LinkRow, OutboxItem
+from customer_sync.store.tables import ChangeLogEntry, CustomerRow, LinkRow, OutboxItem
 
 T = TypeVar("T")
 START_DEADLINE_S = 60.0
@@ -172,6 +172,32 @@ def _is(person: Expected, values: dict[str, Any]) -> bool:
     return values.get("phone") == person.phone
 
 
+def _poll_count(port: int, app: str) -> float:
+    """How many times the daemon has polled `app`, from its /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    m = re.search(rf'^customer_sync_poll_duration_seconds_count{{app="{app}"}} (\S+)$', text, re.MULTILINE)
+    assert m is not None, "no poll count for " + app
+    return float(m[1])
+
+
+def _written_everywhere(store_url: str, email: str, last_name: str) -> Callable[[], bool]:
+    """Whether the daemon has written `last_name` for the customer with `email` to the apps
+    other than the CRM (its change log's `written` entries)."""
+    store = open_store(store_url, migrate=False)
+
+    def check() -> bool:
+        t, log = CustomerRow.__table__, ChangeLogEntry.__table__
+        with store.transaction() as conn:
+            (customer_id,) = [r["customer_id"] for r in conn.execute(select(t)).mappings()
+                              if str(r["values"].get("email") or "").lower() == email]
+            entries = conn.execute(select(log.c.app, log.c.diff).where(
+                log.c.customer_id == customer_id, log.c.kind == "written")).all()
+        return {"desk", "list", "inbox"} <= {e.app for e in entries if last_name in json.dumps(e.diff)}
+
+    check.close = store.close  # type: ignore[attr-defined]
+    return check
+
+
 def test_sandbox_converges_every_customer_across_every_vendor_app_and_stops_cleanly(tmp_path: Path) -> None:
     folder = tmp_path / "sandbox-data"
     port = _free_port()
@@ -238,6 +264,28 @@ def test_sandbox_converges_every_customer_across_every_vendor_app_and_stops_clea
             inbox += payload
         assert linked["inbox"] == len(inbox)
         assert {person.name for person in expected()} == {c["name"] for c in inbox}
+
+        # -- an edit in HubSpot reaches the other apps by HubSpot's webhook ---------------------
+        # Proven by the CRM not being polled between the edit and its last write elsewhere (the
+        # daemon polls every 10 s); an attempt a poll happened to overlap is tried again.
+        (ann,) = [c["id"] for c in contacts if str(c["properties"].get("email")).lower() == "ann.lee@example.com"]
+        by_webhook = False
+        for attempt in range(5):
+            last_name = f"Lee-Smith{attempt}"
+            polls = _poll_count(port, "crm")
+            edited = httpx.patch(f"{hubspot}/crm/v3/objects/contacts/{ann}",
+                                 json={"properties": {"lastname": last_name}},
+                                 headers={"Authorization": f"Bearer {env['SANDBOX_HUBSPOT_TOKEN']}"})
+            assert 200 == edited.status_code, edited.text
+            arrived = _written_everywhere(store_url, "ann.lee@example.com", last_name)
+            try:
+                _wait_for(f"{last_name} in every app", arrived, CONVERGE_DEADLINE_S, every_s=0.2)
+            finally:
+                arrived.close()  # type: ignore[attr-defined]
+            if polls == _poll_count(port, "crm"):
+                by_webhook = True
+                break
+        assert by_webhook, "every edit was met by a poll of the CRM before it reached the other apps"
 
         assert 200 == httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
         children = sandbox.group()
