@@ -454,12 +454,17 @@ def run_sandbox(directory: Path, *, port: int, force: bool, run_daemon: Callable
         run_daemon: runs the daemon on a config file until it is stopped (`customer-sync run`'s
             own code); raises `typer.Exit` with its exit code when it cannot start.
     """
-    from customer_sync.api.auth import ADMIN_TOKEN_ENV
+    from customer_sync.api.auth import ADMIN_TOKEN_ENV, admin_auth
+    from customer_sync.errors import ConfigError
 
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     sims: Simulators | None = None
     try:
         check_port(port)
+        try:
+            admin_auth()  # a token set too short is refused before anything starts
+        except ConfigError as exc:
+            raise SandboxRefused(str(exc).removeprefix("error: ")) from None
         with claim_dir(directory, force=force) as folder:
             env = sandbox_env()
             token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
@@ -490,13 +495,14 @@ def run_sandbox(directory: Path, *, port: int, force: bool, run_daemon: Callable
                 stopped.set()
                 for sig in previous:
                     signal.signal(sig, _ignore)
-                err("sandbox: stopping the simulators")
                 sims.stop()
                 sims = None
+                err("sandbox: stopped")
     except SandboxRefused as exc:
         err(f"error: {exc}")
         return 2
     except _Interrupted:
+        err("sandbox: stopped")
         return 0  # stopped before the daemon ran
     finally:
         for sig in previous:

@@ -135,3 +135,17 @@ def test_a_taken_port_is_refused_naming_the_option(tmp_path: Path) -> None:
     assert line.startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port}: "), line
     assert "Traceback" not in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_an_admin_token_too_short_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """CUSTOMER_SYNC_ADMIN_TOKEN set but guessable: one line naming it, exit 2, nothing written."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(app, ["sandbox", "--dir", str(tmp_path / "s"), "--port", str(port)],
+                                env={"CUSTOMER_SYNC_ADMIN_TOKEN": "short"})
+
+    assert 2 == result.exit_code
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: CUSTOMER_SYNC_ADMIN_TOKEN: "), line
+    assert not (tmp_path / "s").exists()
