@@ -1070,6 +1070,37 @@ def connectors(config_path: OptionalConfigOption = None, as_json: JsonOption = F
     ))
 
 
+# -- sandbox -------------------------------------------------------------------------------------
+
+
+@app.command()
+def sandbox(
+    directory: Annotated[Path, typer.Option(
+        "--dir", file_okay=False, help="Where the sandbox writes its config, store and sandbox.env.",
+    )] = Path("sandbox-data"),
+    port: Annotated[int, typer.Option(
+        "--port", min=1, max=65535, help="The daemon's port (dashboard, webhooks) on 127.0.0.1.",
+    )] = 8080,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace a config in --dir that the sandbox did not write.",
+    )] = False,
+) -> None:
+    """Try it out: simulated HubSpot, Zendesk, Mailchimp and Chatwoot on loopback, seeded with a
+    small business's customers, synced by the daemon; prints the dashboard URL. Ctrl-C stops it.
+
+    Exit 2: --dir holds another config (see --force), or --port cannot be listened on.
+    """
+    from customer_sync.sandbox.quickstart import run_sandbox
+
+    def run_daemon(config_path: Path) -> None:
+        run(config_path=config_path)  # the daemon `customer-sync run` starts, in this process
+
+    code = run_sandbox(directory, port=port, force=force, run_daemon=run_daemon,
+                       echo=typer.echo, err=_err)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     """The console script's entry point."""
     app()
