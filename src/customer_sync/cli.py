@@ -590,16 +590,13 @@ def status(config_path: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
 def _app_state(row: dict[str, Any]) -> str:
     """PARKED (needs an operator), "paused by operator" (`customer-sync pause`), PAUSED until a
     time (the vendor asked to wait), "not listed yet" (no create is sent to it before its first
-    complete listing), or ok."""
-    if row["parked"]:
+    complete listing), or ok (`admin.run_state`)."""
+    state, until = admin.run_state(row)
+    if state == "parked":
         return "PARKED"
-    if row.get("paused_by_operator_at") is not None:
-        return "paused by operator"
-    if row["paused_until"] is not None:
-        return f"PAUSED until {format_time(row['paused_until'])}"
-    if not row["listed"]:
-        return "not listed yet"
-    return "ok"
+    if until is not None:
+        return f"PAUSED until {format_time(until)}"
+    return state
 
 
 # -- conflicts -----------------------------------------------------------------------------------

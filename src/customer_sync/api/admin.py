@@ -264,16 +264,9 @@ def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def state_word(row: dict[str, Any]) -> str:
-    """The one-word state of an app in `status` (the CLI says the same)."""
-    if row["parked"]:
-        return "parked"
-    if row.get("paused_by_operator_at") is not None:
-        return "paused by operator"
-    if row["paused_until"] is not None:
-        return f"paused until {stored_utc(row['paused_until']).isoformat()}"
-    if not row["listed"]:
-        return "not listed yet"
-    return "ok"
+    """The one-word state of an app in `status` (`admin.run_state`, as the CLI says it)."""
+    state, until = admin.run_state(row)
+    return f"{state} {stored_utc(until).isoformat()}" if until is not None else state
 
 
 def admin_api(engine: Engine, *, auth: AdminAuth, reloader: Reloader | None) -> FastAPI:

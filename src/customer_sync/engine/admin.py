@@ -591,6 +591,22 @@ def activity(store: Store, *, until: datetime, buckets: int = 24,
             "errors": errors, "conflicts": conflicts, "truncated": truncated}
 
 
+def run_state(row: Mapping[str, Any]) -> tuple[str, datetime | None]:
+    """Whether the daemon runs an app, from one row of `app_status`, as `status`, the admin
+    API and the dashboard say it: `parked` (its credentials were refused), `paused by
+    operator`, `paused until` (the time comes second: the vendor asked to wait), `not listed
+    yet` (no create goes to it before its first complete listing), or `ok`."""
+    if row["parked"]:
+        return "parked", None
+    if row.get("paused_by_operator_at") is not None:
+        return "paused by operator", None
+    if row["paused_until"] is not None:
+        return "paused until", row["paused_until"]
+    if not row["listed"]:
+        return "not listed yet", None
+    return "ok", None
+
+
 def app_health(status: Mapping[str, Any], *, poll_interval_s: float, written: int = 0,
                errors: int = 0) -> tuple[str, str]:
     """An app's health in one word, and why: `paused`, `failing`, `lagging` or `in sync`.
