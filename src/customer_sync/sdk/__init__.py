@@ -167,15 +167,18 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Imports the module that defines `name` (see `_LAZY`) and keeps the name here."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next read is a plain module attribute
-    return value
+# Defined for the interpreter only: type checkers read the names from the TYPE_CHECKING imports
+# above, and without a module `__getattr__` in sight they still flag a misspelt name.
+if not TYPE_CHECKING:
 
+    def __getattr__(name: str) -> object:
+        """Imports the module that defines `name` (see `_LAZY`) and keeps the name here."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # the next read is a plain module attribute
+        return value
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
