@@ -3,10 +3,17 @@ process's peak RSS, for `customer-sync --help` and `customer-sync status`.
 
     python bench/startup.py              # 7 runs of each
     python bench/startup.py --runs 15
+    python bench/startup.py --floor      # also: what the libraries alone cost, layer by layer
 
 `status` runs against `config.example.toml`'s two `sql` apps in a temporary folder, synced once
 first (`run --once`, not timed) so that it has a store to read. Each figure is the whole process:
-interpreter start, imports, the command, exit. The last line is one JSON object.
+interpreter start, imports, the command, exit. The last line is one JSON object; its `seconds`
+is `status`'s median, for `bench/compare.py`.
+
+`--floor` times `python -c "import ..."` for what `status` imports, adding one layer at a time:
+the interpreter alone, then the libraries it cannot do without (typer, pydantic, ...), then our
+modules. It prints the fastest wall time of each cumulative step and what the step added: what
+is left between the last step and the fastest `status` is the command's own work.
 """
 
 from __future__ import annotations
@@ -48,9 +55,41 @@ def _summary(runs: list[tuple[float, float]]) -> dict[str, float]:
             "max_s": round(max(seconds), 3), "peak_rss_mb": round(max(r for _, r in runs), 1)}
 
 
+# What `status` imports, in the order a layer builds on the one before: first the libraries it
+# cannot do without, then our own modules (each with whatever it imports that is not loaded yet).
+_FLOOR = (
+    ("python", "pass"),
+    ("+ typer", "import typer"),
+    ("+ pydantic", "from pydantic import BaseModel"),
+    ("+ pydantic-settings (and asyncio)", "import pydantic_settings"),
+    ("+ sqlalchemy core, sqlite dialect", "import sqlalchemy, sqlalchemy.dialects.sqlite"),
+    ("+ sqlmodel (sqlalchemy orm)", "import sqlmodel"),
+    ("+ sqlalchemy's postgresql dialect", "import sqlalchemy.dialects.postgresql"),
+    ("+ structlog (customer_sync.logs)", "import customer_sync.logs"),
+    ("+ customer_sync.cli", "import customer_sync.cli"),
+    ("+ customer_sync.config", "import customer_sync.config"),
+    ("+ the sql connector", "import customer_sync_connectors.sql"),
+    ("+ store.tables (13 table classes)", "import customer_sync.store.tables"),
+    ("+ engine.admin", "import customer_sync.engine.admin"),
+)
+
+
+def _floor(runs: int, cwd: Path) -> dict[str, float]:
+    """The fastest wall time of each cumulative layer of `_FLOOR`, in seconds: on a shared machine
+    the differences of medians wander by tens of milliseconds, those of the fastest runs much less."""
+    fastest: dict[str, float] = {}
+    code: list[str] = []
+    for name, statement in _FLOOR:
+        code.append(statement)
+        argv = [sys.executable, "-c", "; ".join(code)]
+        fastest[name] = round(min(_once(argv, cwd)[0] for _ in range(runs)), 3)
+    return fastest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--floor", action="store_true", help="also time the libraries alone, layer by layer")
     args = parser.parse_args()
     cli = _cli()
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +105,14 @@ def main() -> None:
             print(f"{name:>6}: median {results[name]['median_s']:.2f} s "
                   f"(min {results[name]['min_s']:.2f}, max {results[name]['max_s']:.2f}), "
                   f"peak RSS {results[name]['peak_rss_mb']:.0f} MB")
-    print(json.dumps({"runs": args.runs, **results}))
+        if args.floor:
+            results["floor"] = _floor(args.runs, folder)
+            before = 0.0
+            for name, seconds in results["floor"].items():
+                print(f"{name:>36}: {seconds:.3f} s ({seconds - before:+.3f})")
+                before = seconds
+    # `seconds` is what bench/compare.py pairs: the median of `status`.
+    print(json.dumps({"runs": args.runs, "seconds": results["status"]["median_s"], **results}))
 
 
 if __name__ == "__main__":

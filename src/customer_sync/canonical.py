@@ -14,6 +14,7 @@ naming the field, never the value, and the rest of the record goes on.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import math
 import re
@@ -21,16 +22,20 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field
 
 from customer_sync._countries import country_code
 from customer_sync.errors import MappingError
+
+if TYPE_CHECKING:
+    import phonenumbers
+
+# phonenumbers and email-validator are imported by the functions that normalize phones and
+# emails, on their first call: a command that reads the store (`status`) never pays for them.
 
 __all__ = [
     "CONSENT_VALUES",
@@ -145,11 +150,18 @@ _NO_CONTEXT = NormalizeContext()
 
 _WS = re.compile(r"\s+")
 _SET_SEPARATORS = re.compile(r"[,;]")
-# phonenumbers' regions are the ISO 3166-1 alpha-2 codes with a numbering plan of their own
-# ("001" is its non-geographic pseudo-region); the seven territories without one are added.
-_COUNTRIES = (frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}) | {
-    "AQ", "BV", "GS", "HM", "PN", "TF", "UM",
-}
+
+
+@functools.cache
+def _countries() -> frozenset[str]:
+    """phonenumbers' regions are the ISO 3166-1 alpha-2 codes with a numbering plan of their own
+    ("001" is its non-geographic pseudo-region); the seven territories without one are added."""
+    import phonenumbers
+
+    return (frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}) | {
+        "AQ", "BV", "GS", "HM", "PN", "TF", "UM",
+    }
+
 _LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|\d{3}))?$")
 
 
@@ -274,6 +286,8 @@ def _email(value: Any, ctx: NormalizeContext) -> str:
         known = _KNOWN_DOMAINS.get(domain)
         if known is not None and len(local) + 1 + known[1] <= _EMAIL_MAX_OCTETS:
             return (local + "@" + known[0]).lower()
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         # email-validator gives an IDN domain in Unicode, punycode or not, so that
         # user@xn--mller-kva.de and user@müller.de are one address.
@@ -317,6 +331,8 @@ def _phone_text(value: str) -> str:
 
 
 def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    import phonenumbers
+
     try:
         return phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -335,6 +351,8 @@ _TRUNK_PREFIXES: dict[int, re.Pattern[str] | None] = {}
 
 def _e164_number(digits: str) -> phonenumbers.PhoneNumber | None:
     """What `phonenumbers.parse("+" + digits)` gives, or None when it is not this simple."""
+    import phonenumbers
+
     for length in (1, 2, 3):
         country_code = int(digits[:length])
         if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
@@ -356,6 +374,8 @@ def _e164_number(digits: str) -> phonenumbers.PhoneNumber | None:
 
 
 def _phone(value: Any, ctx: NormalizeContext) -> str:
+    import phonenumbers
+
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"+{value}"
     if not isinstance(value, str):
@@ -476,10 +496,11 @@ def _country(value: Any, ctx: NormalizeContext) -> str:
         raise ValueError(f"expected a country code or name, got {type(value).__name__}")
     text = value.strip()
     code = text.upper()
-    if code in _COUNTRIES:
+    countries = _countries()
+    if code in countries:
         return code
     code = country_code(text) or ""
-    if code not in _COUNTRIES:
+    if code not in countries:
         raise ValueError("not a country (an ISO 3166-1 code, or a country's name)")
     return code
 

@@ -13,7 +13,6 @@ parseable).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import signal
@@ -43,6 +42,8 @@ from customer_sync.engine._identity import default_identity_key
 from customer_sync.errors import ConfigError, StoreError, SyncError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from customer_sync.api.auth import AdminAuth
     from customer_sync.config import Config
     from customer_sync.engine import admin
@@ -265,6 +266,8 @@ def run(
     signals = _DaemonSignals()
     if not (once or dry_run):
         signals.install()  # a stop that comes while the daemon starts is kept, not a traceback
+    import asyncio  # here, not at the top: `--help` and the operator commands need no event loop
+
     with _daemon_store(config) as store:
         if dry_run:
             plan = asyncio.run(_dry_run(config, store))
@@ -355,6 +358,8 @@ class _DaemonSignals:
         self.stop.set()
 
     def _on_hup(self) -> None:
+        import asyncio
+
         assert self.reloader is not None
         task = asyncio.ensure_future(self.reloader.reload())
         self._reloads.add(task)  # held until done (the loop keeps only weak references)
@@ -374,6 +379,8 @@ async def _run_daemon(config: Config, config_path: Path, store: Store, sock: soc
                       signals: _DaemonSignals, auth: AdminAuth | None = None) -> None:
     """Run the daemon until stopped; a reload closes the apps and opens the new config's on the
     same store and socket."""
+    import asyncio
+
     from customer_sync.reload import Reloader
 
     stop = asyncio.Event()
@@ -391,6 +398,8 @@ async def _run_daemon(config: Config, config_path: Path, store: Store, sock: soc
 async def _run_engine(config: Config, store: Store, sock: socket.socket, stop: asyncio.Event,
                       reloader: Reloader, auth: AdminAuth | None) -> None:
     """One engine and its HTTP server, until the daemon stops or a new config is swapped in."""
+    import asyncio
+
     from customer_sync.api.app import serve
     from customer_sync.engine.runner import Engine, log
 
@@ -512,6 +521,8 @@ def check(
     if not parked:
         typer.echo("ok apps: none parked")
     if connect:
+        import asyncio
+
         for name, problem, verified in asyncio.run(_check_connections(config)):
             if problem is None:
                 typer.echo(f"ok app {name}: {verified}")

@@ -29,8 +29,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import httpx
-import phonenumbers
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -42,8 +40,7 @@ from customer_sync.mapping.compile import AppMapping, Direction, compile_mapping
 from customer_sync.mapping.filters import OPS, Filter, compile_filter
 from customer_sync.sdk.connector import Capability, Connector, ConnectorSettings
 from customer_sync.sdk.registry import load_connector
-from customer_sync.sdk.retry import DEFAULT_MAX_RETRY_AFTER_S
-from customer_sync.sdk.settings import ALLOW_PRIVATE_URLS
+from customer_sync.sdk.settings import ALLOW_PRIVATE_URLS, DEFAULT_MAX_RETRY_AFTER_S
 
 __all__ = [
     "AppConfig",
@@ -66,14 +63,15 @@ class _Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# "001" is phonenumbers' non-geographic pseudo-region: no national number is read in it.
-_PHONE_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _check_region(value: str) -> str:
+    import phonenumbers  # here: only a config that sets a region pays for it
+
     code = value.strip().upper()
-    if code not in _PHONE_REGIONS:
+    # "001" is phonenumbers' non-geographic pseudo-region: no national number is read in it.
+    if code == "001" or code not in phonenumbers.SUPPORTED_REGIONS:
         raise ValueError(
             f"{value!r} is not a phone region; write an ISO 3166-1 alpha-2 code such as US or DE"
         )
@@ -113,6 +111,8 @@ def _is_ip(text: str) -> bool:
 
 
 def _check_public_url(value: str) -> str:
+    import httpx  # here: only a config that sets a public URL pays for it
+
     try:
         url = httpx.URL(value.strip())
     except httpx.InvalidURL:

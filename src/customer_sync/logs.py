@@ -19,10 +19,19 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+from customer_sync._lazy import import_hiding
 
 if TYPE_CHECKING:
+    import structlog
     from structlog.typing import EventDict, Processor, WrappedLogger
+
+else:
+    # structlog's package imports `structlog.dev`, which imports rich when it is installed (typer
+    # brings it) for rich tracebacks. We never use them: the console renderer below formats
+    # exceptions as plain text (`plain_traceback`), JSON lines through `format_exc_info`. Hidden
+    # from that one import, rich costs a command nothing (about 30 ms) unless something draws
+    # with it: the progress bar at a terminal, typer's help.
+    structlog = import_hiding("structlog", "rich")
 
 __all__ = ["REDACTED", "configure_logging", "redact_event"]
 

@@ -74,3 +74,9 @@ def test_status_imports_no_alembic_and_no_engine_stages(tmp_path: Path) -> None:
     assert [] == _loaded(modules, "alembic", "customer_sync.engine.runner", "customer_sync.engine.process",
                          "customer_sync.engine.plan", "customer_sync.engine.listing", "uvicorn", "starlette",
                          "apscheduler")
+    # Nor the HTTP client (the sdk's HTTP parts load on first use), the value normalizers' email
+    # and phone libraries (no value is normalized; this config sets no phone region), the retry
+    # policy, or rich (structlog's console tracebacks, never used; status writes to a pipe here).
+    assert [] == _loaded(modules, "httpx", "httpcore", "tenacity", "email_validator", "phonenumbers",
+                         "rich", "customer_sync.sdk.http", "customer_sync.sdk.retry",
+                         "customer_sync.sdk.ratelimit", "customer_sync.sdk.pagination")

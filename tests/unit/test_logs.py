@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -387,3 +389,36 @@ def test_bad_arguments_are_rejected(kwargs: dict[str, str], message: str) -> Non
     """An unknown level or format raises ValueError naming what is wrong."""
     with pytest.raises(ValueError, match=message):
         configure_logging(stream=io.StringIO(), **kwargs)
+
+
+_FRESH = """
+import io, json, sys
+from customer_sync.logs import configure_logging
+import structlog
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+terminal = Terminal()
+configure_logging(stream=terminal)
+try:
+    raise LookupError("no contact jane@example.com")
+except LookupError:
+    structlog.get_logger().exception("sync.pass_failed")
+loaded = "rich" in sys.modules
+import rich.console  # still installed and importable for the progress bar and typer
+print(json.dumps({"rich_loaded": loaded, "text": terminal.getvalue()}))
+"""
+
+
+def test_logging_loads_no_rich_and_console_tracebacks_stay_plain() -> None:
+    """In a fresh interpreter, logging (at a terminal, with a traceback) imports no rich: the
+    console renderer writes the plain traceback it always wrote, scrubbed."""
+    done = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, timeout=120,
+                          check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["rich_loaded"]
+    assert "Traceback (most recent call last)" in result["text"]
+    assert "LookupError: no contact [email]" in result["text"]
+    assert "jane@example.com" not in result["text"]

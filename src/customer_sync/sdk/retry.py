@@ -30,6 +30,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from customer_sync.errors import ConnectorError, RateLimited, TransientError
+from customer_sync.sdk.settings import DEFAULT_MAX_RETRY_AFTER_S
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -44,10 +45,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("customer_sync.http")
-
-#: The default longest `Retry-After` a call waits for: 15 minutes. Longer waits (a daily quota,
-#: a vendor outage) are the engine's to handle by parking the app.
-DEFAULT_MAX_RETRY_AFTER_S = 900.0
 
 
 def is_beyond_retry_cap(error: BaseException | None, max_retry_after_s: float) -> bool:

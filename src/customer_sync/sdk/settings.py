@@ -24,13 +24,13 @@ import re
 import socket
 from typing import Annotated
 
-import httpx
 from pydantic import AfterValidator, Field, ValidationInfo
 
 from customer_sync.durations import Seconds
 
 __all__ = [
     "ALLOW_PRIVATE_URLS",
+    "DEFAULT_MAX_RETRY_AFTER_S",
     "MAX_WEBHOOK_AGE_S",
     "Seconds",
     "VendorUrl",
@@ -41,6 +41,12 @@ __all__ = [
 
 #: The validation-context key that allows link-local and metadata addresses in a `VendorUrl`.
 ALLOW_PRIVATE_URLS = "allow_private_urls"
+
+#: The default longest `Retry-After` a call waits for: 15 minutes. Longer waits (a daily quota,
+#: a vendor outage) are the engine's to handle by parking the app. Defined here, beside the other
+#: settings' limits, so that the config reads it without importing the retry policy (tenacity);
+#: `customer_sync.sdk.retry` exports it as well.
+DEFAULT_MAX_RETRY_AFTER_S = 900.0
 
 #: The largest `WebhookMaxAge`, in seconds. A captured delivery can be replayed for as long as
 #: it is accepted; HubSpot's own SDK accepts 300 s. An hour leaves room for clock skew and for
@@ -81,6 +87,8 @@ def check_vendor_url(value: str, *, allow_private: bool = False) -> str:
             a link-local address or a cloud metadata service. The message names the host, never
             the rest of the URL (which may hold credentials).
     """
+    import httpx  # here: a config without a vendor URL (`status` on `sql` apps) never loads it
+
     text = value.strip()
     try:
         url = httpx.URL(text)
