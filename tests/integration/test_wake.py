@@ -231,3 +231,29 @@ async def test_a_wake_during_the_drain_of_a_round_in_flight_starts_no_other(daem
     assert ("InFlight", "DuringDrain") == (daemon.zendesk_first(ann), daemon.zendesk_first(bob))
     assert 0 == daemon.count(OutboxItem)
     assert 2 >= daemon.v.writes()["desk"] - writes  # each write sent once (or both in one batch)
+
+
+async def test_a_paused_apps_webhook_waits_in_the_inbox_until_it_is_resumed(daemon: Daemon) -> None:
+    """An operator's pause holds what the app's webhooks bring: accepted (the vendor gets its
+    2xx and nothing is lost) but neither read from the app nor decided until the resume."""
+    from customer_sync.engine import admin
+
+    await daemon.start()
+    ann = daemon.v.hubspot.contact_ids()[0]
+    await asyncio.to_thread(admin.pause_app, daemon.v.store, daemon.v.config, "crm")
+    reads = daemon.v.hubspot.count_by_route["POST /crm/v3/objects/contacts/batch/read"]
+    rounds, passes = daemon.engine.rounds, daemon.engine.passes["inbox"]
+
+    daemon.edit(ann, "Paused")
+    assert await daemon.deliver()  # its commit wakes the inbox stage
+    await daemon.until(lambda: daemon.engine.passes["inbox"] > passes)
+    await daemon.idle()  # the inbox pass after the delivery ran, and left it alone
+    assert daemon.engine.rounds > rounds
+    assert await daemon.rows(InboxItem) > 0
+    assert "P0" == daemon.zendesk_first(ann)
+    assert reads == daemon.v.hubspot.count_by_route["POST /crm/v3/objects/contacts/batch/read"]
+
+    await asyncio.to_thread(admin.resume_app, daemon.v.store, daemon.v.config, "crm")
+    daemon.engine.notify()
+    await daemon.until(lambda: daemon.zendesk_first(ann) == "Paused")
+    await daemon.until(lambda: daemon.count(InboxItem) == 0)

@@ -399,8 +399,9 @@ def _note(store: Store, app: str, reason: str, now: datetime) -> None:
 
 
 def pause_app(store: Store, config: Config, app: str, *, now: datetime | None = None) -> dict[str, Any]:
-    """Pause an app for the operator: the engine neither polls it nor sends it writes (they
-    wait in the outbox) until `resume_app`, across restarts. Pausing a paused app changes
+    """Pause an app for the operator: the engine neither polls it, nor decides what its
+    webhooks bring (that waits in the inbox), nor sends it writes (they wait in the outbox)
+    until `resume_app`, across restarts. Pausing a paused app changes
     nothing.
 
     Raises:

@@ -9,6 +9,7 @@ one). A notification that carries only an id is read from its app first (`_hydra
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -30,10 +31,13 @@ log = structlog.get_logger("customer_sync.engine")
 inbox_t = InboxItem.__table__
 
 
-async def process_inbox(engine: Engine, *, limit: int | None = None) -> ProcessStats:
+async def process_inbox(engine: Engine, *, limit: int | None = None,
+                        held: Collection[str] = ()) -> ProcessStats:
     """Process pending inbox items in batches of `daemon.batch_size`; returns what they did.
 
-    Items of an app that is not open stay (a notification that needs a read from it waits).
+    Items of an app that is not open stay (a notification that needs a read from it waits), and
+    so do items of the `held` apps (paused by the operator or until a vendor's Retry-After):
+    nothing from a paused app is read or decided until it is resumed.
     """
     async with engine._inbox_lock:  # one processor of changes per process
         total = ProcessStats()
@@ -41,7 +45,7 @@ async def process_inbox(engine: Engine, *, limit: int | None = None) -> ProcessS
         done = 0
         after = -1
         while limit is None or done < limit:
-            items = await engine.db(_pending_items, engine, after, batch)
+            items = await engine.db(_pending_items, engine, after, batch, held)
             if not items:
                 break
             after = items[-1]["seq"]
@@ -66,12 +70,13 @@ def pending_inbox(engine: Engine, apps: list[str]) -> int:
             inbox_t.c.state == "pending", inbox_t.c.app.in_(apps))).scalar_one()
 
 
-def _pending_items(engine: Engine, after: int, limit: int) -> list[dict[str, Any]]:
+def _pending_items(engine: Engine, after: int, limit: int,
+                   held: Collection[str] = ()) -> list[dict[str, Any]]:
+    q = select(inbox_t).where(inbox_t.c.state == "pending", inbox_t.c.seq > after)
+    if held:
+        q = q.where(inbox_t.c.app.not_in(sorted(held)))
     with engine.store.transaction() as conn:
-        return [dict(r) for r in conn.execute(
-            select(inbox_t).where(inbox_t.c.state == "pending", inbox_t.c.seq > after)
-            .order_by(inbox_t.c.seq).limit(limit)
-        ).mappings()]
+        return [dict(r) for r in conn.execute(q.order_by(inbox_t.c.seq).limit(limit)).mappings()]
 
 
 def _process_batch(engine: Engine, items: list[dict[str, Any]]) -> ProcessStats:

@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
@@ -285,9 +285,10 @@ class Engine:
         """Compare an app's live ids with its links; a linked record that is gone is a delete."""
         return await scan_ids(self, app)
 
-    async def process_inbox(self, *, limit: int | None = None) -> ProcessStats:
-        """Process pending inbox items in batches (see `engine.intake`)."""
-        return await process_inbox(self, limit=limit)
+    async def process_inbox(self, *, limit: int | None = None, held: Collection[str] = ()) -> ProcessStats:
+        """Process pending inbox items in batches, but those of the `held` apps (see
+        `engine.intake`)."""
+        return await process_inbox(self, limit=limit, held=held)
 
     async def dispatch(self, app: str, *, creates: bool = True) -> DispatchStats:
         """Send one app's ready outbox rows (see `engine.dispatch`); creates only with
@@ -421,7 +422,8 @@ class Engine:
         self.rounds += 1
         summary.rounds += 1
         result = RoundResult(number=self.rounds, started_at=time.monotonic())
-        # paused by the operator, or until the vendor's Retry-After: neither polled nor dispatched
+        # paused by the operator, or until the vendor's Retry-After: neither polled nor
+        # dispatched, and what their webhooks brought waits in the inbox
         paused = await self.db(app_state.held_apps, self.store, self.clock())
         live = [a for a in self.live_apps() if a not in paused]
         slice_s = self.config.daemon.poll_slice_s
@@ -450,7 +452,7 @@ class Engine:
         stats = ProcessStats()
         if "inbox" in due.stages:
             self.passes["inbox"] += 1
-            stats = await self.process_inbox(limit=due.inbox_limit)
+            stats = await self.process_inbox(limit=due.inbox_limit, held=paused)
         stats.add(_since(self.intake, intake_before))
         result.process = stats
         summary.process.add(stats)
