@@ -88,6 +88,12 @@ class AppStatus(BaseModel):
     parked: bool = Field(description="its credentials were refused; it waits for an operator")
     last_error: str | None
     open_conflicts: int = Field(description="parked conflicts over every app")
+    health: Literal["in sync", "lagging", "failing", "paused"] = Field(
+        description="as the dashboard says it: paused, failing (credentials refused, failed passes, "
+                    "or half of 5+ recent changes failed), lagging, or in sync")
+    health_reason: str = Field(description="why, in a few words")
+    recent_written: int = Field(description="changes written to the app this hour and the last")
+    recent_errors: int = Field(description="changes that ended in an error, same window")
 
 
 class FieldSource(BaseModel):
@@ -316,8 +322,14 @@ def admin_api(engine: Engine, *, auth: AdminAuth, reloader: Reloader | None) -> 
     async def status() -> list[dict[str, Any]]:
         """Per app: last poll, lag, linked records, inbox, pending writes, dead letters, values
         rejected, state and last error."""
-        rows = await call(admin.app_status, engine.store, engine.config, now=engine.clock())
-        return [{**row, "state": state_word(row)} for row in rows]
+        def read() -> list[dict[str, Any]]:
+            now = engine.clock()
+            rows = admin.app_status(engine.store, engine.config, now=now)
+            act = admin.activity(engine.store, until=admin.hour_after(now), buckets=admin.HEALTH_BUCKETS)
+            healths = admin.health_by_app(rows, act, engine.config)
+            return [{**row, "state": state_word(row), **healths[row["app"]]} for row in rows]
+
+        return await call(read)
 
     @api.get("/customers/{who:path}", response_model=Customer, responses=_refusals(404), tags=["customers"])
     async def customer(who: Who, limit: Limit = 200) -> dict[str, Any]:

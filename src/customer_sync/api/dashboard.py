@@ -22,7 +22,7 @@ pages and never logged.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -87,7 +87,7 @@ def _safe_next(target: str | None) -> str:
 
 def _overview(engine: Engine, now: datetime) -> dict[str, Any]:
     store, config = engine.store, engine.config
-    until = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    until = admin.hour_after(now)
     return {
         "status": admin.app_status(store, config, now=now),
         "activity": admin.activity(store, until=until, buckets=CHART_HOURS),
@@ -110,15 +110,13 @@ def _customer(engine: Engine, who: str) -> dict[str, Any]:
 
 def _overview_body(engine: Engine, data: Mapping[str, Any], auth: AdminAuth, flash: str) -> str:
     act = data["activity"]
-    recent_from = len(act["starts"]) - 1  # the current hour's bucket
     colours = {app: _APP_COLOURS[i % len(_APP_COLOURS)] for i, app in enumerate(engine.config.apps)}
+    healths = admin.health_by_app(data["status"], act, engine.config)
     health_rows = []
     for row in data["status"]:
         app = row["app"]
-        written = sum(act["written"].get(app, [])[recent_from - 1:])
-        errors = sum(act["errors"].get(app, [])[recent_from - 1:])
-        state, why = admin.app_health(row, poll_interval_s=engine.config.poll_interval_s(app),
-                                      written=written, errors=errors)
+        h = healths[app]
+        state, why, written, errors = h["health"], h["health_reason"], h["recent_written"], h["recent_errors"]
         rate = f"{errors / (written + errors):.0%}" if written + errors else "—"
         health_rows.append(
             f'<tr data-app="{e(app)}"><td>{e(app)} <span class="muted">{e(row["connector"])}</span></td>'

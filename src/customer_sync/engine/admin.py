@@ -7,7 +7,7 @@ one transaction each and plan the writes their decision implies, which the next 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -590,6 +590,34 @@ def activity(store: Store, *, until: datetime, buckets: int = 24,
                 conflicts[i] += 1
     return {"starts": [since + bucket * i for i in range(buckets)], "written": written,
             "errors": errors, "conflicts": conflicts, "truncated": truncated}
+
+
+#: How far back an app's error rate looks: this hour's bucket of `activity` and the one before.
+HEALTH_BUCKETS = 2
+
+
+def health_by_app(rows: Sequence[Mapping[str, Any]], act: Mapping[str, Any],
+                  config: Config) -> dict[str, dict[str, Any]]:
+    """Each app's health (`app_health`) from its `app_status` row and the last
+    `HEALTH_BUCKETS` hourly buckets of `activity`: `health`, `health_reason`, and the
+    `recent_written` and `recent_errors` the error rate is drawn from. The dashboard and the
+    admin API say the same through it."""
+    recent = max(len(act["starts"]) - HEALTH_BUCKETS, 0)
+    out = {}
+    for row in rows:
+        app = row["app"]
+        written = sum(act["written"].get(app, [])[recent:])
+        errors = sum(act["errors"].get(app, [])[recent:])
+        state, why = app_health(row, poll_interval_s=config.poll_interval_s(app),
+                                written=written, errors=errors)
+        out[app] = {"health": state, "health_reason": why,
+                    "recent_written": written, "recent_errors": errors}
+    return out
+
+
+def hour_after(now: datetime) -> datetime:
+    """The end of `now`'s hour: `activity`'s `until` for buckets aligned on the clock's hours."""
+    return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
 def run_state(row: Mapping[str, Any]) -> tuple[str, datetime | None]:

@@ -212,6 +212,9 @@ async def test_status_per_app(admin_env: Admin) -> None:
     assert 1 == rows["desk"]["linked"] == rows["crm"]["linked"]
     assert "ok" == rows["crm"]["state"]
     assert rows["crm"]["last_poll_at"].endswith(("+00:00", "Z"))
+    # the dashboard's health word, from the same reading: both apps were just synced
+    assert {"in sync"} == {r["health"] for r in rows.values()}
+    assert 1 == rows["desk"]["recent_written"] and 0 == rows["desk"]["recent_errors"]
 
 
 # -- pause, resume, resync ------------------------------------------------------------------------
@@ -222,8 +225,9 @@ async def test_a_paused_app_stays_unsynced_across_restarts_until_resumed(admin_e
     assert 200 == paused.status_code
     assert {"app": "desk", "paused": True, "changed": True} == paused.json()
     assert {"app": "desk", "paused": True, "changed": False} == (await admin_env.post("/api/apps/desk/pause")).json()
-    state = {r["app"]: r["state"] for r in (await admin_env.get("/api/status")).json()}
-    assert {"crm": "ok", "desk": "paused by operator"} == state
+    status = (await admin_env.get("/api/status")).json()
+    assert {"crm": "ok", "desk": "paused by operator"} == {r["app"]: r["state"] for r in status}
+    assert "paused" == {r["app"]: r["health"] for r in status}["desk"]
 
     admin_env.insert("crm", "c1", "ann@example.com", "Ann")
     admin_env.insert("desk", "d1", "bea@example.com", "Bea")
