@@ -5,7 +5,6 @@ waits for conditions, never for fixed times."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests._procs import alive, children
 
 CONFIG = """\
 [daemon]
@@ -240,26 +240,6 @@ def test_a_stop_while_the_daemon_starts_ends_it_cleanly(
     assert [] == _problems(err)
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.add(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its new parent to reap it counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
 def test_no_worker_outlives_a_daemon_killed_with_sigkill(
     tmp_path: Path, daemon_procs: list[subprocess.Popen[str]],
@@ -268,13 +248,13 @@ def test_no_worker_outlives_a_daemon_killed_with_sigkill(
     _seed(tmp_path, config, 200)
     proc = start_daemon(config, daemon_procs)
     wait_for(lambda: bool(rows(tmp_path / "b.db", "people")), "the first write to b", proc=proc)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert workers, "the daemon started no worker process"
 
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
 
-    wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers to end", timeout=30)
+    wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end", timeout=30)
 
 
 # -- SIGHUP --------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ they never outlive the daemon, SIGKILL of the daemon included."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from customer_sync.engine._spawn import WorkerProcess
 from customer_sync.engine.normalizing import PageNormalizer
+from tests._procs import alive, children
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 
@@ -27,26 +27,6 @@ ARGS = {"normalize": (), "list": ("warning", "json", True)}
 
 def _cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.add(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its new parent to reap it counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -59,18 +39,18 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -
 async def test_the_normalizing_worker_runs_its_own_module_and_starts_no_resource_tracker() -> None:
     """The worker is `python -m customer_sync.engine._worker normalize`, and it is the only
     process the normalizer starts."""
-    before = _children(os.getpid())
+    before = children(os.getpid())
     normalizer = PageNormalizer(1, min_records=1)
     try:
         await normalizer.start()
         assert normalizer.ready
         [pid] = normalizer.pids
         assert ["-m", "customer_sync.engine._worker", "normalize"] == _cmdline(pid)[1:4]
-        started = _children(os.getpid()) - before
+        started = children(os.getpid()) - before
         assert {pid} == started, [_cmdline(p) for p in started]
     finally:
         normalizer.close()
-    _wait_for(lambda: not _alive(pid), "the worker to exit")
+    _wait_for(lambda: not alive(pid), "the worker to exit")
 
 
 @pytest.mark.parametrize("kind", ["normalize", "list"])
@@ -106,10 +86,10 @@ def test_a_worker_ends_when_its_parent_is_killed(kind: str) -> None:
     try:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
-        assert _alive(worker)
+        assert alive(worker)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
-        _wait_for(lambda: not _alive(worker), "the worker to end with its parent")
+        _wait_for(lambda: not alive(worker), "the worker to end with its parent")
     finally:
         parent.kill()
         parent.wait(timeout=30)
