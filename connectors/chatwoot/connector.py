@@ -30,14 +30,10 @@ source it cites):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 from customer_sync_connectors.chatwoot._fields import (
     ADDITIONAL_PREFIX,
     CUSTOM_PREFIX,
@@ -55,19 +51,18 @@ from customer_sync_connectors.chatwoot.models import Contact, ContactPage
 from customer_sync_connectors.chatwoot.settings import ChatwootSettings
 
 from customer_sync.sdk import (
+    HttpConnector,
     ApiClient,
     AppRecord,
     Capability,
     Change,
     ChangePage,
-    Connector,
     ConnectorError,
     Cursor,
     MultiLimiter,
     RateLimiter,
     RecordGone,
     RecordRejected,
-    WebhookRefused,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -77,8 +72,6 @@ from customer_sync.sdk import (
 
 __all__ = ["ChatwootConnector"]
 
-T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 
 SCANNED = "scanned"  # the cursor after a complete scan: a poll from it lists nothing
 _PAGE = "page:"  # the cursor inside a scan: pages up to N are committed
@@ -86,7 +79,7 @@ _IDENTIFIER_PREFIX = "customer-sync:"
 _MAX_SEARCH_PAGES = 3  # a search for one email or phone: more than 45 hits is not one person
 
 
-class ChatwootConnector(Connector[ChatwootSettings]):
+class ChatwootConnector(HttpConnector[ChatwootSettings, ChatwootClient]):
     """Contacts of one Chatwoot account. See the module docstring for the API notes.
 
     Args:
@@ -107,23 +100,7 @@ class ChatwootConnector(Connector[ChatwootSettings]):
     # older server that does not sign) and a delete (no webhook reports one).
     reconcile_interval_s = 3600.0
 
-    def __init__(self, settings: ChatwootSettings, *, app: str,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], datetime] | None = None, sleep: Sleep | None = None) -> None:
-        super().__init__(settings, app=app)
-        self._transport = transport
-        self._clock = clock
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._api: ChatwootClient | None = None
-        self.http: ApiClient | None = None
-
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def _now(self) -> datetime:
-        return self._clock() if self._clock is not None else datetime.now(UTC)
-
-    def _monotonic(self) -> float:
-        return self._clock().timestamp() if self._clock is not None else time.monotonic()
 
     async def open(self) -> None:
         s = self.settings
@@ -141,17 +118,6 @@ class ChatwootConnector(Connector[ChatwootSettings]):
         )
         self._api = ChatwootClient(self.http, account_id=s.account_id,
                                    search_limiter=MultiLimiter(account, search))
-
-    async def close(self) -> None:
-        if self.http is not None:
-            await self.http.aclose()
-        self.http = self._api = None
-
-    @property
-    def api(self) -> ChatwootClient:
-        if self._api is None:
-            raise self.error(ConnectorError, "the connector is not open", operation="open")
-        return self._api
 
     async def check(self) -> None:
         inboxes = await self.api.inboxes()
@@ -349,18 +315,10 @@ class ChatwootConnector(Connector[ChatwootSettings]):
 
         return await self._bounded([one(op) for op in ops])
 
-    async def _bounded(self, calls: Sequence[Awaitable[T]]) -> list[T]:
-        gate = asyncio.Semaphore(self.settings.read_concurrency)
-
-        async def gated(call: Awaitable[T]) -> T:
-            async with gate:
-                return await call
-
-        results = await asyncio.gather(*(gated(c) for c in calls), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+    @property
+    def max_in_flight(self) -> int:
+        """Per-record calls at once (`_bounded`): the `read_concurrency` setting."""
+        return self.settings.read_concurrency
 
     # -- webhooks -------------------------------------------------------------------------------
 
@@ -368,15 +326,11 @@ class ChatwootConnector(Connector[ChatwootSettings]):
                        method: str = "POST") -> bool:
         secret = self.settings.webhook_secret
         if secret is None:
-            self.log.info("webhook.rejected", reason="no_webhook_secret")
-            return False
+            return self._webhook_verdict("no_webhook_secret")
         problem = signature_problem(headers, body, secret=secret.get_secret_value(),
                                     now=self._now(), max_age_s=self.settings.webhook_max_age_s,
                                     future_skew_s=self.settings.webhook_future_skew_s)
-        if problem is not None:
-            self.log.info("webhook.rejected", reason=problem)
-            return False
-        return True
+        return self._webhook_verdict(problem)
 
     def parse_webhook(self, body: bytes) -> list[Change]:
         """The changes a verified delivery reports (see `_webhooks.changes_of`).
@@ -384,11 +338,7 @@ class ChatwootConnector(Connector[ChatwootSettings]):
         Raises:
             WebhookRefused: the body is not one Chatwoot event, or out of bounds.
         """
-        try:
-            return changes_of(body)
-        except WebhookRefused as exc:
-            raise self.error(WebhookRefused, f"malformed webhook: {exc}",
-                             operation="webhook.parse") from None
+        return self._parsed_webhook(lambda: changes_of(body))
 
 
 def _page_of(cursor: Cursor) -> int:

@@ -32,11 +32,9 @@ API notes (shared/specs/CONTRACTS.md section 3, and the Marketing API's OpenAPI 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -61,20 +59,20 @@ from customer_sync_connectors.mailchimp.models import Batch, BatchResult, Member
 from customer_sync_connectors.mailchimp.settings import MailchimpSettings
 
 from customer_sync.sdk import (
+    HttpConnector,
+    Sleep,
     ApiClient,
     AppRecord,
     AuthError,
     Capability,
     Change,
     ChangePage,
-    Connector,
     ConnectorError,
     Cursor,
     RateLimiter,
     RecordGone,
     RecordRejected,
     TransientError,
-    WebhookRefused,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -86,12 +84,11 @@ from customer_sync.sdk import (
 __all__ = ["MailchimpConnector"]
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 _HASH = re.compile(r"[0-9a-f]{32}\Z")
 MAX_BATCH_OPERATIONS = 500
 
 
-class MailchimpConnector(Connector[MailchimpSettings]):
+class MailchimpConnector(HttpConnector[MailchimpSettings, MailchimpClient]):
     """Members of one Mailchimp audience. See the module docstring for the API notes.
 
     Args:
@@ -115,23 +112,12 @@ class MailchimpConnector(Connector[MailchimpSettings]):
     def __init__(self, settings: MailchimpSettings, *, app: str,
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], datetime] | None = None, sleep: Sleep | None = None) -> None:
-        super().__init__(settings, app=app)
-        self._transport = transport
-        self._clock = clock
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._api: MailchimpClient | None = None
+        super().__init__(settings, app=app, transport=transport, clock=clock, sleep=sleep)
         self._downloads: httpx.AsyncClient | None = None
-        self.http: ApiClient | None = None
         self.cap: ConnectionCap | None = None
         self._address_tags = frozenset(settings.address_merge_fields)
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def _now(self) -> datetime:
-        return self._clock() if self._clock is not None else datetime.now(UTC)
-
-    def _monotonic(self) -> float:
-        return self._clock().timestamp() if self._clock is not None else time.monotonic()
 
     async def open(self) -> None:
         s = self.settings
@@ -151,17 +137,10 @@ class MailchimpConnector(Connector[MailchimpSettings]):
         self._api = MailchimpClient(self.http, list_id=s.list_id, downloads=self._downloads)
 
     async def close(self) -> None:
-        if self.http is not None:
-            await self.http.aclose()
+        await super().close()
         if self._downloads is not None:
             await self._downloads.aclose()
-        self.http = self._api = self._downloads = None
-
-    @property
-    def api(self) -> MailchimpClient:
-        if self._api is None:
-            raise self.error(ConnectorError, "the connector is not open", operation="open")
-        return self._api
+        self._downloads = None
 
     # -- check and listing ----------------------------------------------------------------------
 
@@ -285,20 +264,10 @@ class MailchimpConnector(Connector[MailchimpSettings]):
     async def search_by_emails(self, emails: Sequence[str]) -> list[AppRecord]:
         return await self.read([subscriber_hash(e) for e in emails if "@" in e])
 
-    async def _bounded(self, calls: Sequence[Awaitable[T]]) -> list[T]:
-        """Run calls with at most `max_connections` in flight; the first error is raised
-        once all have settled, so nothing is left running."""
-        gate = asyncio.Semaphore(self.settings.max_connections)
-
-        async def gated(call: Awaitable[T]) -> T:
-            async with gate:
-                return await call
-
-        results = await asyncio.gather(*(gated(c) for c in calls), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+    @property
+    def max_in_flight(self) -> int:
+        """Per-record calls at once (`_bounded`): the `max_connections` setting."""
+        return self.settings.max_connections
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -578,10 +547,7 @@ class MailchimpConnector(Connector[MailchimpSettings]):
             problem = url_secret_problem(url, secret=s.webhook_url_secret.get_secret_value())
         else:
             problem = "no_webhook_secret"
-        if problem is not None:
-            self.log.info("webhook.rejected", reason=problem)
-            return False
-        return True
+        return self._webhook_verdict(problem)
 
     def parse_webhook(self, body: bytes) -> list[Change]:
         """The changes a verified delivery reports (see `_webhooks.changes_of`).
@@ -589,11 +555,7 @@ class MailchimpConnector(Connector[MailchimpSettings]):
         Raises:
             WebhookRefused: the body is not one Mailchimp event, or out of bounds.
         """
-        try:
-            return changes_of(body, list_id=self.settings.list_id)
-        except WebhookRefused as exc:
-            raise self.error(WebhookRefused, f"malformed webhook: {exc}",
-                             operation="webhook.parse") from None
+        return self._parsed_webhook(lambda: changes_of(body, list_id=self.settings.list_id))
 
 
 def _receipt_or_raise(outcome: WriteOutcome) -> WriteReceipt:

@@ -32,22 +32,20 @@ API notes (shared/specs/CONTRACTS.md section 2, and Zendesk's OAS beside it):
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
 
 from customer_sync.sdk import (
-    ApiClient,
+    HttpConnector,
+    Sleep,
     AppRecord,
     AuthError,
     Capability,
     Change,
     ChangePage,
-    Connector,
     ConnectorError,
     Cursor,
     MultiLimiter,
@@ -55,7 +53,6 @@ from customer_sync.sdk import (
     RecordGone,
     RecordRejected,
     TransientError,
-    WebhookRefused,
     WriteOp,
     WriteOutcome,
     WriteReceipt,
@@ -88,10 +85,9 @@ from customer_sync_connectors.zendesk.settings import ZendeskSettings
 __all__ = ["ZendeskConnector"]
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 
 
-class ZendeskConnector(Connector[ZendeskSettings]):
+class ZendeskConnector(HttpConnector[ZendeskSettings, ZendeskClient]):
     """Users of one Zendesk Support account. See the module docstring for the API notes.
 
     Args:
@@ -115,24 +111,13 @@ class ZendeskConnector(Connector[ZendeskSettings]):
     def __init__(self, settings: ZendeskSettings, *, app: str,
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], datetime] | None = None, sleep: Sleep | None = None) -> None:
-        super().__init__(settings, app=app)
-        self._transport = transport
-        self._clock = clock
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._api: ZendeskClient | None = None
-        self.http: ApiClient | None = None
+        super().__init__(settings, app=app, transport=transport, clock=clock, sleep=sleep)
         self._staff = Staff()
         self._bulk_disabled = False
         # `include=identities` is asked for until Zendesk refuses it once
         self._sideload = settings.fetch_identities and settings.sideload_identities
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def _now(self) -> datetime:
-        return self._clock() if self._clock is not None else datetime.now(UTC)
-
-    def _monotonic(self) -> float:
-        return self._clock().timestamp() if self._clock is not None else time.monotonic()
 
     async def open(self) -> None:
         s = self.settings
@@ -147,17 +132,6 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             max_retry_after_s=self.max_retry_after_s,
         )
         self._api = ZendeskClient(self.http, export_limiter=MultiLimiter(account, export))
-
-    async def close(self) -> None:
-        if self.http is not None:
-            await self.http.aclose()
-        self.http = self._api = None
-
-    @property
-    def api(self) -> ZendeskClient:
-        if self._api is None:
-            raise self.error(ConnectorError, "the connector is not open", operation="open")
-        return self._api
 
     # -- check and listing ----------------------------------------------------------------------
 
@@ -300,20 +274,10 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         found = await self._bounded([one(u) for u in users])
         return {u.id: ids for u, ids in zip(users, found, strict=True)}
 
-    async def _bounded(self, calls: Sequence[Awaitable[T]]) -> list[T]:
-        """Run calls with at most `identity_concurrency` in flight; the first error is raised
-        once all have settled, so nothing is left running."""
-        gate = asyncio.Semaphore(self.settings.identity_concurrency)
-
-        async def gated(call: Awaitable[T]) -> T:
-            async with gate:
-                return await call
-
-        results = await asyncio.gather(*(gated(c) for c in calls), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+    @property
+    def max_in_flight(self) -> int:
+        """Per-record calls at once (`_bounded`): the `identity_concurrency` setting."""
+        return self.settings.identity_concurrency
 
     # -- staff ----------------------------------------------------------------------------------
 
@@ -573,14 +537,10 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                        method: str = "POST") -> bool:
         secret = self.settings.webhook_secret
         if secret is None:
-            self.log.info("webhook.rejected", reason="no_webhook_secret")
-            return False
+            return self._webhook_verdict("no_webhook_secret")
         problem = signature_problem(headers, body, secret=secret.get_secret_value(),
                                     now=self._now(), max_age_s=self.settings.webhook_max_age_s)
-        if problem is not None:
-            self.log.info("webhook.rejected", reason=problem)
-            return False
-        return True
+        return self._webhook_verdict(problem)
 
     def parse_webhook(self, body: bytes) -> list[Change]:
         """The changes a verified delivery reports (see `_webhooks.changes_of`).
@@ -588,11 +548,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         Raises:
             WebhookRefused: the body is not one Zendesk event, or out of bounds.
         """
-        try:
-            return changes_of(body, end_users_only=self.settings.end_users_only)
-        except WebhookRefused as exc:
-            raise self.error(WebhookRefused, f"malformed webhook: {exc}",
-                             operation="webhook.parse") from None
+        return self._parsed_webhook(lambda: changes_of(body, end_users_only=self.settings.end_users_only))
 
 
 def _is_user_id(value: str) -> bool:

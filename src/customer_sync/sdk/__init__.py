@@ -47,6 +47,7 @@ from customer_sync.sdk.connector import (
     WriteReceipt,
     fingerprint,
 )
+from customer_sync.sdk.http_connector import HttpConnector, Sleep
 from customer_sync.sdk.settings import (
     ALLOW_PRIVATE_URLS,
     DEFAULT_MAX_RETRY_AFTER_S,
@@ -129,6 +130,7 @@ __all__ = [
     "ErrorTable",
     "EventTime",
     "FullJitterBackoff",
+    "HttpConnector",
     "JsonLimits",
     "Limiter",
     "LimiterGate",
@@ -142,6 +144,7 @@ __all__ = [
     "RecordRejected",
     "RetryTransient",
     "Seconds",
+    "Sleep",
     "StopBeforeBudget",
     "TransientError",
     "WebhookRefused",
