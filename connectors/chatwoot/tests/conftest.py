@@ -7,7 +7,6 @@ network.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -16,6 +15,7 @@ from customer_sync_connectors.chatwoot import ChatwootConnector, ChatwootSetting
 from pydantic import SecretStr
 
 from customer_sync.sandbox._common import ManualClock
+from customer_sync.testing.clocks import FakeSleep
 from customer_sync.testing.transports import RecordingTransport as _Recording
 from customer_sync.sandbox.chatwoot import ChatwootSimulator
 
@@ -34,19 +34,6 @@ class RecordingTransport(_Recording):
             parts = ["{id}" if p.isdigit() else p for p in tail.split("/")]
             out.append(f"{request.method} /{'/'.join(parts)}")
         return out
-
-
-class FakeSleep:
-    """An async sleep that moves the manual clock instead of waiting, and remembers each wait."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        self.clock = clock
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.clock.advance(max(0.0, seconds))
-        await asyncio.sleep(0)
 
 
 def settings_for(sim: ChatwootSimulator, **overrides: object) -> ChatwootSettings:
