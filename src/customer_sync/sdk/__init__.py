@@ -4,7 +4,7 @@ A connector declares its name, settings model and capabilities, and implements a
 coroutines against one vendor API (see `Connector`). Everything a connector needs is re-exported
 here; anything not listed in `__all__` is private to customer-sync and may change.
 
-The HTTP parts (`ApiClient`, the paginators, the rate limiters, the retry policy) are imported on
+The HTTP parts (`ApiClient`, `HttpConnector`, the paginators, the rate limiters, the retry policy) are imported on
 first use (PEP 562's module `__getattr__`): `from customer_sync.sdk import ApiClient` works as
 ever, and a command that only loads the config (`customer-sync status`) never imports httpx,
 tenacity or asyncio.
@@ -47,7 +47,6 @@ from customer_sync.sdk.connector import (
     WriteReceipt,
     fingerprint,
 )
-from customer_sync.sdk.http_connector import HttpConnector, Sleep
 from customer_sync.sdk.settings import (
     ALLOW_PRIVATE_URLS,
     DEFAULT_MAX_RETRY_AFTER_S,
@@ -60,6 +59,7 @@ from customer_sync.sdk.settings import (
 )
 
 if TYPE_CHECKING:
+    from customer_sync.sdk.http_connector import HttpConnector, Sleep
     from customer_sync.sdk.http import (
         DEFAULT_ERROR_TABLE,
         ApiClient,
@@ -92,6 +92,7 @@ _LAZY: dict[str, str] = {
          "json_body", "parse_retry_after", "redact_text"),
         "customer_sync.sdk.http",
     ),
+    **dict.fromkeys(("HttpConnector", "Sleep"), "customer_sync.sdk.http_connector"),
     **dict.fromkeys(
         ("BasePaginator", "CursorPaginator", "LinkPaginator", "OffsetPaginator"),
         "customer_sync.sdk.pagination",
